@@ -1,0 +1,1 @@
+"""Subcommands of the ``ckd`` CLI, one module each (see ``ckd.cli.COMMANDS``)."""

@@ -1,0 +1,33 @@
+"""``ckd predict IN -o OUT``: the CLI face of ``ckd.predict`` (SPEC §4)."""
+
+from __future__ import annotations
+
+from ..api import BACKENDS, DTYPES, TOKENS, predict
+from ..io import check_output_path, load_array, save_array
+from ..kernels import KERNELS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="next-token predictions of causal kernel descent for IN",
+                       description="Row t of OUT is the prediction of x_{t+1} from x_0..x_t.")
+    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d))")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the predictions (.npy)")
+    p.add_argument("--kernel", default="exp", help=f"one of {', '.join(KERNELS)} (default exp)")
+    p.add_argument("--beta", type=float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
+    p.add_argument("--sigma", type=float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
+    p.add_argument("--depth", default="16", help="number of layers N >= 0, or inf (default 16)")
+    p.add_argument("--step", type=float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
+    p.add_argument("--ridge", type=float, default=0.0, help="ridge lambda >= 0 (default 0)")
+    p.add_argument("--backend", default="descent", choices=BACKENDS)
+    p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
+    p.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    x = load_array(args.input)
+    out_path = check_output_path(args.output, x.ndim)
+    pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
+                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype)
+    save_array(out_path, pred)
+    return 0
