@@ -169,7 +169,7 @@ def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float =
     """Neural-ODE limit (eta = tau / N, N -> inf): p = P alpha(tau) with
     alpha(tau) = M^{-1} (I - exp(-tau M)) y, M = R + lambda I on rows 1..T-1.
 
-    Computed without inverting M: exp([[-tau M, y], [0, 0]]) has upper-right block
+    Computed without inverting M: exp([[-tau M, tau y], [0, 0]]) has upper-right block
     M^{-1} (I - exp(-tau M)) y (the phi_1 function), exact even for singular M.
     """
     if tau < 0 or not math.isfinite(tau):
@@ -182,7 +182,7 @@ def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float =
     B, n, d = rhs.shape
     block = torch.zeros(B, n + d, n + d, dtype=y.dtype, device=y.device)
     block[:, :n, :n] = -tau_eff * A
-    block[:, :n, n:] = rhs
+    block[:, :n, n:] = tau_eff * rhs
     alpha = torch.linalg.matrix_exp(block)[:, :n, n:]
     return mats.P[:, :, 1:] @ alpha
 

@@ -1,0 +1,229 @@
+"""Every closed form of SPEC §2 as a test, against the naive definitions in reference.py."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import RTOL, rel_err
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import ckd, kaczmarz, matrices
+
+from ckd import make_task, next_token_error
+from ckd.descent import (
+    StabilityWarning,
+    check_step,
+    continuous_depth,
+    default_step,
+    descend,
+    finite_depth,
+    infinite_depth,
+    targets,
+)
+from ckd.kernels import KERNELS, causal_matrices
+
+OPTS = {"linear": {}, "exp": {"beta": 0.7}, "softmax": {"beta": 3.0}, "gaussian": {"sigma": 0.8}}
+
+
+def _x(seed=0, B=3, T=10, d=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _ref_matrices(x, kernel):
+    o = OPTS[kernel]
+    return matrices(x, kernel, o.get("beta", 1.0), o.get("sigma", 1.0))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("depth", [0, 1, 2, 5, 9])
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_finite_depth_equals_layer_recursion(kernel, depth, ridge):
+    x = _x()
+    step = 0.37
+    p = descend(x, kernel, depth=depth, step=step, ridge=ridge, **OPTS[kernel])
+    for b in range(x.shape[0]):
+        ref = ckd(x[b].numpy(), kernel, depth, step, ridge, **OPTS[kernel])
+        if depth == 0:
+            assert (p[b] == 0).all()
+        else:
+            assert rel_err(p[b], torch.from_numpy(ref)) < RTOL
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("ridge", [0.0, 0.5])
+def test_default_step_is_half_over_max_diagonal(kernel, ridge):
+    x = _x(B=4, T=12) * torch.linspace(0.5, 1.5, 12, dtype=torch.float64)[None, :, None]
+    eta = default_step(causal_matrices(x, kernel, **OPTS[kernel]), ridge)
+    diag_max = max(np.diag(_ref_matrices(x[b].numpy(), kernel)[1])[1:].max() for b in range(4))
+    assert math.isclose(eta, 0.5 / (diag_max + ridge), rel_tol=RTOL)
+    p = descend(x, kernel, depth=4, ridge=ridge, **OPTS[kernel])
+    ref = ckd(x[2].numpy(), kernel, 4, eta, ridge, **OPTS[kernel])
+    assert rel_err(p[2], torch.from_numpy(ref)) < RTOL
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_depth_N_closed_form(kernel):
+    """p_N = P alpha_N, alpha_N = eta sum_{l<N} r_l, r_l = (I - eta (R + lambda I))^l y."""
+    x, N, eta, lam = _x(B=1, T=8)[0].numpy(), 6, 0.4, 0.2
+    P, R = _ref_matrices(x, kernel)
+    y = x.copy()
+    y[0] = 0
+    M = np.eye(len(x)) - eta * (R + lam * np.eye(len(x)))
+    alpha = eta * sum(np.linalg.matrix_power(M, l) @ y for l in range(N))
+    p = descend(torch.from_numpy(x)[None], kernel, depth=N, step=eta, ridge=lam, **OPTS[kernel])[0]
+    assert rel_err(p, torch.from_numpy(P @ alpha)) < RTOL
+
+
+@pytest.mark.parametrize("kernel", ["linear", "exp", "gaussian"])
+def test_infinite_depth_is_one_kaczmarz_sweep(kernel):
+    x = _x(B=2, T=15)
+    p = descend(x, kernel, depth="inf", **OPTS[kernel])
+    for b in range(2):
+        ref = kaczmarz(x[b].numpy(), kernel, **{k: v for k, v in OPTS[kernel].items()})
+        assert rel_err(p[b], torch.from_numpy(ref)) < RTOL
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("ridge", [0.0, 0.25])
+def test_infinite_depth_solves_triangular_system(kernel, ridge):
+    """(R + lambda I) alpha = y on rows 1..T-1, p = P alpha (dense solve, independent of ckd)."""
+    x = _x(B=1, T=11)[0].numpy()
+    P, R = _ref_matrices(x, kernel)
+    A = R[1:, 1:] + ridge * np.eye(10)
+    alpha = np.linalg.solve(A, x[1:])
+    p = descend(torch.from_numpy(x)[None], kernel, depth="inf", ridge=ridge, **OPTS[kernel])[0]
+    assert rel_err(p, torch.from_numpy(P[:, 1:] @ alpha)) < RTOL
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_finite_depth_converges_to_infinite_depth(kernel):
+    x = _x(B=2, T=6)
+    p_inf = descend(x, kernel, depth="inf", **OPTS[kernel])
+    errs = [rel_err(descend(x, kernel, depth=n, **OPTS[kernel]), p_inf) for n in (2, 20, 3000)]
+    assert errs[0] > errs[1] >= errs[2] and errs[2] < 1e-8
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_continuous_depth_closed_form(kernel):
+    """alpha(tau) = (R + lambda I)^{-1} (I - exp(-tau (R + lambda I))) y (scipy-free: eigen-free
+    check by the explicit inverse and torch's matrix_exp in a separate code path)."""
+    x, tau, lam = _x(B=1, T=9), 1.7, 0.1
+    P, R = (torch.from_numpy(m) for m in _ref_matrices(x[0].numpy(), kernel))
+    M = R[1:, 1:] + lam * torch.eye(8, dtype=torch.float64)
+    alpha = torch.linalg.inv(M) @ (torch.eye(8, dtype=torch.float64) - torch.linalg.matrix_exp(-tau * M)) @ x[0, 1:]
+    p = continuous_depth(causal_matrices(x, kernel, **OPTS[kernel]), targets(x), tau, lam)[0]
+    assert rel_err(p, P[:, 1:] @ alpha) < RTOL
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_finite_depth_approaches_continuous_depth_at_rate_one_over_N(kernel):
+    x, tau = _x(B=2, T=8), 2.0
+    mats = causal_matrices(x, kernel, **OPTS[kernel])
+    p_tau = continuous_depth(mats, targets(x), tau)
+    errs = [rel_err(finite_depth(mats, targets(x), n, tau / n), p_tau) for n in (200, 400, 800)]
+    assert errs[2] < 2e-3
+    for a, b in zip(errs, errs[1:]):  # first-order Euler: halving the step halves the error
+        assert 1.8 < a / b < 2.2
+
+
+def test_convergence_condition_on_the_diagonal():
+    x = _x(B=2, T=8)
+    mats = causal_matrices(x, "linear")  # unit vectors: R[t, t] = 1
+    assert check_step(mats, 1.99, 0.0) and not check_step(mats, 2.01, 0.0)
+    assert check_step(mats, 1.6, 0.2) and not check_step(mats, 1.7, 0.2)  # |1 - eta (1 + 0.2)| < 1
+    with pytest.warns(StabilityWarning, match="outside the convergence region"):
+        descend(x, "linear", depth=3, step=2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StabilityWarning)
+        descend(x[:, :4], "linear", depth=3, step=1.0)
+
+
+def test_outside_the_region_diverges_inside_converges():
+    x = _x(B=1, T=4)
+    with pytest.warns(StabilityWarning):
+        far = [descend(x, "gaussian", depth=n, step=2.2).abs().max() for n in (20, 40)]
+    assert far[1] > 10 * far[0]
+    near = [rel_err(descend(x, "gaussian", depth=n, step=1.9), descend(x, "gaussian", depth="inf"))
+            for n in (200, 400)]
+    assert near[1] < near[0] < 1e-3
+
+
+def test_transient_growth_is_warned_in_float32():
+    task = make_task("linear", 2, 300, 3, seed=0)
+    with pytest.warns(StabilityWarning, match="grew"):
+        descend(task.x.float(), "linear", depth=16)
+
+
+def test_return_all_gives_every_layer():
+    x = _x()
+    hist = descend(x, "exp", depth=5, step=0.3, return_all=True)
+    assert hist.shape == (6, *x.shape) and (hist[0] == 0).all()
+    for n in (1, 3, 5):
+        assert torch.equal(hist[n], descend(x, "exp", depth=n, step=0.3))
+
+
+def test_infinite_depth_zero_diagonal_is_a_clear_error():
+    x = _x(B=1, T=5)
+    x[0, 2] = 0  # R[3, 3] = |x_2|^2 = 0 with the linear kernel
+    with pytest.raises(ValueError, match="ridge > 0"):
+        infinite_depth(causal_matrices(x, "linear"), targets(x))
+    assert torch.isfinite(descend(x, "linear", depth="inf", ridge=1e-3)).all()
+
+
+def test_exp_large_beta_matches_the_unscaled_definition():
+    """beta = 400 on unit vectors: weights up to e^400 (representable), stored rescaled by e^-400.
+    The descent on rescaled weights (step and ridge rescaled) equals the literal definition."""
+    x = _x(B=1, T=7)
+    mats = causal_matrices(x, "exp", beta=400.0)
+    assert mats.log_scale[0] > 300
+    eta = 0.5 * math.exp(-400.0)
+    p = descend(x, "exp", beta=400.0, depth=3, step=eta, ridge=1e170)
+    ref = ckd(x[0].numpy(), "exp", 3, eta, 1e170, beta=400.0)
+    assert rel_err(p[0], torch.from_numpy(ref)) < 1e-8
+    p_inf = descend(x, "exp", beta=2000.0, depth="inf")  # e^2000 is not representable at all
+    assert torch.isfinite(p_inf).all()
+
+
+@pytest.mark.filterwarnings("ignore::ckd.descent.StabilityWarning")
+@given(t=st.integers(0, 10), seed=st.integers(0, 10**6), kernel=st.sampled_from(KERNELS),
+       depth=st.sampled_from([0, 1, 4, "inf"]))
+def test_causality(t, seed, kernel, depth):
+    """Changing x_{t+1}, x_{t+2}, ... never changes output rows 0..t (with a fixed step: the default
+    step is a max over the whole batch, SPEC §4, and is the one non-causal choice)."""
+    x = _x(seed=seed, B=2, T=12)
+    y = x.clone()
+    y[:, t + 1:] = 3 * torch.randn_like(y[:, t + 1:])
+    step = 0.3
+    a = descend(x, kernel, depth=depth, step=step, ridge=0.1, **OPTS[kernel])
+    b = descend(y, kernel, depth=depth, step=step, ridge=0.1, **OPTS[kernel])
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], rtol=1e-12, atol=1e-12)
+
+
+# --- Behaviour (SPEC §2 "Expected behaviour"), as medians over 30 seeded sequences ---
+
+def test_orthogonal_linear_kernel_infinite_depth_converges():
+    task = make_task("linear", 30, 501, 3, seed=0)
+    err = next_token_error(descend(task.x, "linear", depth="inf"), task.x)
+    med = err.median(0).values
+    assert med[200] < 1e-6
+    assert med[500 - 1] < med[100]
+
+
+def test_softmax_one_layer_is_an_induction_head_on_periodic_sequences():
+    task = make_task("periodic", 30, 40, 5, period=5, seed=0)
+    err = next_token_error(descend(task.x, "softmax", beta=32.0, depth=1, step=1.0), task.x)
+    after_two_periods = err[:, 10:].mean(1)
+    assert after_two_periods.median() < 1e-4
+    assert err[:, :4].mean() > 0.1  # before one period there is nothing to copy
+
+
+@pytest.mark.parametrize("kernel,opts", [("exp", {"beta": 4.0}), ("gaussian", {"sigma": 0.5}),
+                                         ("softmax", {"beta": 4.0})])
+def test_periodic_infinite_depth_error_falls_with_t(kernel, opts):
+    task = make_task("periodic", 30, 201, 3, period=5, seed=1)
+    med = next_token_error(descend(task.x, kernel, depth="inf", **opts), task.x).median(0).values
+    assert med[199] < med[50] < med[10]
