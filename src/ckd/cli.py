@@ -9,7 +9,7 @@ import sys
 import warnings
 
 # Subcommands in the order ``ckd --help`` lists them.
-COMMANDS = ["predict", "demo"]
+COMMANDS = ["predict", "demo", "reproduce"]
 
 
 class UsageError(Exception):

@@ -1,0 +1,124 @@
+"""``ckd reproduce``: run the experiments of ``ckd.experiments`` and write their figures,
+numbers and a ``summary.md`` of headline numbers.
+
+    ckd reproduce [NAME ...] [--quick] [--out DIR] [--seed S] [--device cpu|cuda]
+
+Each experiment writes DIR/<name>.png, .pdf and .json. ``summary.json`` keeps, per
+experiment, its headline numbers, the command, seed and time of its latest run, so
+that re-running one experiment updates its rows and keeps the others'; ``summary.md``
+is rendered from it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from datetime import datetime, timezone
+
+import torch
+
+from ..experiments import EXPERIMENTS, load
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="run the experiments: figures, numbers and summary.md",
+                       description="Run the experiments that turn SPEC §2's claims into measured figures.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"experiments to run (default: all): {', '.join(EXPERIMENTS)}")
+    p.add_argument("--quick", action="store_true", help="few sequences, short prompts (everything < 60 s)")
+    p.add_argument("--out", default="ckd-results", help="output folder (default: ckd-results/)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    p.set_defaults(run=run)
+
+
+def check_args(args) -> tuple[list[str], pathlib.Path]:
+    """Validate names, device and output folder before any work; return (names, out)."""
+    names = list(dict.fromkeys(args.names)) or list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    return names, out
+
+
+def run(args) -> int:
+    names, out = check_args(args)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "ckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "ckd reproduce"
+    summary_path = out / "summary.json"
+    summary = _read_summary(summary_path)
+    failed = []
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(names, desc="ckd reproduce", unit="exp", dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experiments measure instability; they need no warnings
+                headline = load(name).run(out, quick=args.quick, seed=args.seed, device=args.device)
+            status = "ok"
+        except Exception as err:  # keep going: one broken experiment must not lose the others
+            traceback.print_exc()
+            headline, status = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}, "failed"
+            failed.append(name)
+        seconds = time.perf_counter() - t0
+        summary[name] = dict(headline=headline, status=status, seconds=round(seconds, 2), command=command,
+                             seed=args.seed, quick=args.quick, device=args.device,
+                             date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        tqdm.write(f"{name}: {status} in {seconds:.1f} s")
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        (out / "summary.md").write_text(render_summary(summary, out))
+    total = time.perf_counter() - start
+    print(f"{len(names)} experiment(s) in {total:.1f} s; figures, numbers and summary.md in {out}/")
+    if failed:
+        print(f"ckd: error: experiment(s) failed: {', '.join(failed)} (see the traceback above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_summary(path: pathlib.Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def render_summary(summary: dict, out: pathlib.Path) -> str:
+    """summary.md: per experiment (in ``EXPERIMENTS`` order), its headline numbers and how it ran."""
+    order = [n for n in EXPERIMENTS if n in summary] + [n for n in summary if n not in EXPERIMENTS]
+    lines = ["# ckd reproduce: summary", "",
+             "Headline numbers of each experiment (figures and full numbers: `<name>.png`, `<name>.json`).", ""]
+    total = 0.0
+    for name in order:
+        s = summary[name]
+        total += s.get("seconds", 0.0)
+        mode = "quick" if s.get("quick") else "full"
+        lines += [f"## {name}", "",
+                  f"`{s.get('command')}` ({mode} run, seed {s.get('seed')}, device {s.get('device')}, "
+                  f"{s.get('seconds')} s, {s.get('date')}, {s.get('status')})", "",
+                  *([f"![{name}]({name}.png)", ""] if (out / f"{name}.png").exists() else []),
+                  "| quantity | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in s.get("headline", {}).items()]
+        lines.append("")
+    lines.append(f"Total time of the runs listed: {total:.1f} s.")
+    return "\n".join(lines) + "\n"
