@@ -1,0 +1,113 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import RTOL
+
+from ckd import make_task, predict
+from ckd.cli import main
+from ckd.kernels import KERNELS
+
+
+@pytest.fixture
+def seqs(tmp_path):
+    x = make_task("periodic", 2, 15, 3, period=4, seed=0).x.numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "one.npy", x[0])
+    np.savetxt(tmp_path / "one.csv", x[0], delimiter=",")
+    return x
+
+
+def run(argv, capsys):
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("depth", ["0", "1", "5", "inf"])
+def test_predict_matches_api(tmp_path, seqs, capsys, kernel, depth):
+    out = tmp_path / "p.npy"
+    rc, _, err = run(["predict", str(tmp_path / "x.npy"), "-o", str(out), "--kernel", kernel, "--depth", depth,
+                      "--beta", "2", "--sigma", "0.6", "--ridge", "0.1"], capsys)
+    assert rc == 0, err
+    expected = predict(seqs, kernel, beta=2.0, sigma=0.6, depth=depth, ridge=0.1)
+    got = np.load(out)
+    assert got.shape == seqs.shape
+    assert np.abs(got - expected).max() <= RTOL * max(np.abs(expected).max(), 1e-300)
+
+
+def test_csv_and_unbatched_input(tmp_path, seqs, capsys):
+    rc, _, _ = run(["predict", str(tmp_path / "one.csv"), "-o", str(tmp_path / "a.npy"), "--depth", "3"], capsys)
+    assert rc == 0
+    rc, _, _ = run(["predict", str(tmp_path / "one.npy"), "-o", str(tmp_path / "b.csv"), "--depth", "3"], capsys)
+    assert rc == 0
+    a, b = np.load(tmp_path / "a.npy"), np.loadtxt(tmp_path / "b.csv", delimiter=",")
+    assert a.shape == (15, 3) and np.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert np.allclose(a, predict(seqs[0], depth=3), rtol=1e-12, atol=1e-14)
+
+
+def test_float32_and_step(tmp_path, seqs, capsys):
+    rc, _, _ = run(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"), "--dtype", "float32",
+                    "--step", "0.2", "--kernel", "softmax"], capsys)
+    assert rc == 0 and np.load(tmp_path / "f.npy").dtype == np.float32
+
+
+def _bad_files(tmp_path):
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan], [0.0, 1.0]]))
+    np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf], [0.0, 1.0]]))
+    np.save(tmp_path / "rank1.npy", np.ones(4))
+    np.save(tmp_path / "empty.npy", np.ones((0, 2)))
+    np.save(tmp_path / "strings.npy", np.array(["a", "b"]))
+    (tmp_path / "garbage.npy").write_bytes(b"this is not an array")
+    (tmp_path / "garbage.csv").write_text("a,b\nc,d\n")
+
+
+BAD = [
+    ["nan.npy"], ["inf.npy"], ["rank1.npy"], ["empty.npy"], ["strings.npy"], ["garbage.npy"], ["garbage.csv"],
+    ["missing.npy"], ["x.npy", "--kernel", "cosine"], ["x.npy", "--backend", "transformer", "--depth", "inf"],
+    ["x.npy", "--depth", "-2"], ["x.npy", "--step", "-1"], ["x.npy", "--depth", "many"], ["x.npy", "--ridge", "-1"],
+    ["x.npy", "--beta", "x"], ["x.npy", "--backend", "gpu"], ["x.npy", "--tokens", "raw"],
+]
+
+
+@pytest.mark.parametrize("args", BAD, ids=lambda a: "-".join(a))
+def test_bad_input_one_line_no_output(tmp_path, seqs, capsys, args):
+    _bad_files(tmp_path)
+    out = tmp_path / "out.npy"
+    rc, stdout, err = run(["predict", str(tmp_path / args[0]), "-o", str(out), *args[1:]], capsys)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckd") and "Traceback" not in err, err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_bad_output_path(tmp_path, seqs, capsys):
+    rc, _, err = run(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "no" / "o.npy")], capsys)
+    assert rc != 0 and "does not exist" in err
+    rc, _, err = run(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.csv")], capsys)
+    assert rc != 0 and "(T, d)" in err and not (tmp_path / "o.csv").exists()
+
+
+def test_unstable_step_warns_on_stderr(tmp_path, seqs, capsys):
+    rc, _, err = run(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "w.npy"), "--kernel", "gaussian",
+                      "--step", "5", "--depth", "2"], capsys)
+    assert rc == 0 and "warning" in err and "convergence region" in err
+    assert (tmp_path / "w.npy").exists()
+
+
+def test_console_script_end_to_end(tmp_path, seqs):
+    """The installed entry point, in a fresh process: no traceback for a user mistake."""
+    ok = subprocess.run([sys.executable, "-m", "ckd.cli", "predict", str(tmp_path / "x.npy"), "-o",
+                         str(tmp_path / "s.npy"), "--depth", "inf"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "ckd.cli", "predict", str(tmp_path / "nope.npy"), "-o",
+                          str(tmp_path / "t.npy")], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
+
+
+def test_demo_runs(capsys):
+    rc, out, _ = run(["demo", "--sequences", "2"], capsys)
+    assert rc == 0 and "inf" in out and "linear" in out and "periodic" in out
