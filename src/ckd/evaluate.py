@@ -1,0 +1,170 @@
+"""Evaluate a trained Transformer against causal kernel descent and the baselines.
+
+On fresh prompts of the run's task (a seed stream training never used), for every
+method m the next-token error e_m[b, t] = |m(x)[b, t] - x[b, t+1]| (``next_token_error``):
+
+    transformer        the trained model (weights cast to float64)
+    ckd depth L        CKD with the model's attention as kernel, L = the model's layers,
+                       kernel parameter and step chosen on separate prompts (``tune_ckd``)
+    ckd best depth     the same, with the depth also chosen (``DEPTHS``)
+    ckd depth inf      the infinite-depth limit (kernel parameter chosen)
+    baselines          ``ckd.baselines.BASELINES`` and the oracle f (SPEC §6)
+
+Probe (does the residual stream hold CKD's prediction?): for each hidden state h^l
+(after the embedding and after each layer, ``forward(return_hidden=True)``) a
+least-squares read-out W_l = argmin_W sum_{b, t>=1} |W h^l[b, t] - x[b, t+1]|^2 is fitted
+on separate prompts, then on the test prompts we report its error to the truth and its
+distance to p_l, CKD's prediction after the same number of layers (depth-L setting):
+
+    probe_mse    = mean |W_l h^l - x_{t+1}|^2
+    probe_to_ckd = mean |W_l h^l - p_l|^2 / mean |p_l - x_{t+1}|^2   (0: the layer holds p_l)
+
+A constructed model holds p_l exactly (probe_to_ckd ~ 0); a model trained from random
+init need not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .baselines import BASELINES, oracle
+from .descent import StabilityWarning, descend
+from .metrics import next_token_error
+from .sequences import make_task
+from .train import TEST, TrainConfig, load_model, next_token_loss, seed_for, tune_ckd, tuning_prompts
+
+DEPTHS = (1, 2, 4, 8, 16, 32)
+PROBE = 4  # seed stream of the probe's fitting prompts
+
+
+def ckd_settings(cfg: TrainConfig, x_tune: Tensor) -> dict[str, dict]:
+    """CKD settings chosen on ``x_tune``: at the model's depth, at the best depth of ``DEPTHS``, at depth inf."""
+    at_depth = tune_ckd(x_tune, cfg.attention, cfg.layers)
+    best = min((tune_ckd(x_tune, cfg.attention, n) for n in DEPTHS), key=lambda s: s["loss"])
+    return {f"ckd depth {cfg.layers}": at_depth, f"ckd depth {best['depth']} (best)": best,
+            "ckd depth inf": tune_ckd(x_tune, cfg.attention, "inf")}
+
+
+def run_ckd(x: Tensor, setting: dict, return_all: bool = False) -> Tensor:
+    """CKD predictions for x with a setting of ``tune_ckd`` (StabilityWarnings silenced: measured, not hidden)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        return descend(x, setting["kernel"], beta=setting["beta"], sigma=setting["sigma"], depth=setting["depth"],
+                       step=setting["step"], return_all=return_all)
+
+
+def readout(h_fit: Tensor, y_fit: Tensor, h: Tensor) -> Tensor:
+    """Least-squares read-out: W = argmin |h_fit W - y_fit|^2 (min-norm, relative cutoff 1e-10), applied to h."""
+    W = torch.linalg.lstsq(h_fit.flatten(0, 1), y_fit.flatten(0, 1), rcond=1e-10, driver="gelsd").solution
+    return h @ W
+
+
+def probe(model: torch.nn.Module, x_fit: Tensor, x: Tensor, setting: dict) -> list[dict]:
+    """Per hidden state: {"hidden", "ckd_depth", "probe_mse", "probe_to_ckd"} (module docstring)."""
+    with torch.no_grad():
+        _, h_fit = model(x_fit, return_hidden=True)
+        _, h_test = model(x, return_hidden=True)
+    raw = model.config.tokens == "raw"
+    p_all = run_ckd(x, {**setting, "depth": len(h_test) - 1 - raw}, return_all=True)  # (L+1, B, T, d)
+    rows = []
+    for i, (hf, ht) in enumerate(zip(h_fit, h_test)):
+        depth = max(0, i - 1) if raw else i
+        fit = readout(hf[:, 1:-1], x_fit[:, 2:], ht)
+        p = p_all[depth]
+        ckd_mse = float(next_token_loss(p, x))
+        gap = float((fit[:, 1:-1] - p[:, 1:-1]).square().sum(-1).mean())
+        rows.append(dict(hidden="embedding" if i == 0 else ("previous-token layer" if raw and i == 1 else
+                                                             f"layer {i - raw}"),
+                         ckd_depth=depth, probe_mse=float(next_token_loss(fit, x)), ckd_mse=ckd_mse,
+                         probe_to_ckd=gap / ckd_mse if ckd_mse > 0 else math.nan))
+    return rows
+
+
+def evaluate(checkpoint: str | os.PathLike, *, sequences: int = 64, seed: int | None = None) -> dict:
+    """Errors vs t of the trained model, CKD and the baselines on fresh prompts, and the probe.
+
+    Returns {"config", "step", "t", "errors": {method: (B, T-1) tensor}, "summary": {method: {...}},
+    "settings": {ckd method: setting}, "probe": [...]}. ``seed`` defaults to the run's seed.
+    """
+    cfg, model, state = load_model(checkpoint)
+    model = model.double()
+    seed = cfg.seed if seed is None else seed
+    if sequences < 2:
+        raise ValueError(f"--sequences must be >= 2, got {sequences}")
+
+    def prompts(stream: int):
+        return make_task(cfg.task, sequences, cfg.length, cfg.dim, seed=seed_for(seed, stream))
+
+    task, x_fit, x_tune = prompts(TEST), prompts(PROBE).x, tuning_prompts(cfg, seed)
+    x = task.x
+    with torch.no_grad():
+        preds = {"transformer": model(x)}
+    settings = ckd_settings(cfg, x_tune)
+    preds |= {name: run_ckd(x, s) for name, s in settings.items()}
+    preds |= {name: fn(x) for name, fn in BASELINES.items()}
+    preds["oracle"] = oracle(task)
+    errors = {name: next_token_error(p, x) for name, p in preds.items()}
+    summary = {name: {"mse": float(next_token_loss(preds[name], x)),
+                      "median_err_last": float(e[:, -1].median()),
+                      "median_err_mid": float(e[:, e.shape[1] // 2].median())} for name, e in errors.items()}
+    return dict(config=state["config"], step=int(state["step"]), t=list(range(cfg.length - 1)), errors=errors,
+                summary=summary, settings=settings,
+                probe=probe(model, x_fit, x, settings[f"ckd depth {cfg.layers}"]), sequences=sequences, seed=seed)
+
+
+def report(result: dict) -> str:
+    """A plain-text table of ``evaluate``'s summary and probe."""
+    c = result["config"]
+    lines = [f"{c['task']} / {c['attention']} attention / {c['layers']} layers / init {c['init']} / "
+             f"step {result['step']}: {result['sequences']} fresh prompts, T = {c['length']}, d = {c['dim']}",
+             "", f"{'method':<22}{'mse (t>=1)':>12}{'med err t=T/2':>15}{'med err last':>14}"]
+    for name, s in sorted(result["summary"].items(), key=lambda kv: kv[1]["mse"]):
+        lines.append(f"{name:<22}{s['mse']:>12.3e}{s['median_err_mid']:>15.3e}{s['median_err_last']:>14.3e}")
+    lines += ["", "probe: least-squares read-out of each residual stream vs CKD after that many layers",
+              f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'|probe-ckd|^2/ckd mse':>24}"]
+    for r in result["probe"]:
+        lines.append(f"{r['hidden']:<22}{r['ckd_depth']:>10}{r['probe_mse']:>12.3e}{r['ckd_mse']:>12.3e}"
+                     f"{r['probe_to_ckd']:>24.3e}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, out: Path, name: str = "evaluation") -> list[Path]:
+    """Error vs t (median and quartiles) of every method, and the probe, as out/name.png/.pdf."""
+    from .experiments.plotting import band, figure, log_axes, save_figure
+
+    fig, (ax, axp) = figure(1, 2, width=4.6)
+    shown = ["transformer", *[k for k in result["errors"] if k.startswith("ckd")], "last", "ols", "krr",
+             "analogues", "oracle"]
+    for name_ in shown:
+        band(ax, result["t"][1:], result["errors"][name_][:, 1:], label=name_,
+             linestyle="-" if name_ == "transformer" or name_.startswith("ckd") else ":")
+    log_axes(ax)
+    c = result["config"]
+    ax.set(xlabel="t", ylabel="|prediction - x_{t+1}|", title=f"{c['task']}, {c['attention']}, L={c['layers']}, "
+           f"init {c['init']} ({result['sequences']} prompts)")
+    ax.legend(ncol=2)
+    depths = [r["ckd_depth"] for r in result["probe"]]
+    labels = [r["hidden"].replace("previous-token layer", "prev") for r in result["probe"]]
+    axp.plot(range(len(depths)), [r["probe_mse"] for r in result["probe"]], "o-", label="read-out mse")
+    axp.plot(range(len(depths)), [r["ckd_mse"] for r in result["probe"]], "s--", label="CKD mse, same depth")
+    axp.plot(range(len(depths)), [r["probe_to_ckd"] for r in result["probe"]], "^:", label="|read-out - CKD|^2/CKD mse")
+    axp.set_xticks(range(len(depths)), labels, rotation=20)
+    log_axes(axp)
+    axp.set(title="probe of the residual stream")
+    axp.legend()
+    return save_figure(fig, out, name)
+
+
+def save(result: dict, out: Path) -> list[Path]:
+    """Write out/evaluation.json (numbers) and out/evaluation.png/.pdf."""
+    from .experiments.plotting import quantiles, save_json
+
+    data = {k: v for k, v in result.items() if k != "errors"}
+    data["errors"] = {k: quantiles(e) for k, e in result["errors"].items()}
+    return [save_json(out, "evaluation", data), *plot(result, out)]
