@@ -156,29 +156,50 @@ def sinusoidal_frequencies(pos_dim: int) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, kind: str) -> Tensor:
-    """Causal attention sum_{s <= t} a[t, s] v_s with the score function ``kind`` (module doc).
+    """Causal attention o_t = sum_{s <= t} a[t, s] v_s with the score function ``kind`` (module doc).
 
-    q, k: (B, H, T, E); v: (B, H, T, Ev). Returns (B, H, T, Ev). Exact in float64
-    (no approximation; softmax goes through ``scaled_dot_product_attention``).
+    q, k: (B, H, T, E); v: (B, H, T, Ev). Returns (B, H, T, Ev). Exact (no approximation);
+    no (T, T) matrix is stored except for linear attention with E * Ev > T:
+
+    linear    o_t = q_t^T C_t with C_t = sum_{s <= t} k_s v_s^T (a cumulative sum, O(T E Ev);
+              Katharopoulos et al. 2020), or (q k^T masked) v when E * Ev > T.
+    softmax   ``scaled_dot_product_attention`` (flash kernel on CPU, float64 included).
+    exp       softmax attention over the keys plus one "sink" key of score 0 whose value is a unit
+              vector in an extra channel: that channel returns 1 / (Z_t + 1), Z_t = sum_s exp(q_t.k_s),
+              and the other channels sum_s exp(q_t.k_s) v_s / (Z_t + 1); their ratio is o_t.
+    gaussian  exp attention with q' = (q, -|q|^2/2, 1), k' = (k, 1, -|k|^2/2): q'.k' = -|q - k|^2/2.
     """
-    T = q.shape[-2]
+    T, E, Ev = q.shape[-2], q.shape[-1], v.shape[-1]
     if T == 0:
         return v.new_zeros(v.shape)
-    if kind == "softmax":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
     if kind == "linear":
+        if E * Ev <= T:
+            return torch.einsum("bhte,bhtef->bhtf", q, torch.einsum("bhse,bhsf->bhsef", k, v).cumsum(2))
         return (q @ k.transpose(-2, -1)).tril() @ v
+    if kind == "softmax":
+        return _sdpa(q, k, v)
     if kind == "gaussian":
-        # -|q - k|^2 / 2 = q'.k' with q' = (q, -|q|^2/2, 1), k' = (k, 1, -|k|^2/2): one matmul.
         half_q = -0.5 * q.square().sum(-1, keepdim=True)
         half_k = -0.5 * k.square().sum(-1, keepdim=True)
         q = torch.cat([q, half_q, torch.ones_like(half_q)], dim=-1)
         k = torch.cat([k, torch.ones_like(half_k), half_k], dim=-1)
-    # exp and gaussian: a = exp(q.k), the future masked by a -inf bias before the exponential
-    future = torch.full((T, T), -math.inf, dtype=q.dtype, device=q.device).triu(1)
-    B, H, _, E = q.shape
-    scores = torch.baddbmm(future, q.reshape(B * H, T, E), k.reshape(B * H, T, E).transpose(-2, -1))
-    return (scores.exp() @ v.reshape(B * H, T, -1)).view(B, H, T, -1)
+    # exp (and gaussian): token 0 of the padded sequence is the sink (query and key 0, value e_Ev)
+    sink_value = torch.zeros(Ev + 1, dtype=v.dtype, device=v.device)
+    sink_value[Ev] = 1.0
+    v = torch.cat([sink_value.expand(*v.shape[:-2], 1, Ev + 1), F.pad(v, (0, 1))], dim=-2)
+    o = _sdpa(F.pad(q, (0, 0, 1, 0)), F.pad(k, (0, 0, 1, 0)), v)[..., 1:, :]
+    return o[..., :Ev] / o[..., Ev:]
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention, scale 1. Query/key and value sizes are padded with zero channels to
+    the same size (which leaves scores and outputs unchanged): the CPU flash kernel needs E == Ev."""
+    E, Ev = q.shape[-1], v.shape[-1]
+    n = max(E, Ev)
+    if E < n:
+        q, k = F.pad(q, (0, n - E)), F.pad(k, (0, n - E))
+    o = F.scaled_dot_product_attention(q, k, F.pad(v, (0, n - Ev)) if Ev < n else v, is_causal=True, scale=1.0)
+    return o[..., :Ev]
 
 
 class CausalSelfAttention(nn.Module):
