@@ -129,6 +129,7 @@ def predict(
     backend: str = "descent",
     tokens: str = "augmented",
     dtype: Any = torch.float64,
+    memory_budget: float | None = None,
 ) -> Any:
     """Next-token predictions of causal kernel descent. Row t predicts x_{t+1}.
 
@@ -137,6 +138,8 @@ def predict(
     kernel: linear | exp | softmax | gaussian (SPEC §2); depth: int >= 0 or "inf"
     (descent only); step None means eta = 0.5 / max_t (R[t,t] + ridge) over the
     batch; backend: descent | transformer; tokens: augmented | raw (transformer).
+    memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
+    above it rows are processed in blocks, with the same result (``ckd.descent.descend``).
 
     Raises ``ValueError``/``TypeError`` with a one-line message on bad input and
     warns ``ckd.StabilityWarning`` for a step outside the convergence region.
@@ -145,7 +148,7 @@ def predict(
     opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens)
     batch, unbatched = as_batch(x, dtype)
     if backend == "descent":
-        out = descend(batch, **opts)
+        out = descend(batch, memory_budget=memory_budget, **opts)
     else:
         out = _transformer_backend(batch, tokens=tokens, **opts)
     out = out[0] if unbatched else out

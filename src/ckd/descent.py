@@ -18,6 +18,13 @@ Inside that region (I - eta R)^l can still grow by orders of magnitude before it
 decays (R is triangular, far from normal): ``finite_depth`` measures that growth
 and warns when it eats the precision of the dtype.
 
+Cost (``docs/performance.md``): P and R are built once per batch, then each layer is two
+batched products P r and R r with the step folded into the product, so depth N costs one
+kernel build plus 2N products; ``return_all`` adds no product. Above ``memory_budget`` bytes
+the rows are processed in blocks (``tests/test_blocked.py``): each block's rows of P and R are
+built once and every layer runs on them (causality: rows of a block need r_l only on rows up to
+the block's last), and depth inf is blocked forward substitution. The results are the same.
+
 Reference: M. E. Sander, G. Peyré, *Towards Understanding the Universality of
 Transformers for Next-Token Prediction*, ICLR 2025 (arXiv 2410.03011).
 """
@@ -30,7 +37,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from .kernels import CausalMatrices, causal_matrices
+from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale
+
+DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of (T, T)-sized working memory before row blocks are used
 
 
 class StabilityWarning(UserWarning):
@@ -51,10 +60,13 @@ def diagonal(mats: CausalMatrices) -> Tensor:
 
 def default_step(mats: CausalMatrices, ridge: float = 0.0) -> float:
     """eta = 0.5 / max over the batch and t >= 1 of (R[t, t] + lambda), in true units."""
-    diag = diagonal(mats)
+    return _default_step(diagonal(mats), mats.log_scale, ridge)
+
+
+def _default_step(diag: Tensor, log_scale: Tensor, ridge: float) -> float:
     if diag.numel() == 0:
         return 0.5 / ridge if ridge > 0 else 0.5
-    log_diag = diag.log() + mats.log_scale[:, None]
+    log_diag = diag.log() + log_scale[:, None]
     if ridge > 0:
         log_diag = torch.logaddexp(log_diag, torch.full_like(log_diag, math.log(ridge)))
     return 0.5 * math.exp(-float(log_diag.max()))
@@ -62,7 +74,11 @@ def default_step(mats: CausalMatrices, ridge: float = 0.0) -> float:
 
 def effective(mats: CausalMatrices, step: float, ridge: float) -> tuple[Tensor, Tensor]:
     """Per-sequence (eta e^m, lambda e^-m), (B, 1, 1): the step and ridge in stored units."""
-    ls = mats.log_scale[:, None, None]
+    return _effective(mats.log_scale, step, ridge)
+
+
+def _effective(log_scale: Tensor, step: float, ridge: float) -> tuple[Tensor, Tensor]:
+    ls = log_scale[:, None, None]
     eta = torch.exp(math.log(step) + ls) if step > 0 else torch.zeros_like(ls)
     lam = ridge * torch.exp(-ls)
     return eta, lam
@@ -70,9 +86,29 @@ def effective(mats: CausalMatrices, step: float, ridge: float) -> tuple[Tensor, 
 
 def check_step(mats: CausalMatrices, step: float, ridge: float) -> bool:
     """True iff |1 - eta (R[t,t] + lambda)| < 1 for every t >= 1 and every sequence."""
-    eta, lam = effective(mats, step, ridge)
-    factor = 1.0 - eta[:, :, 0] * (diagonal(mats) + lam[:, :, 0])
+    return _check_step(diagonal(mats), mats.log_scale, step, ridge)
+
+
+def _check_step(diag: Tensor, log_scale: Tensor, step: float, ridge: float) -> bool:
+    eta, lam = _effective(log_scale, step, ridge)
+    factor = 1.0 - eta[:, :, 0] * (diag + lam[:, :, 0])
     return bool((factor.abs() < 1).all())
+
+
+def _warn_step(step: float) -> None:
+    warnings.warn(
+        f"step {step:.4g} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1; "
+        "the iterates diverge as depth grows",
+        StabilityWarning,
+        stacklevel=4,
+    )
+
+
+def _validate(depth: int, step: float) -> None:
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    if step < 0 or not math.isfinite(step):
+        raise ValueError(f"step must be a finite number >= 0, got {step}")
 
 
 def finite_depth(
@@ -91,32 +127,52 @@ def finite_depth(
     when the residuals grow so much (max_l |r_l| / |y|) that the dtype's precision
     is lost; raises ``FloatingPointError`` when the result is not finite.
     """
-    if depth < 0:
-        raise ValueError(f"depth must be >= 0, got {depth}")
-    if step < 0 or not math.isfinite(step):
-        raise ValueError(f"step must be a finite number >= 0, got {step}")
+    _validate(depth, step)
     if depth > 0 and not check_step(mats, step, ridge):
-        warnings.warn(
-            f"step {step:.4g} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1; "
-            "the iterates diverge as depth grows",
-            StabilityWarning,
-            stacklevel=3,
-        )
-    eta, lam = effective(mats, step, ridge)
-    P, R = eta * mats.P, eta * mats.R
+        _warn_step(step)
+    T = y.shape[1]
+    out, r_max = _finite_blocks([(0, T, mats.P, mats.R)], y, depth, step, ridge, mats.log_scale, return_all)
+    _check_growth(out, float(r_max), float(y.abs().amax()))
+    return out
+
+
+def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log_scale: Tensor,
+                   return_all: bool) -> tuple[Tensor, Tensor]:
+    """The layer recursion over row blocks (start, stop, P rows, R rows) given in order; blocks
+    may be generated lazily. Each block's rows of P and R are used for every layer before the
+    next block is built: layer l of rows start..stop-1 needs r_l on rows 0..stop-1 only (causal),
+    and r_l of earlier blocks is kept (depth + 1, B, T, d). Returns (p or its history, max |r_l|).
+
+    Per layer and block: p <- p + eta P r, r <- (1 - eta lambda) r - eta R r, as two baddbmm with
+    a scalar alpha (eta per sequence only when exp rescaling differs across the batch).
+    """
+    B, T, d = y.shape
+    eta, _ = _effective(log_scale, step, ridge)
+    uniform = bool((log_scale == log_scale[0]).all()) if B > 0 else True
+    alpha = float(eta.flatten()[0]) if uniform and B > 0 else 1.0
     decay = 1.0 - step * ridge  # eta * lambda is the same in stored and true units
-    r, p = y, torch.zeros_like(y)
-    history = [p] if return_all else None
-    y_max = y.abs().amax()
-    r_max = y_max
-    for _ in range(depth):
-        p = torch.baddbmm(p, P, r)
-        r = torch.baddbmm(r, R, r, beta=decay, alpha=-1.0)
-        r_max = torch.maximum(r_max, r.abs().amax())
-        if history is not None:
-            history.append(p)
-    _check_growth(p, float(r_max), float(y_max))
-    return torch.stack(history) if history is not None else p
+    history = y.new_zeros(depth + 1, B, T, d) if return_all else None
+    out = None if return_all else y.new_zeros(B, T, d)
+    kept = None  # r_l on the rows of every block so far: needed once there is more than one block
+    r_max = y.abs().amax()
+    for start, stop, P, R in blocks:
+        if kept is None and stop < T:
+            kept = y.new_empty(depth, B, T, d)
+        r = y[:, start:stop]
+        p = y.new_zeros(B, stop - start, d)
+        for layer in range(depth):
+            if kept is not None:
+                kept[layer, :, start:stop] = r
+            prefix = r if kept is None else kept[layer, :, :stop]  # r_l on rows 0..stop-1
+            s = prefix if uniform else eta * prefix
+            p = torch.baddbmm(p, P, s, alpha=alpha)
+            r = torch.baddbmm(r, R, s, beta=decay, alpha=-alpha)
+            r_max = torch.maximum(r_max, r.abs().amax())
+            if history is not None:
+                history[layer + 1, :, start:stop] = p
+        if out is not None:
+            out[:, start:stop] = p
+    return (history if history is not None else out), r_max
 
 
 def _check_growth(p: Tensor, r_max: float, y_max: float) -> None:
@@ -139,30 +195,49 @@ def _check_growth(p: Tensor, r_max: float, y_max: float) -> None:
             )
 
 
-def _pair_system(mats: CausalMatrices, ridge: float) -> Tensor:
-    """(R + lambda I) restricted to rows/columns 1..T-1, stored units, (B, T-1, T-1)."""
-    _, lam = effective(mats, 1.0, ridge)
-    A = mats.R[:, 1:, 1:]
-    return A + lam * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-
-
 def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0) -> Tensor:
     """Depth-inf CKD: p = P alpha with (R + lambda I) alpha = y on rows 1..T-1.
 
     A lower-triangular solve; for lambda = 0 it equals one forward Kaczmarz sweep.
     Raises ``ValueError`` if a diagonal entry R[t,t] + lambda is zero.
     """
-    if y.shape[1] < 2:
-        return torch.zeros_like(y)
-    A = _pair_system(mats, ridge)
-    diag = torch.diagonal(A, dim1=-2, dim2=-1)
-    if not (diag != 0).all():
-        raise ValueError(
-            "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "
-            "kernel, or an exp weight lost to underflow); use ridge > 0"
-        )
-    alpha = torch.linalg.solve_triangular(A, y[:, 1:], upper=False)
-    return mats.P[:, :, 1:] @ alpha
+    return _infinite_blocks([(0, y.shape[1], mats.P, mats.R)], y, ridge, mats.log_scale, inplace=False)
+
+
+def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inplace: bool) -> Tensor:
+    """Blocked forward substitution over row blocks (start, stop, P rows, R rows), in order:
+    alpha_k = (R_kk + lambda I)^{-1} (y_k - R_{k,<k} alpha_{<k}), then p_k = P_k alpha_{<=k}.
+    ``inplace``: the blocks are temporaries and R_kk may be overwritten."""
+    B, T, d = y.shape
+    _, lam = _effective(log_scale, 1.0, ridge)
+    alpha = y.new_zeros(B, T, d)  # alpha_0 = 0: row 0 has no pair (and column 0 of P, R is 0)
+    p = y.new_zeros(B, T, d)
+    for start, stop, P, R in blocks:
+        lo = max(start, 1)
+        if stop <= lo:
+            continue
+        A = R[:, lo - start:, lo:stop]
+        if ridge > 0:
+            A = A if inplace else A.clone()
+            torch.diagonal(A, dim1=-2, dim2=-1).add_(lam[:, :, 0])
+        if not (torch.diagonal(A, dim1=-2, dim2=-1) != 0).all():
+            raise ValueError(
+                "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "
+                "kernel, or an exp weight lost to underflow); use ridge > 0"
+            )
+        rhs = y[:, lo:stop]
+        if lo > 1:
+            rhs = torch.baddbmm(rhs, R[:, lo - start:, 1:lo], alpha[:, 1:lo], alpha=-1.0)
+        alpha[:, lo:stop] = torch.linalg.solve_triangular(A, rhs, upper=False)
+        p[:, start:stop] = P[:, :, 1:] @ alpha[:, 1:stop]
+    return p
+
+
+def _pair_system(mats: CausalMatrices, ridge: float) -> Tensor:
+    """(R + lambda I) restricted to rows/columns 1..T-1, stored units, (B, T-1, T-1)."""
+    _, lam = effective(mats, 1.0, ridge)
+    A = mats.R[:, 1:, 1:]
+    return A + lam * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
 
 
 def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float = 0.0) -> Tensor:
@@ -187,6 +262,26 @@ def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float =
     return mats.P[:, :, 1:] @ alpha
 
 
+def block_rows(x: Tensor, memory_budget: float | None = None) -> int:
+    """Rows per block so that the (B, rows, T) buffers of one block (about 3 of them, counting
+    temporaries) fit in ``memory_budget`` bytes (default ``DEFAULT_MEMORY_BUDGET``); >= T means
+    the whole (B, T, T) matrices fit and no blocking is needed."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    if not budget > 0:
+        raise ValueError(f"memory_budget must be a number of bytes > 0, got {memory_budget!r}")
+    B, T, _ = x.shape
+    per_row = 3 * max(B, 1) * max(T, 1) * x.element_size()
+    return max(1, int(budget // per_row))
+
+
+def row_blocks(x: Tensor, kernel: str, beta: float, sigma: float, log_scale: Tensor, rows: int):
+    """Yield (start, stop, P rows, R rows) for consecutive blocks of ``rows`` rows (built lazily)."""
+    T = x.shape[1]
+    for start in range(0, T, rows):
+        stop = min(T, start + rows)
+        yield (start, stop, *causal_rows(x, kernel, beta, sigma, start, stop, log_scale))
+
+
 def descend(
     x: Tensor,
     kernel: str = "exp",
@@ -197,17 +292,49 @@ def descend(
     step: float | None = None,
     ridge: float = 0.0,
     return_all: bool = False,
+    memory_budget: float | None = None,
 ) -> Tensor:
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
     depth: int >= 0, or ``"inf"``/``math.inf`` for the infinite-depth limit.
     step None means eta = 0.5 / max_t (R[t,t] + lambda) over the batch.
+    memory_budget: bytes of (T, T)-sized working memory (default 4 GiB); above it, rows are
+    processed in blocks (same result, each block's kernel rows built once; see module doc).
     """
-    mats = causal_matrices(x, kernel, beta, sigma)
+    infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
+    if infinite and return_all:
+        raise ValueError("return_all needs a finite depth")
+    rows = block_rows(x, memory_budget)
+    if rows >= x.shape[1]:
+        mats = causal_matrices(x, kernel, beta, sigma)
+        y = targets(x)
+        if infinite:
+            return infinite_depth(mats, y, ridge)
+        eta = default_step(mats, ridge) if step is None else float(step)
+        return finite_depth(mats, y, int(depth), eta, ridge, return_all=return_all)
+    return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else int(depth), step, ridge,
+                            return_all, rows)
+
+
+def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: int | str,
+                     step: float | None, ridge: float, return_all: bool, rows: int) -> Tensor:
+    """``descend`` in row blocks of ``rows``: never more than one block of P and R in memory."""
     y = targets(x)
-    if depth == "inf" or (isinstance(depth, float) and math.isinf(depth)):
-        if return_all:
-            raise ValueError("return_all needs a finite depth")
-        return infinite_depth(mats, y, ridge)
-    eta = default_step(mats, ridge) if step is None else float(step)
-    return finite_depth(mats, y, int(depth), eta, ridge, return_all=return_all)
+    log_scale = exp_log_scale(x, beta, rows) if kernel == "exp" else x.new_zeros(x.shape[0])
+    if depth == "inf":
+        return _infinite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, ridge, log_scale,
+                                inplace=True)
+    eta = step
+    if depth > 0:  # the step and its check need the diagonal of R first: one pass over the blocks
+        diag = torch.cat([torch.diagonal(R, offset=start, dim1=-2, dim2=-1)
+                          for start, _, _, R in row_blocks(x, kernel, beta, sigma, log_scale, rows)], 1)[:, 1:]
+        eta = _default_step(diag, log_scale, ridge) if step is None else float(step)
+        _validate(depth, eta)
+        if not _check_step(diag, log_scale, eta, ridge):
+            _warn_step(eta)
+    eta = 0.5 if eta is None else float(eta)
+    _validate(depth, eta)
+    out, r_max = _finite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, depth, eta, ridge,
+                                log_scale, return_all)
+    _check_growth(out, float(r_max), float(y.abs().amax()))
+    return out

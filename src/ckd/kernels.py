@@ -132,32 +132,149 @@ def shift_gram(G: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def causal_matrices(x: Tensor, kernel: str, beta: float = 1.0, sigma: float = 1.0) -> CausalMatrices:
-    """Causal prediction and residual matrices P, R (B, T, T) of x (B, T, d). See module doc."""
+    """Causal prediction and residual matrices P, R (B, T, T) of x (B, T, d). See module doc.
+
+    Memory: two (B, T, T) buffers (P and R, R a strided view of the score buffer);
+    ``ckd.descent.descend`` switches to row blocks (``causal_rows``) above a memory budget.
+    """
     check_kernel(kernel)
+    P, R, log_scale = _causal_block(x, kernel, beta, sigma, 0, x.shape[1], None)
+    return CausalMatrices(P, R, log_scale)
+
+
+def causal_rows(
+    x: Tensor, kernel: str, beta: float, sigma: float, start: int, stop: int, log_scale: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Rows start..stop-1 of P and R, columns 0..stop-1: two (B, stop - start, stop) blocks.
+
+    Causality makes columns >= stop zero in these rows, so the blocks are all a row needs.
+    ``exp`` weights are divided by exp(log_scale) (B,) as in ``causal_matrices``; pass the
+    whole sequence's ``exp_log_scale`` so that every block uses the same scale.
+    """
+    check_kernel(kernel)
+    if log_scale is None:
+        log_scale = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    P, R, _ = _causal_block(x, kernel, beta, sigma, start, stop, log_scale)
+    return P, R
+
+
+def exp_log_scale(x: Tensor, beta: float, block: int | None = None) -> Tensor:
+    """log_scale (B,) of the ``exp`` kernel: m_b = the largest log-weight beta x_i.x_j of P and R
+    (1 <= s <= t) if it exceeds half the log of the dtype's largest float, else 0.
+
+    Cheap when no rescaling is needed (|beta| max|x|^2 bounds every log-weight); otherwise the
+    scores are scanned in row blocks of ``block`` rows (default: all at once).
+    """
     B, T, _ = x.shape
-    mask = causal_mask(T, x.device)
-    S_P, S_R = shift_gram(scores(x, x, kernel, beta, sigma))
-    log_scale = torch.zeros(B, dtype=x.dtype, device=x.device)
-    if kernel == "linear":
-        return CausalMatrices(S_P * mask, S_R * mask, log_scale)
-    neg_inf = torch.tensor(-math.inf, dtype=x.dtype, device=x.device)
-    S_P = torch.where(mask, S_P, neg_inf)
-    S_R = torch.where(mask, S_R, neg_inf)
+    m = x.new_zeros(B)
+    if T < 2 or not bool((abs(beta) * x.square().sum(-1).amax(-1) > _half_log_max(x.dtype)).any()):
+        return m
+    block = T if block is None else max(1, block)
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        m = torch.maximum(m, _masked_max(_block_scores(x, "exp", beta, 1.0, start, stop), start))
+    return _threshold(m, x.dtype)
+
+
+def _half_log_max(dtype: torch.dtype) -> float:
+    return math.log(torch.finfo(dtype).max) / 2
+
+
+def _threshold(m: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.where(m > _half_log_max(dtype), m, torch.zeros_like(m))
+
+
+def _masked_max(G: Tensor, start: int) -> Tensor:
+    """max(0, largest score used by P or R) per sequence, from the scores G of ``_block_scores``:
+    the entries j <= i with key j <= stop - 2. Clamping at 0 is harmless: only a maximum above
+    the rescaling threshold (> 0) is ever used."""
+    return torch.tril(G[..., :-1], start - 1).flatten(1).amax(1).clamp_min(0.0)
+
+
+def _block_scores(x: Tensor, kernel: str, beta: float, sigma: float, start: int, stop: int) -> Tensor:
+    """Scores (B, n+1, W), n = stop - start, W = stop, of queries x_{start-1}..x_{stop-1}
+    (x_{-1} := 0) against keys x_0..x_{W-1}, stored one element into a flat buffer so that
+    ``_block_views`` can read P and R as shifted views without copying (see there)."""
+    B, _, d = x.shape
+    n, W = stop - start, stop
+    prev = x[:, start - 1:start] if start > 0 else x.new_zeros(B, 1, d)
+    q = torch.cat([prev, x[:, start:stop]], 1)
+    keys = x[:, :W]
+    buf = x.new_empty(B * (n + 1) * W + 1)
+    buf[:1] = 0
+    G = buf[1:].view(B, n + 1, W)
+    torch.bmm(q, keys.transpose(1, 2), out=G)
+    if kernel == "gaussian":  # |q - k|^2 = |q|^2 + |k|^2 - 2 q.k, with an exact 0 where q is k
+        G.mul_(-2.0).add_(q.square().sum(-1)[:, :, None]).add_(keys.square().sum(-1)[:, None, :]).clamp_min_(0.0)
+        torch.diagonal(G, offset=start - 1, dim1=-2, dim2=-1).zero_()
+        G.mul_(-1.0 / (2.0 * sigma * sigma))
+    elif kernel != "linear":
+        G.mul_(beta)
+    return G
+
+
+def _block_views(G: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    """P and R rows start..stop-1 (B, n, W) as strided views of the scores G (B, n+1, W).
+
+    Row r of G holds query x_{start-1+r}, so P[t, s] = G[t - start + 1, s - 1] and
+    R[t, s] = G[t - start, s - 1]. Within a batch, G is one flat buffer with one spare element
+    in front: R is G shifted back by one element, P is R shifted on by one row (W elements);
+    both keep G's batch stride. Column 0 (and row 0 of R when start = 0) holds junk until masked.
+    """
+    B, n1, W = G.shape
+    stride = (n1 * W, W, 1)
+    offset = G.storage_offset() - 1
+    R = G.as_strided((B, n1 - 1, W), stride, offset)
+    P = G.as_strided((B, n1 - 1, W), stride, offset + W)
+    return P, R
+
+
+def _mask_(M: Tensor, start: int, is_R: bool) -> Tensor:
+    """Zero M (rows start.., columns 0..) outside 1 <= s <= t, in place."""
+    M.tril_(start)
+    M[..., 0] = 0
+    if is_R and start == 0:
+        M[:, 0] = 0
+    return M
+
+
+def _causal_block(
+    x: Tensor, kernel: str, beta: float, sigma: float, start: int, stop: int, log_scale: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(P, R, log_scale) rows start..stop-1, columns 0..stop-1. log_scale None: compute it from
+    this block (only right for the whole sequence). Two (B, n, W) buffers are allocated."""
+    B, T, _ = x.shape
+    if T == 0 or stop <= start:
+        empty = x.new_zeros(B, max(stop - start, 0), stop)
+        return empty, empty.clone(), x.new_zeros(B)
+    if log_scale is None:
+        log_scale = exp_log_scale(x, beta) if kernel == "exp" else x.new_zeros(B)
+    G = _block_scores(x, kernel, beta, sigma, start, stop)
+    P_view, R = _block_views(G, start, stop)
     if kernel == "softmax":
-        return CausalMatrices(_masked_softmax(S_P), _masked_softmax(S_R), log_scale)
-    if kernel == "exp" and T > 1:
-        m = torch.maximum(S_P.flatten(1).amax(1), S_R.flatten(1).amax(1))
-        threshold = math.log(torch.finfo(x.dtype).max) / 2
-        log_scale = torch.where(m > threshold, m, torch.zeros_like(m))
-        S_P = S_P - log_scale[:, None, None]
-        S_R = S_R - log_scale[:, None, None]
-    return CausalMatrices(S_P.exp(), S_R.exp(), log_scale)
+        P = P_view.clone()  # before R is changed in place (the views overlap)
+        keep = causal_mask_rows(start, stop, x.device)
+        return _softmax_(P, keep), _softmax_(R, keep), log_scale
+    if kernel == "exp":
+        G.sub_(log_scale[:, None, None])
+    if kernel != "linear":
+        G.exp_()
+    P = _mask_(P_view.clone(), start, False)
+    return P, _mask_(R, start, True), log_scale
 
 
-def _masked_softmax(S: Tensor) -> Tensor:
-    """Row softmax of S where masked entries are -inf; fully masked rows give 0."""
+def causal_mask_rows(start: int, stop: int, device=None) -> Tensor:
+    """Boolean (stop - start, stop) mask of rows start..stop-1, True where 1 <= s <= t."""
+    keep = torch.ones(stop - start, stop, dtype=torch.bool, device=device).tril_(start)
+    keep[:, 0] = False
+    return keep
+
+
+def _softmax_(S: Tensor, keep: Tensor) -> Tensor:
+    """Row softmax of the scores S over the entries ``keep``, in place; empty rows give 0."""
+    S.masked_fill_(~keep, -math.inf)
     m = S.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    W = (S - m).exp()
-    total = W.sum(-1, keepdim=True)
-    return W / torch.where(total > 0, total, torch.ones_like(total))
+    S.sub_(m).exp_()
+    total = S.sum(-1, keepdim=True)
+    return S.div_(torch.where(total > 0, total, torch.ones_like(total)))
