@@ -11,16 +11,17 @@ method m the next-token error e_m[b, t] = |m(x)[b, t] - x[b, t+1]| (``next_token
     baselines          ``ckd.baselines.BASELINES`` and the oracle f (SPEC §6)
 
 Probe (does the residual stream hold CKD's prediction?): for each hidden state h^l
-(after the embedding and after each layer, ``forward(return_hidden=True)``) a
-least-squares read-out W_l = argmin_W sum_{b, t>=1} |W h^l[b, t] - x[b, t+1]|^2 is fitted
-on separate prompts, then on the test prompts we report its error to the truth and its
-distance to p_l, CKD's prediction after the same number of layers (depth-L setting):
+(after the embedding and after each layer, ``forward(return_hidden=True)``), two
+least-squares read-outs are fitted on separate prompts (rows t = 1..T-2), one to the
+truth x_{t+1} and one to p_l, CKD's prediction after the same number of layers (the
+depth-L setting); on the test prompts we report
 
-    probe_mse    = mean |W_l h^l - x_{t+1}|^2
-    probe_to_ckd = mean |W_l h^l - p_l|^2 / mean |p_l - x_{t+1}|^2   (0: the layer holds p_l)
+    probe_mse    = mean |U_l h^l - x_{t+1}|^2              how much the layer knows
+    ckd_mse      = mean |p_l - x_{t+1}|^2                  what CKD knows after l layers
+    probe_to_ckd = mean |V_l h^l - p_l|^2 / mean |p_l|^2   0: p_l is linearly readable
 
-A constructed model holds p_l exactly (probe_to_ckd ~ 0); a model trained from random
-init need not.
+A constructed model holds p_l in a slot (probe_to_ckd ~ 1e-30 in float64); a model
+trained from random init need not. Depth 0 has p_0 = 0: probe_to_ckd is NaN there.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ PROBE = 4  # seed stream of the probe's fitting prompts
 
 def ckd_settings(cfg: TrainConfig, x_tune: Tensor) -> dict[str, dict]:
     """CKD settings chosen on ``x_tune``: at the model's depth, at the best depth of ``DEPTHS``, at depth inf."""
-    at_depth = tune_ckd(x_tune, cfg.attention, cfg.layers)
-    best = min((tune_ckd(x_tune, cfg.attention, n) for n in DEPTHS), key=lambda s: s["loss"])
-    return {f"ckd depth {cfg.layers}": at_depth, f"ckd depth {best['depth']} (best)": best,
-            "ckd depth inf": tune_ckd(x_tune, cfg.attention, "inf")}
+    tuned = tune_ckd(x_tune, cfg.attention, sorted({*DEPTHS, cfg.layers}) + ["inf"])
+    best = min((tuned[n] for n in DEPTHS), key=lambda s: s["loss"])
+    return {f"ckd depth {cfg.layers}": tuned[cfg.layers], f"ckd depth {best['depth']} (best)": best,
+            "ckd depth inf": tuned["inf"]}
 
 
 def run_ckd(x: Tensor, setting: dict, return_all: bool = False) -> Tensor:
@@ -66,23 +67,26 @@ def readout(h_fit: Tensor, y_fit: Tensor, h: Tensor) -> Tensor:
 
 
 def probe(model: torch.nn.Module, x_fit: Tensor, x: Tensor, setting: dict) -> list[dict]:
-    """Per hidden state: {"hidden", "ckd_depth", "probe_mse", "probe_to_ckd"} (module docstring)."""
+    """Per hidden state: {"hidden", "ckd_depth", "probe_mse", "ckd_mse", "probe_to_ckd"} (module docstring)."""
     with torch.no_grad():
         _, h_fit = model(x_fit, return_hidden=True)
         _, h_test = model(x, return_hidden=True)
     raw = model.config.tokens == "raw"
-    p_all = run_ckd(x, {**setting, "depth": len(h_test) - 1 - raw}, return_all=True)  # (L+1, B, T, d)
+    depth = len(h_test) - 1 - raw
+    p_fit = run_ckd(x_fit, {**setting, "depth": depth}, return_all=True)  # (L+1, B, T, d)
+    p_test = run_ckd(x, {**setting, "depth": depth}, return_all=True)
     rows = []
     for i, (hf, ht) in enumerate(zip(h_fit, h_test)):
-        depth = max(0, i - 1) if raw else i
-        fit = readout(hf[:, 1:-1], x_fit[:, 2:], ht)
-        p = p_all[depth]
-        ckd_mse = float(next_token_loss(p, x))
-        gap = float((fit[:, 1:-1] - p[:, 1:-1]).square().sum(-1).mean())
+        n = max(0, i - 1) if raw else i
+        to_truth = readout(hf[:, 1:-1], x_fit[:, 2:], ht)
+        to_ckd = readout(hf[:, 1:-1], p_fit[n][:, 1:-1], ht)
+        p = p_test[n]
+        scale = float(p[:, 1:-1].square().sum(-1).mean())
+        gap = float((to_ckd[:, 1:-1] - p[:, 1:-1]).square().sum(-1).mean())
         rows.append(dict(hidden="embedding" if i == 0 else ("previous-token layer" if raw and i == 1 else
                                                              f"layer {i - raw}"),
-                         ckd_depth=depth, probe_mse=float(next_token_loss(fit, x)), ckd_mse=ckd_mse,
-                         probe_to_ckd=gap / ckd_mse if ckd_mse > 0 else math.nan))
+                         ckd_depth=n, probe_mse=float(next_token_loss(to_truth, x)),
+                         ckd_mse=float(next_token_loss(p, x)), probe_to_ckd=gap / scale if scale > 0 else math.nan))
     return rows
 
 
@@ -127,7 +131,7 @@ def report(result: dict) -> str:
     for name, s in sorted(result["summary"].items(), key=lambda kv: kv[1]["mse"]):
         lines.append(f"{name:<22}{s['mse']:>12.3e}{s['median_err_mid']:>15.3e}{s['median_err_last']:>14.3e}")
     lines += ["", "probe: least-squares read-out of each residual stream vs CKD after that many layers",
-              f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'|probe-ckd|^2/ckd mse':>24}"]
+              f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'ckd read-out rel err':>24}"]
     for r in result["probe"]:
         lines.append(f"{r['hidden']:<22}{r['ckd_depth']:>10}{r['probe_mse']:>12.3e}{r['ckd_mse']:>12.3e}"
                      f"{r['probe_to_ckd']:>24.3e}")

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .api import check_number
-from .descent import StabilityWarning, default_step, descend
+from .descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from .kernels import causal_matrices
 from .sequences import TASKS, make_task
 
@@ -81,7 +81,7 @@ class TrainConfig:
     batch: int = 32
     length: int = 32
     dim: int = 3
-    lr: float = 3e-3
+    lr: float = 1e-2
     min_lr: float = 0.1  # final lr as a fraction of lr
     warmup: int = 30
     weight_decay: float = 0.0
@@ -149,34 +149,46 @@ def next_token_loss(pred: Tensor, x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- CKD settings
 
 
-def tune_ckd(x: Tensor, kernel: str, depth: int | str) -> dict:
-    """The CKD setting (kernel parameter, step) of lowest ``next_token_loss`` on x (B, T, d)
-    at the given depth (int or "inf"), over ``PARAM_GRID`` x ``STEP_FACTORS``.
+def tune_ckd(x: Tensor, kernel: str, depths: list[int | str]) -> dict[int | str, dict]:
+    """For each depth (int or "inf"), the CKD setting (kernel parameter, step) of lowest
+    ``next_token_loss`` on x (B, T, d), over ``PARAM_GRID`` x ``STEP_FACTORS``.
 
-    Returns {"kernel", "depth", "beta", "sigma", "step", "loss"}; step is in true units
+    Returns {depth: {"kernel", "depth", "beta", "sigma", "step", "loss"}}; step is in true units
     (factor / max_t R[t, t] over x), None for depth inf. Settings that overflow are skipped.
+    One causal_matrices per kernel parameter, one descent (``return_all``) per step for all depths.
     """
     name, values = PARAM_GRID[kernel]
-    best = None
+    finite = sorted(n for n in depths if n != "inf")
+    best: dict[int | str, dict] = {}
+
+    def consider(depth, pred, opts, step):
+        loss = float(next_token_loss(pred, x))
+        if math.isfinite(loss) and (depth not in best or loss < best[depth]["loss"]):
+            best[depth] = dict(kernel=kernel, depth=depth, step=step, loss=loss, **opts)
+
+    y = targets(x)
     for value in values:
         opts = {"beta": 1.0, "sigma": 1.0} | ({name: value} if name else {})
-        if depth == "inf":
-            candidates = [None]
-        else:
-            max_diag = 0.5 / default_step(causal_matrices(x, kernel, opts["beta"], opts["sigma"]))
-            candidates = [f / max_diag for f in STEP_FACTORS]
-        for step in candidates:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", StabilityWarning)
-                    pred = descend(x, kernel, depth=depth, step=step, **opts)
-            except (FloatingPointError, ValueError):
-                continue
-            loss = float(next_token_loss(pred, x))
-            if math.isfinite(loss) and (best is None or loss < best["loss"]):
-                best = dict(kernel=kernel, depth=depth, step=step, loss=loss, **opts)
-    if best is None:
-        raise ValueError(f"no finite CKD setting for kernel {kernel} at depth {depth}")
+        mats = causal_matrices(x, kernel, opts["beta"], opts["sigma"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StabilityWarning)
+            if "inf" in depths:
+                try:
+                    consider("inf", infinite_depth(mats, y), opts, None)
+                except ValueError:
+                    pass
+            if finite:
+                max_diag = 0.5 / default_step(mats)
+                for factor in STEP_FACTORS:
+                    try:
+                        preds = finite_depth(mats, y, finite[-1], factor / max_diag, return_all=True)
+                    except FloatingPointError:
+                        continue
+                    for n in finite:
+                        consider(n, preds[n], opts, factor / max_diag)
+    missing = [n for n in depths if n not in best]
+    if missing:
+        raise ValueError(f"no finite CKD setting for kernel {kernel} at depth {missing[0]}")
     return best
 
 
@@ -188,7 +200,7 @@ def tuning_prompts(cfg: TrainConfig, seed: int | None = None) -> Tensor:
 
 def construction_setting(cfg: TrainConfig) -> dict:
     """CKD setting the construction runs: ``tune_ckd`` at depth ``cfg.layers`` on ``tuning_prompts``."""
-    return tune_ckd(tuning_prompts(cfg), cfg.attention, cfg.layers)
+    return tune_ckd(tuning_prompts(cfg), cfg.attention, [cfg.layers])[cfg.layers]
 
 
 # --------------------------------------------------------------------------- model
