@@ -20,6 +20,7 @@ import importlib
 from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
+    "depth-and-length": "ckd.experiments.depth_and_length",
 }
 
 

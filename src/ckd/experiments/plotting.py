@@ -91,13 +91,16 @@ def colors(n: int, cmap: str = "viridis") -> list:
 def heatmap(ax, values: Any, x: Any, ylabels: list[str], *, vmin: float = -16, vmax: float = 2,
             cmap: str = "magma_r", floor: float = FLOOR):
     """log10 of ``values`` (len(ylabels), len(x)) as an image with x on the horizontal axis
-    and one row per label. Returns the image (for a colour bar)."""
-    v = np.log10(np.maximum(to_numpy(values), floor))
+    and one row per label (rows with an empty label get no tick); values are clipped to
+    [10^vmin, 10^vmax] and NaN (overflow) shows as 10^vmax. Returns the image (for a colour bar)."""
+    with np.errstate(all="ignore"):
+        v = np.log10(np.maximum(to_numpy(values), floor))
     v = np.where(np.isnan(v), vmax, v)
     x = to_numpy(x)
     im = ax.imshow(v, aspect="auto", origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
                    extent=(x[0], x[-1], -0.5, len(ylabels) - 0.5), interpolation="nearest")
-    ax.set_yticks(range(len(ylabels)), ylabels)
+    ticks = [i for i, label in enumerate(ylabels) if label]
+    ax.set_yticks(ticks, [ylabels[i] for i in ticks])
     ax.grid(False)
     return im
 
@@ -114,26 +117,30 @@ def save_figure(fig, out: pathlib.Path, name: str) -> list[pathlib.Path]:
     return paths
 
 
-def jsonable(value: Any) -> Any:
-    """Tensors, arrays and numpy scalars as lists/floats; non-finite floats as None."""
+def jsonable(value: Any, digits: int = 6) -> Any:
+    """Tensors, arrays and numpy scalars as lists/floats rounded to ``digits`` significant
+    digits; non-finite floats as None."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), digits)
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, digits) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
     return value
 
 
-def save_json(out: pathlib.Path, name: str, data: dict) -> pathlib.Path:
-    """Write ``out/name.json`` (numbers plotted, config, seed); NaN/inf become null."""
+def save_json(out: pathlib.Path, name: str, data: dict, digits: int = 6) -> pathlib.Path:
+    """Write ``out/name.json`` (numbers plotted, config, seed), floats to ``digits``
+    significant digits; NaN/inf become null."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(jsonable(data), indent=1) + "\n")
+    path.write_text(json.dumps(jsonable(data, digits)) + "\n")
     return path
