@@ -146,6 +146,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
                                                 ("softmax", "raw")])
 def test_construction_init_reproduces_ckd_at_step_0(tmp_path, attention, tokens):
     """float64 construction: the logged step-0 losses are CKD's, with the setting it was built from."""
+    pytest.importorskip("ckd.construction")
     cfg = tiny(attention=attention, tokens=tokens, layers=2, steps=0, dtype="float64", init="construction")
     rec = train(cfg, tmp_path / "run", progress=False)
     setting = construction_setting(cfg)

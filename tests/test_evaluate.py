@@ -1,0 +1,90 @@
+"""``ckd evaluate``: the trained model vs CKD and the baselines, and the residual-stream probe."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import rel_err
+
+from ckd.baselines import BASELINES
+from ckd.cli import main
+from ckd.evaluate import evaluate, readout
+from ckd.train import TrainConfig, train
+
+pytest.importorskip("ckd.construction")
+
+SMALL = dict(task="periodic", attention="softmax", layers=2, batch=8, length=12, dim=2, warmup=1, log_every=1,
+             eval_every=1, eval_batch=8)
+
+
+@pytest.fixture(scope="module")
+def constructed(tmp_path_factory):
+    """A float64 construction, not trained (steps = 0): it must be CKD."""
+    out = tmp_path_factory.mktemp("constructed")
+    train(TrainConfig(**SMALL, steps=0, init="construction", dtype="float64"), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_raw(tmp_path_factory):
+    """A few steps from random init with raw tokens (hidden states include the previous-token layer)."""
+    out = tmp_path_factory.mktemp("raw")
+    train(TrainConfig(**SMALL, steps=3, tokens="raw"), out, progress=False)
+    return out
+
+
+def test_constructed_model_is_ckd_and_the_probe_reads_ckd_exactly(constructed):
+    r = evaluate(constructed / "checkpoint.pt", sequences=16)
+    assert r["step"] == 0 and r["sequences"] == 16
+    assert rel_err(r["errors"]["transformer"], r["errors"]["ckd depth 2"]) < 1e-9
+    assert {"ckd depth 2", "ckd depth inf", "oracle", *BASELINES} <= set(r["errors"])
+    assert any(k.endswith("(best)") for k in r["errors"])
+    for e in r["errors"].values():
+        assert e.shape == (16, 11)
+    assert r["summary"]["oracle"]["mse"] == 0.0
+    assert [p["hidden"] for p in r["probe"]] == ["embedding", "layer 1", "layer 2"]
+    assert math.isnan(r["probe"][0]["probe_to_ckd"])  # p_0 = 0: nothing to read
+    for p in r["probe"][1:]:
+        assert p["probe_to_ckd"] < 1e-20, p  # the p slot holds CKD's prediction after that many layers
+    assert r["probe"][2]["ckd_mse"] == pytest.approx(r["summary"]["ckd depth 2"]["mse"], rel=1e-12)
+
+
+def test_evaluate_raw_tokens_labels_the_previous_token_layer(trained_raw):
+    r = evaluate(trained_raw / "checkpoint.pt", sequences=8)
+    assert [(p["hidden"], p["ckd_depth"]) for p in r["probe"]] == [
+        ("embedding", 0), ("previous-token layer", 0), ("layer 1", 1), ("layer 2", 2)]
+    assert all(math.isfinite(s["mse"]) for s in r["summary"].values())
+
+
+def test_readout_recovers_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(4, 10, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    assert rel_err(readout(h, h @ W, h), h @ W) < 1e-12
+
+
+def test_cli_writes_json_and_figures(constructed, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(constructed), "--out", str(out), "--sequences", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "transformer" in text and "ckd depth inf" in text and "probe" in text
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "evaluation.pdf", "evaluation.png"]
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["config"]["init"] == "construction" and len(data["errors"]["transformer"]["median"]) == 11
+
+
+def test_cli_bad_input_one_line(constructed, tmp_path, capsys):
+    def fails(args, words):
+        assert main(["evaluate", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ckd: error:") and err.count("\n") == 1 and words in err, err
+
+    fails([str(tmp_path / "nope.pt")], "no such checkpoint")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    fails([str(bad)], "corrupted")
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    fails([str(constructed), "--out", str(afile)], "not a folder")
+    fails([str(constructed), "--sequences", "1"], "--sequences must be >= 2")
