@@ -1,0 +1,233 @@
+"""Weights that make ``CausalTransformer`` run causal kernel descent exactly (SPEC §3).
+
+``construct`` returns an ordinary ``CausalTransformer`` (same class as the trained
+models) whose forward pass is depth-N CKD with step eta and ridge lambda:
+
+    p <- p + eta * P r          prediction head: query x_t,     keys x_{s-1}, values r_s
+    r <- r - eta * (R r + lambda r)  residual head: query x_{t-1}, keys x_{s-1}, values r_s
+
+Residual stream of width 4d + 1 (+ pos_dim for raw tokens); d = dim::
+
+    slot     | x_{t-1} | x_t  |  r   |  p   | one | pos_t (raw only) |
+    columns  | 0:d     | d:2d | 2d:3d| 3d:4d| 4d  | 4d+1 : 4d+1+P    |
+
+    embedding W_in    augmented (x_{t-1}, x_t, 1)  -> x_{t-1}, x_t, r = x_t, one
+                      raw       (x_t, 1, pos_t)    -> x_t, r = x_t, one, pos_t   (x_{t-1} slot left 0)
+    [raw] prev layer  1 head: query  W_q pos_t = c pos_{t-1}  (shift; c = 1, or prev_beta for softmax)
+                              key    pos_s,  value x_s (x_t slot)  ->  W_o writes the x_{t-1} slot
+    block l (of N)    head 0 "residual":   q = a x_{t-1}, k = b x_{s-1}, v = r_s -> W_o: -eta e^c  into r
+                      head 1 "prediction": q = a x_t,     k = b x_{s-1}, v = r_s -> W_o: +eta e^c  into p
+                      ridge (lambda > 0): parallel MLP  r <- r - eta lambda (relu(r) - relu(-r))
+    read-out W_out    p slot -> prediction
+
+    kernel     a      b      score q.k                 attention
+    linear     1      1      x.x'                      linear
+    exp        beta   1      beta x.x' - c             exp       (c: see below)
+    softmax    beta   1      beta x.x'                 softmax
+    gaussian   1/sig  1/sig  -|x - x'|^2 / (2 sig^2)   gaussian
+
+Token 0 is never a key and row 0 gets no update (``mask_first``), so p_0 = 0 and
+r_0 is never read: exactly the CKD conventions (row 0 has no pair). Both heads
+attend with the same keys and values; the attention and the ridge MLP read the
+same residual stream (parallel block), so every layer uses the old r on both
+right-hand sides, as in SPEC §2.
+
+``exp`` overflow: exp(beta x.x') exceeds the largest float once beta x.x' > 709.8
+(float64). ``log_scale`` = c > 0 appends a query channel reading ``one`` and a key
+channel holding -c, so the head computes exp(beta x.x' - c), and W_o multiplies by
+eta e^c: the same numbers as CKD in the rescaled units of ``ckd.kernels``.
+
+Raw tokens: with one-hot positions and ``linear`` previous-token attention the copy
+of x_{t-1} is exact (pos_{t-1} . pos_s = [s = t-1]). With ``softmax`` and inverse
+temperature ``prev_beta`` row t gets (e^beta x_{t-1} + sum_{s <= t, s != t-1} x_s) /
+(e^beta + t): an error ~ t e^{-beta} (measured in docs/transformer.md). Sinusoidal
+positions: pos_{t-1} is a rotation of pos_t; softmax only (prev_beta required).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from .descent import StabilityWarning, check_step, default_step
+from .kernels import KERNELS, causal_matrices, check_kernel
+from .transformer import CausalTransformer, TransformerConfig, sinusoidal_frequencies
+
+
+def slots(dim: int) -> dict[str, slice]:
+    """Column ranges of the residual stream (module doc): xprev, xcur, r, p, one, pos."""
+    d = dim
+    return dict(xprev=slice(0, d), xcur=slice(d, 2 * d), r=slice(2 * d, 3 * d), p=slice(3 * d, 4 * d),
+                one=slice(4 * d, 4 * d + 1), pos=slice(4 * d + 1, None))
+
+
+def construct(
+    kernel: str,
+    *,
+    dim: int,
+    depth: int,
+    step: float,
+    beta: float = 1.0,
+    sigma: float = 1.0,
+    ridge: float = 0.0,
+    tokens: str = "augmented",
+    prev_beta: float | None = None,
+    max_len: int = 1024,
+    dtype: torch.dtype = torch.float64,
+    positional: str = "onehot",
+    log_scale: float = 0.0,
+) -> CausalTransformer:
+    """Weights implementing depth-`depth` CKD (two heads per layer: residual head, query x_{t-1};
+    prediction head, query x_t; keys x_{s-1}; values r_s; row 0 masked as a key; ridge as a
+    per-token linear term). tokens='raw' adds the previous-token layer (exact with linear attention
+    on one-hot positions; softmax with inverse temperature prev_beta is approximate).
+
+    log_scale c >= 0 (``exp`` only): heads compute exp(beta x.x' - c) and write eta e^c times
+    their output, which avoids overflow for large beta (module doc).
+    """
+    check_kernel(kernel)
+    _check(dim, depth, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale, kernel)
+    shift, d = log_scale > 0, dim
+    config = TransformerConfig(
+        dim=d, n_layers=depth, n_heads=2, head_dim=d + shift, value_dim=d, attention=kernel, tokens=tokens,
+        positional=positional, max_len=max_len, mlp=ridge > 0, mlp_width=2 * d,
+        prev_attention="linear" if prev_beta is None else "softmax",
+    )
+    model = CausalTransformer(config).to(torch.float64)  # write the weights in float64, then cast
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale)
+    return model.to(dtype)
+
+
+def _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale) -> None:
+    """Fill the zeroed parameters of ``model`` with the layout of the module doc (float64)."""
+    config, shift = model.config, log_scale > 0
+    S = slots(d)
+    eye = torch.eye(d, dtype=torch.float64)
+    a, b = {"linear": (1.0, 1.0), "exp": (beta, 1.0), "softmax": (beta, 1.0),
+            "gaussian": (1.0 / sigma, 1.0 / sigma)}[kernel]
+    gain = math.exp(math.log(step) + log_scale) if step > 0 else 0.0  # eta e^c (c = 0 unless exp rescales)
+
+    W = model.embed.weight  # (width, d_in)
+    if tokens == "augmented":  # input (x_{t-1}, x_t, 1)
+        W[S["xprev"], 0:d] = eye
+        W[S["xcur"], d:2 * d] = eye
+        W[S["r"], d:2 * d] = eye
+        W[S["one"], 2 * d] = 1.0
+    else:  # input (x_t, 1, pos_t)
+        W[S["xcur"], 0:d] = eye
+        W[S["r"], 0:d] = eye
+        W[S["one"], d] = 1.0
+        W[S["pos"], d + 1:] = torch.eye(config.d_pos, dtype=torch.float64)
+        _previous_token_layer(model, S, d, prev_beta, positional)
+
+    for block in model.blocks:
+        attn, width = block.attn, config.d_model
+        q = attn.query.weight.view(2, -1, width)  # (head, head_dim, width)
+        k = attn.key.weight.view(2, -1, width)
+        v = attn.value.weight.view(2, d, width)  # (head, value_dim, width)
+        o = attn.out.weight.view(width, 2, d)  # (width, head, value_dim)
+        for head, query_slot in enumerate(("xprev", "xcur")):  # 0: residual head, 1: prediction head
+            q[head, :d, S[query_slot]] = a * eye
+            k[head, :d, S["xprev"]] = b * eye
+            v[head, :, S["r"]] = eye
+            if shift:  # q.k gains 1 * (-c)
+                q[head, d, S["one"]] = 1.0
+                k[head, d, S["one"]] = -log_scale
+        o[S["r"], 0, :] = -gain * eye
+        o[S["p"], 1, :] = gain * eye
+        if ridge > 0:  # r <- r - eta lambda (relu(r) - relu(-r)) = r - eta lambda r
+            block.mlp.up.weight[:d, S["r"]] = eye
+            block.mlp.up.weight[d:, S["r"]] = -eye
+            block.mlp.down.weight[S["r"], :d] = -step * ridge * eye
+            block.mlp.down.weight[S["r"], d:] = step * ridge * eye
+
+    model.readout.weight[:, S["p"]] = eye
+
+
+def _previous_token_layer(model: CausalTransformer, S: dict, d: int, prev_beta: float | None,
+                          positional: str) -> None:
+    """Query W_q pos_t = c pos_{t-1} (c = 1 linear, prev_beta softmax), key pos_s, value x_s -> x_{t-1} slot."""
+    attn = model.prev.attn
+    P = model.config.d_pos
+    if positional == "onehot":  # (shift pos_t)[i] = pos_t[i + 1]: e_t -> e_{t-1}, e_0 -> 0
+        rotate = torch.diag(torch.ones(P - 1, dtype=torch.float64), 1)
+    else:  # (sin w(t-1), cos w(t-1)) = [[cos w, -sin w], [sin w, cos w]] (sin wt, cos wt)
+        w = sinusoidal_frequencies(P)
+        blocks = torch.stack([torch.stack([w.cos(), -w.sin()], -1), torch.stack([w.sin(), w.cos()], -1)], -2)
+        rotate = torch.block_diag(*blocks)
+    attn.query.weight[:, S["pos"]] = (1.0 if prev_beta is None else prev_beta) * rotate
+    attn.key.weight[:, S["pos"]] = torch.eye(P, dtype=torch.float64)
+    attn.value.weight[:, S["xcur"]] = torch.eye(d, dtype=torch.float64)
+    attn.out.weight[S["xprev"], :] = torch.eye(d, dtype=torch.float64)
+
+
+def _check(dim, depth, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale, kernel) -> None:
+    for name, value in (("dim", dim), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "dim"):
+            raise ValueError(f"{name} must be an integer >= {int(name == 'dim')}, got {value!r}")
+    for name, value, low in (("step", step, 0.0), ("ridge", ridge, 0.0), ("log_scale", log_scale, 0.0)):
+        if not (math.isfinite(value) and value >= low):
+            raise ValueError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+    if not math.isfinite(beta) or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"beta must be finite and sigma finite > 0, got beta={beta!r}, sigma={sigma!r}")
+    if step > 0 and math.log(step) + log_scale > math.log(torch.finfo(torch.float64).max):
+        raise ValueError(f"step * exp(log_scale) = {step:.3g} * exp({log_scale:.4g}) overflows")
+    if log_scale > 0 and kernel != "exp":
+        raise ValueError("log_scale applies to the exp kernel only")
+    if tokens not in ("augmented", "raw"):
+        raise ValueError(f"unknown tokens {tokens!r}; choose one of augmented, raw")
+    if prev_beta is not None and not (math.isfinite(prev_beta) and prev_beta > 0):
+        raise ValueError(f"prev_beta must be a finite number > 0, got {prev_beta!r}")
+    if positional == "sinusoidal" and prev_beta is None:
+        raise ValueError("sinusoidal positions need softmax previous-token attention: give prev_beta")
+
+
+def run_constructed(
+    x: Tensor,
+    *,
+    kernel: str,
+    beta: float,
+    sigma: float,
+    depth: int,
+    step: float | None,
+    ridge: float,
+    tokens: str,
+    prev_beta: float | None = None,
+) -> Tensor:
+    """What ``ckd.predict(backend='transformer')`` calls: x (B, T, d) already validated; step None
+    means the SPEC default step computed from x. Returns predictions (B, T, d).
+
+    Builds ``construct(...)`` for x (max_len = T; ``exp`` rescaled by the batch's largest
+    ``log_scale`` of ``ckd.kernels.causal_matrices``) and runs it under ``no_grad``. Warns
+    ``StabilityWarning`` for a step outside the convergence region, like the descent backend.
+    """
+    if kernel not in KERNELS:
+        check_kernel(kernel)
+    if not isinstance(depth, int):
+        raise ValueError(f"the transformer needs a finite integer depth, got {depth!r}")
+    B, T, d = x.shape
+    mats = causal_matrices(x, kernel, beta, sigma)
+    eta = default_step(mats, ridge) if step is None else float(step)
+    if depth > 0 and not check_step(mats, eta, ridge):
+        warnings.warn(
+            f"step {eta:.4g} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1 of this input; "
+            "the constructed transformer's output diverges as depth grows",
+            StabilityWarning,
+            stacklevel=3,
+        )
+    log_scale = float(mats.log_scale.max()) if kernel == "exp" and T > 1 else 0.0
+    model = construct(kernel, dim=d, depth=depth, step=eta, beta=beta, sigma=sigma, ridge=ridge, tokens=tokens,
+                      prev_beta=prev_beta, max_len=max(T, 1), dtype=x.dtype, log_scale=log_scale).to(x.device)
+    with torch.no_grad():
+        pred = model(x)
+    if not torch.isfinite(pred).all():
+        raise FloatingPointError(
+            f"the constructed transformer overflowed in {x.dtype}; use a smaller step, a smaller depth, or float64"
+        )
+    return pred
