@@ -44,11 +44,13 @@ DEPTHS = (1, 2, 4, 8, 16, 32)
 PROBE = 4  # seed stream of the probe's fitting prompts
 
 
-def ckd_settings(cfg: TrainConfig, x_tune: Tensor) -> dict[str, dict]:
-    """CKD settings chosen on ``x_tune``: at the model's depth, at the best depth of ``DEPTHS``, at depth inf."""
-    tuned = tune_ckd(x_tune, cfg.attention, sorted({*DEPTHS, cfg.layers}) + ["inf"])
+def ckd_settings(cfg: TrainConfig, x_tune: Tensor, layers: tuple[int, ...] = ()) -> dict[str, dict]:
+    """CKD settings chosen on ``x_tune``: at depth ``cfg.layers`` (and each of ``layers``), at the best
+    depth of ``DEPTHS``, and at depth inf."""
+    at = sorted({cfg.layers, *layers})
+    tuned = tune_ckd(x_tune, cfg.attention, sorted({*DEPTHS, *at}) + ["inf"])
     best = min((tuned[n] for n in DEPTHS), key=lambda s: s["loss"])
-    return {f"ckd depth {cfg.layers}": tuned[cfg.layers], f"ckd depth {best['depth']} (best)": best,
+    return {**{f"ckd depth {n}": tuned[n] for n in at}, f"ckd depth {best['depth']} (best)": best,
             "ckd depth inf": tuned["inf"]}
 
 
@@ -90,36 +92,61 @@ def probe(model: torch.nn.Module, x_fit: Tensor, x: Tensor, setting: dict) -> li
     return rows
 
 
-def evaluate(checkpoint: str | os.PathLike, *, sequences: int = 64, seed: int | None = None) -> dict:
-    """Errors vs t of the trained model, CKD and the baselines on fresh prompts, and the probe.
+def summarize(errors: Tensor, pred: Tensor, x: Tensor) -> dict:
+    """{"mse": next_token_loss, "median_err_last", "median_err_mid"} of one method."""
+    return {"mse": float(next_token_loss(pred, x)), "median_err_last": float(errors[:, -1].median()),
+            "median_err_mid": float(errors[:, errors.shape[1] // 2].median())}
 
-    Returns {"config", "step", "t", "errors": {method: (B, T-1) tensor}, "summary": {method: {...}},
-    "settings": {ckd method: setting}, "probe": [...]}. ``seed`` defaults to the run's seed.
+
+def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
+              layers: tuple[int, ...] = ()) -> dict:
+    """What a trained model of this task and attention is compared with, on fresh prompts.
+
+    Returns {"x" (test prompts), "x_fit" (probe prompts), "settings", "errors", "summary"} for CKD
+    (``ckd_settings``), the baselines and the oracle. ``seed`` defaults to the run's seed.
     """
-    cfg, model, state = load_model(checkpoint)
-    model = model.double()
-    seed = cfg.seed if seed is None else seed
     if sequences < 2:
         raise ValueError(f"--sequences must be >= 2, got {sequences}")
+    seed = cfg.seed if seed is None else seed
 
     def prompts(stream: int):
         return make_task(cfg.task, sequences, cfg.length, cfg.dim, seed=seed_for(seed, stream))
 
-    task, x_fit, x_tune = prompts(TEST), prompts(PROBE).x, tuning_prompts(cfg, seed)
+    task = prompts(TEST)
     x = task.x
-    with torch.no_grad():
-        preds = {"transformer": model(x)}
-    settings = ckd_settings(cfg, x_tune)
-    preds |= {name: run_ckd(x, s) for name, s in settings.items()}
+    settings = ckd_settings(cfg, tuning_prompts(cfg, seed), layers)
+    preds = {name: run_ckd(x, s) for name, s in settings.items()}
     preds |= {name: fn(x) for name, fn in BASELINES.items()}
     preds["oracle"] = oracle(task)
     errors = {name: next_token_error(p, x) for name, p in preds.items()}
-    summary = {name: {"mse": float(next_token_loss(preds[name], x)),
-                      "median_err_last": float(e[:, -1].median()),
-                      "median_err_mid": float(e[:, e.shape[1] // 2].median())} for name, e in errors.items()}
-    return dict(config=state["config"], step=int(state["step"]), t=list(range(cfg.length - 1)), errors=errors,
-                summary=summary, settings=settings,
-                probe=probe(model, x_fit, x, settings[f"ckd depth {cfg.layers}"]), sequences=sequences, seed=seed)
+    return dict(x=x, x_fit=prompts(PROBE).x, settings=settings, errors=errors, sequences=sequences, seed=seed,
+                summary={name: summarize(errors[name], p, x) for name, p in preds.items()})
+
+
+def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, ref: dict) -> dict:
+    """The model (cast to float64) on ``ref``'s prompts: {"errors" (B, T-1), "summary", "probe"};
+    the probe compares with CKD at depth ``cfg.layers`` (``ref["settings"]``)."""
+    model = model.double().eval()
+    with torch.no_grad():
+        pred = model(ref["x"])
+    errors = next_token_error(pred, ref["x"])
+    return dict(errors=errors, summary=summarize(errors, pred, ref["x"]),
+                probe=probe(model, ref["x_fit"], ref["x"], ref["settings"][f"ckd depth {cfg.layers}"]))
+
+
+def evaluate(checkpoint: str | os.PathLike, *, sequences: int = 64, seed: int | None = None) -> dict:
+    """Errors vs t of the trained model, CKD and the baselines on fresh prompts, and the probe.
+
+    Returns {"config", "step", "t", "errors": {method: (B, T-1) tensor}, "summary": {method: {...}},
+    "settings": {ckd method: setting}, "probe": [...], "sequences", "seed"}. ``seed`` defaults to the run's seed.
+    """
+    cfg, model, state = load_model(checkpoint)
+    ref = reference(cfg, sequences=sequences, seed=seed)
+    mine = evaluate_model(model, cfg, ref)
+    return dict(config=state["config"], step=int(state["step"]), t=list(range(cfg.length - 1)),
+                errors={"transformer": mine["errors"], **ref["errors"]},
+                summary={"transformer": mine["summary"], **ref["summary"]}, settings=ref["settings"],
+                probe=mine["probe"], sequences=ref["sequences"], seed=ref["seed"])
 
 
 def report(result: dict) -> str:
