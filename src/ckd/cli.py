@@ -9,7 +9,7 @@ import sys
 import warnings
 
 # Subcommands in the order ``ckd --help`` lists them.
-COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate"]
+COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast"]
 
 
 class UsageError(Exception):

@@ -1,0 +1,256 @@
+"""In-context one-step forecasting of a raw trajectory, strictly causally (``ckd forecast``).
+
+``forecast(x)`` takes a trajectory (T, d) or (B, T, d) in the user's units and returns
+an array of the same shape whose row t forecasts x_{t+1} from rows x_0..x_t only:
+the scaling, the model and every setting are chosen from the prefix.
+
+Causal scaling. Rows are cut into blocks [1, 2), [2, 4), [4, 8), ..., [2^k, 2^{k+1}).
+Rows of the block starting at c are forecast in the units z = (x - m_c) / s_c where
+m_c, s_c are the per-coordinate mean and standard deviation of x_0..x_c (a zero
+standard deviation -- a coordinate constant so far -- is replaced by 1: the coordinate
+is centred, not divided). The model of that block is fitted on the prefix in those
+units. Doubling blocks cost at most twice one fit on the whole trajectory.
+
+Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
+
+    ckd        one layer of causal kernel descent with the gaussian kernel (depth 1, eta = 1:
+               the prediction head P v, P[t, s] = k(z_t, z_{s-1})) whose value channels carry
+               the local moments v_s = (phi phi^T, phi dz^T), phi = (1, z_{s-1}), dz = z_s - z_{s-1};
+               the read-out solves the local linear system
+                   (M_t + lambda M_t[0, 0] J) c_t = V_t,   J = diag(0, 1, ..., 1)
+               and forecasts z_t + (1, z_t) c_t (kernel-weighted local linear regression of
+               the increment). Depth "inf" uses the Kaczmarz sweep instead (ckd.descent) with
+               the normalised read-out z_t + (P alpha)_dz / (P alpha)_1.
+    krr        kernel ridge regression on the prefix (ckd.baselines.kernel_ridge, gaussian)
+    ols        affine least squares on the prefix (ckd.baselines.least_squares on (z, 1), ridge 1e-6)
+    analogues  successor of the k nearest earlier states (ckd.baselines.analogues)
+    last       x_t
+
+Causal selection of settings. A method with a free bandwidth sigma or ridge lambda runs
+every setting of its grid (``GRIDS``) as an "expert"; row t uses the expert with the
+smallest sum of clipped one-step errors min(|z^_{s+1} - z_{s+1}|, 1) over rows s < t
+(errors already observed at time t; follow the leader). Passing sigma or ridge fixes it.
+
+Guard. A forecast that is not finite, or leaves the prefix's range widened by its width
+plus one standard deviation on either side, is replaced by x_t (counted in ``fallbacks``).
+Row 0 (no pair yet) is x_0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .api import as_batch, check_number
+from .baselines import analogues, kernel_ridge, least_squares
+from .descent import infinite_depth
+from .kernels import CausalMatrices, causal_mask, scores, shift_gram
+
+METHODS = ("ckd", "analogues", "krr", "ols", "last")
+
+# Expert grids (standardised units): every combination is an expert.
+GRIDS = {
+    "ckd": {"sigma": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5), "ridge": (1e-6, 1e-3)},
+    "ckd-inf": {"sigma": (0.1, 0.3), "ridge": (1e-2,)},
+    "krr": {"sigma": (0.3, 1.0, 3.0), "ridge": (1e-6, 1e-3)},
+}
+CLIP = 1.0  # errors are clipped at one standard deviation before they are summed
+
+
+@dataclass
+class Forecast:
+    """pred (B, T, d) in user units; choice (B, T) index of the expert used per row (-1 for
+    row 0 and fallbacks); experts: their settings; fallbacks: rows replaced by x_t."""
+
+    pred: Tensor
+    choice: Tensor
+    experts: list[dict]
+    fallbacks: int
+
+
+def blocks(T: int) -> list[tuple[int, int]]:
+    """[1, 2), [2, 4), [4, 8), ...: row t of block [a, b) is scaled with rows 0..a (row 0 is x_0)."""
+    out, a = [], 1
+    while a < T:
+        b = min(2 * a, T)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def causal_scale(x: Tensor, upto: int) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (B, 1, d) of rows 0..upto; a zero std becomes 1."""
+    head = x[:, : upto + 1]
+    mean = head.mean(1, keepdim=True)
+    std = head.std(1, unbiased=False, keepdim=True)
+    tiny = 1e-12 * (1.0 + mean.abs())
+    return mean, torch.where(std > tiny, std, torch.ones_like(std))
+
+
+def _increments(z: Tensor) -> Tensor:
+    """dz with dz_0 = 0, dz_s = z_s - z_{s-1}."""
+    dz = torch.zeros_like(z)
+    dz[:, 1:] = z[:, 1:] - z[:, :-1]
+    return dz
+
+
+def _gaussian_P(z: Tensor, sigma: float, half_sqdist: Tensor | None = None) -> Tensor:
+    """The causal prediction matrix P[t, s] = exp(-|z_t - z_{s-1}|^2 / (2 sigma^2)), 1 <= s <= t."""
+    P, _ = shift_gram(_gaussian_gram(z, sigma, half_sqdist))
+    return P * causal_mask(z.shape[1], z.device)
+
+
+def _gaussian_gram(z: Tensor, sigma: float, half_sqdist: Tensor | None = None) -> Tensor:
+    """G[i, j] = exp(-|z_i - z_j|^2 / (2 sigma^2)), with weights below e^-600 set to 0 exactly
+    (subnormal numbers would slow every later product a hundredfold)."""
+    S = (scores(z, z, "gaussian", sigma=1.0) if half_sqdist is None else half_sqdist) / (sigma * sigma)
+    return torch.where(S > -600.0, S, torch.full_like(S, -math.inf)).exp()
+
+
+def ckd_local_linear(z: Tensor, sigma: float, ridge: float, half_sqdist: Tensor | None = None) -> Tensor:
+    """Depth-1 gaussian CKD with local-moment values and a local linear read-out (module doc).
+    z: (B, T, d) standardised; returns (B, T, d); rows with no weight fall back to z_t."""
+    B, T, d = z.shape
+    phi = torch.cat([torch.ones_like(z[..., :1]), z], -1)  # (1, z_t)
+    key = torch.zeros_like(phi)
+    key[:, 1:] = phi[:, :-1]  # phi(z_{s-1}) carried by pair s; pair 0 does not exist
+    dz = _increments(z)
+    values = torch.cat([(key[..., :, None] * key[..., None, :]).flatten(2),
+                        (key[..., :, None] * dz[..., None, :]).flatten(2)], -1)
+    q = _gaussian_P(z, sigma, half_sqdist) @ values  # one CKD layer: p = P v
+    M = q[..., : (d + 1) ** 2].reshape(B, T, d + 1, d + 1)
+    V = q[..., (d + 1) ** 2:].reshape(B, T, d + 1, d)
+    mass = M[..., 0, 0]
+    J = torch.eye(d + 1, dtype=z.dtype, device=z.device)
+    J[0, 0] = 0.0
+    tiny = 1e-280
+    A = M + (ridge * mass + tiny)[..., None, None] * J + tiny * torch.eye(d + 1, dtype=z.dtype, device=z.device)
+    coef, info = torch.linalg.solve_ex(A, V)
+    step = (phi[..., None, :] @ coef)[..., 0, :]
+    ok = (info == 0)[..., None] & (mass > 1e-250)[..., None] & torch.isfinite(step)
+    return z + torch.where(ok, step, torch.zeros_like(step))
+
+
+def ckd_sweep_normalised(z: Tensor, sigma: float, ridge: float, half_sqdist: Tensor | None = None) -> Tensor:
+    """Depth-inf gaussian CKD (one Kaczmarz sweep, ``ckd.descent.infinite_depth``) on the
+    targets (dz, 1); forecast z_t + (P alpha)_dz / (P alpha)_1 (normalised read-out)."""
+    P, R = shift_gram(_gaussian_gram(z, sigma, half_sqdist))
+    mask = causal_mask(z.shape[1], z.device)
+    mats = CausalMatrices(P * mask, R * mask, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device))
+    one = torch.ones_like(z[..., :1])
+    one[:, 0] = 0.0
+    q = infinite_depth(mats, torch.cat([_increments(z), one], -1), ridge)
+    den = q[..., -1:]
+    ok = den.abs() > 1e-3
+    return z + torch.where(ok, q[..., :-1] / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+def _experts(method: str, sigma: float | None, ridge: float | None, depth: Any) -> list[dict]:
+    if method == "ckd" and depth == "inf":
+        grid = GRIDS["ckd-inf"]
+    elif method in ("ckd", "krr"):
+        grid = GRIDS[method]
+    else:
+        return [{}]
+    sigmas = grid["sigma"] if sigma is None else (sigma,)
+    ridges = grid["ridge"] if ridge is None else (ridge,)
+    return [{"sigma": s, "ridge": r} for s in sigmas for r in ridges]
+
+
+def _run_experts(z: Tensor, method: str, experts: list[dict], *, k: int, depth: Any) -> Tensor:
+    """Forecasts of every expert on the standardised prefix z: (G, B, n, d), NaN where one fails."""
+    if method == "last":
+        return z[None].clone()
+    if method == "analogues":
+        return analogues(z, k)[None]
+    if method == "ols":
+        one = torch.ones_like(z[..., :1])
+        return least_squares(torch.cat([z, one], -1), ridge=1e-6)[None, ..., :-1]
+    half_sqdist = scores(z, z, "gaussian", sigma=1.0)
+    outs = []
+    for e in experts:
+        try:
+            if method == "krr":
+                outs.append(kernel_ridge(z, "gaussian", sigma=e["sigma"], ridge=e["ridge"]))
+            elif depth == "inf":
+                outs.append(ckd_sweep_normalised(z, e["sigma"], e["ridge"], half_sqdist))
+            else:
+                outs.append(ckd_local_linear(z, e["sigma"], e["ridge"], half_sqdist))
+        except ValueError:  # e.g. a singular Gram matrix for kernel ridge without ridge
+            outs.append(torch.full_like(z, math.nan))
+    return torch.stack(outs)
+
+
+def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: Any) -> dict:
+    """Validate the options of ``forecast``; return them normalised."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if str(depth).strip().lower() in ("inf", "infinity"):
+        depth = "inf"
+    elif str(depth).strip() in ("1", "1.0"):
+        depth = 1
+    else:
+        raise ValueError(f"forecast depth must be 1 or inf, got {depth!r}")
+    return dict(
+        method=method,
+        sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
+        ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
+        k=int(k),
+        depth=depth,
+    )
+
+
+def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
+                     k: int = 1, depth: Any = 1) -> Forecast:
+    """``forecast`` on a float64 tensor x (B, T, d), with the expert chosen at each row."""
+    opts = check_forecast_options(method, sigma, ridge, k, depth)
+    method, depth = opts["method"], opts["depth"]
+    B, T, d = x.shape
+    if T < 3:
+        raise ValueError(f"a trajectory needs at least 3 rows to forecast from pairs, got {T}")
+    experts = _experts(method, opts["sigma"], opts["ridge"], depth)
+    G = len(experts)
+    preds = torch.full((G, B, T, d), math.nan, dtype=x.dtype, device=x.device)
+    scale = torch.ones(B, T, d, dtype=x.dtype, device=x.device)
+    for a, b in blocks(T):
+        mean, std = causal_scale(x, a)
+        z = (x[:, :b] - mean) / std
+        out = _run_experts(z, method, experts, k=opts["k"], depth=depth)[:, :, a:b]
+        preds[:, :, a:b] = out * std + mean
+        scale[:, a:b] = std
+    # follow the leader on the clipped errors observed before row t
+    err = ((preds[:, :, :-1] - x[None, :, 1:]) / scale[None, :, :-1]).norm(dim=-1)
+    err = torch.nan_to_num(err, nan=math.inf).clamp_max(CLIP)  # (G, B, T-1)
+    seen = torch.cat([torch.zeros_like(err[..., :1]), torch.cumsum(err, -1)], -1)  # rows s < t, (G, B, T)
+    choice = seen.argmin(0)  # ties go to the first expert
+    pred = torch.gather(preds, 0, choice[None, ..., None].expand(1, B, T, d))[0]
+    # guard: finite and within the prefix's range widened by its width plus one std
+    lo, hi = torch.cummin(x, 1).values, torch.cummax(x, 1).values
+    pad = (hi - lo) + scale
+    bad = ~(torch.isfinite(pred) & (pred >= lo - pad) & (pred <= hi + pad)).all(-1)
+    bad[:, 0] = True  # row 0 has no pair: x_0
+    pred = torch.where(bad[..., None], x, pred)
+    choice = torch.where(bad, torch.full_like(choice, -1), choice)
+    return Forecast(pred, choice, experts, int(bad[:, 1:].sum()))
+
+
+def forecast(x: Any, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
+             k: int = 1, depth: Any = 1) -> Any:
+    """One-step forecasts of a raw trajectory: row t forecasts x_{t+1} from rows 0..t only.
+
+    x: array or tensor (T, d) or (B, T, d), T >= 3, finite, in any units; returns the same
+    type and shape in float64 (numpy in, numpy out). method: ckd (default) | analogues |
+    krr | ols | last. sigma, ridge: fix the bandwidth / ridge in standardised units (default:
+    chosen causally per row from ``GRIDS``); k: neighbours for analogues; depth: 1 or "inf"
+    for ckd. See the module doc for the exact causal procedure.
+    """
+    batch, unbatched = as_batch(x, torch.float64)
+    out = forecast_details(batch, method, sigma=sigma, ridge=ridge, k=k, depth=depth).pred
+    out = out[0] if unbatched else out
+    return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -1,0 +1,194 @@
+"""ckd forecast: exact read-outs, strict causality, units, bad input, the guard."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import RTOL, rel_err
+
+from ckd.cli import main
+from ckd.descent import infinite_depth
+from ckd.forecast import (
+    METHODS,
+    blocks,
+    causal_scale,
+    ckd_local_linear,
+    ckd_sweep_normalised,
+    forecast,
+    forecast_details,
+)
+from ckd.kernels import causal_matrices
+
+
+def henon(T=60, a=1.4, b=0.3, x0=(0.1, 0.0)):
+    """The Hénon map x' = 1 - a x^2 + y, y' = b x, (T, 2), in raw units."""
+    out = np.zeros((T, 2))
+    out[0] = x0
+    for t in range(T - 1):
+        x, y = out[t]
+        out[t + 1] = (1 - a * x * x + y, b * x)
+    return out
+
+
+def _z(B=2, T=14, d=2, seed=0):
+    return torch.randn(B, T, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_blocks_double_and_cover():
+    assert blocks(3) == [(1, 2), (2, 3)]
+    assert blocks(20) == [(1, 2), (2, 4), (4, 8), (8, 16), (16, 20)]
+
+
+def test_causal_scale_constant_coordinate_is_centred_not_divided():
+    x = torch.tensor([[[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]]], dtype=torch.float64)
+    mean, std = causal_scale(x, 2)
+    assert torch.allclose(mean, torch.tensor([[[2.0, 5.0]]], dtype=torch.float64))
+    assert std[0, 0, 1] == 1.0 and abs(float(std[0, 0, 0]) - (2 / 3) ** 0.5) < 1e-15
+
+
+@pytest.mark.parametrize("sigma,ridge", [(0.5, 0.0), (1.3, 1e-3)])
+def test_local_linear_readout_is_weighted_least_squares(sigma, ridge):
+    """Depth-1 CKD with moment values + read-out = kernel-weighted local linear regression."""
+    z = _z(T=12)
+    got = ckd_local_linear(z, sigma, ridge)
+    B, T, d = z.shape
+    ref = torch.zeros_like(z)
+    for b in range(B):
+        ref[b, 0] = z[b, 0]
+        for t in range(1, T):
+            keys, dz = z[b, :t], z[b, 1:t + 1] - z[b, :t]
+            w = torch.exp(-((keys - z[b, t]) ** 2).sum(-1) / (2 * sigma**2))
+            Phi = torch.cat([torch.ones(t, 1, dtype=z.dtype), keys], -1)
+            J = torch.eye(d + 1, dtype=z.dtype)
+            J[0, 0] = 0
+            A = Phi.T @ (w[:, None] * Phi) + ridge * w.sum() * J
+            c = torch.linalg.lstsq(A, Phi.T @ (w[:, None] * dz)).solution if t <= d else torch.linalg.solve(
+                A, Phi.T @ (w[:, None] * dz))
+            ref[b, t] = z[b, t] + torch.cat([torch.ones(1, dtype=z.dtype), z[b, t]]) @ c
+    assert rel_err(got[:, d + 1:], ref[:, d + 1:]) < 1e-8  # rows with a full-rank local system
+
+
+def test_sweep_readout_uses_the_causal_matrices_of_ckd():
+    z = _z(T=15)
+    sigma, ridge = 0.8, 1e-2
+    mats = causal_matrices(z, "gaussian", sigma=sigma)
+    dz = torch.zeros_like(z)
+    dz[:, 1:] = z[:, 1:] - z[:, :-1]
+    one = torch.ones_like(z[..., :1])
+    one[:, 0] = 0
+    q = infinite_depth(mats, torch.cat([dz, one], -1), ridge)
+    ref = z + q[..., :-1] / q[..., -1:]
+    got = ckd_sweep_normalised(z, sigma, ridge)
+    assert rel_err(got[:, 1:], ref[:, 1:]) < RTOL
+
+
+@pytest.mark.parametrize("method,opts", [("ckd", {}), ("ckd", {"depth": "inf"}), ("krr", {}), ("ols", {}),
+                                         ("analogues", {"k": 2}), ("last", {})])
+def test_strictly_causal(method, opts):
+    """Changing rows after t never changes forecasts of rows <= t (scaling and choices included)."""
+    x = henon(40) * 3.0 + 1.0
+    a = forecast(x, method, **opts)
+    for t in (5, 10, 33):
+        y = x.copy()
+        y[t + 1:] = np.random.default_rng(t).normal(size=y[t + 1:].shape) * 50
+        b = forecast(y, method, **opts)
+        assert np.allclose(a[: t + 1], b[: t + 1], rtol=1e-12, atol=1e-12), (method, t)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_units_equivariance(method):
+    """Causal standardisation: forecasting a x + c gives a * forecast(x) + c (per coordinate)."""
+    x = henon(40)
+    scale, shift = np.array([1e3, 1e-2]), np.array([-7.0, 40.0])
+    a = forecast(x * scale + shift, method)
+    b = forecast(x, method) * scale + shift
+    assert np.allclose(a, b, rtol=1e-7, atol=1e-7 * np.abs(b).max())
+
+
+def test_shapes_types_and_row_zero():
+    x = henon(30)
+    out = forecast(x)
+    assert out.shape == x.shape and isinstance(out, np.ndarray) and out.dtype == np.float64
+    assert np.array_equal(out[0], x[0])
+    batch = np.stack([x, henon(30, x0=(0.2, 0.1))])
+    outb = forecast(batch)
+    assert outb.shape == batch.shape
+    assert np.allclose(outb[0], out, rtol=1e-12, atol=1e-12)
+    t = forecast(torch.tensor(x))
+    assert isinstance(t, torch.Tensor) and np.allclose(t.numpy(), out)
+
+
+def test_ckd_learns_henon_in_context_better_than_analogues():
+    x = henon(400)
+    err = {m: np.linalg.norm(forecast(x, m)[200:-1] - x[201:], axis=-1).mean() for m in ("ckd", "analogues")}
+    assert err["ckd"] < 0.5 * err["analogues"]
+    assert err["ckd"] < 1e-2
+
+
+def test_constant_coordinate_is_forecast_exactly_and_finite():
+    x = henon(50)
+    x = np.concatenate([x, np.full((50, 1), 3.25)], axis=1)
+    for method in METHODS:
+        out = forecast(x, method)
+        assert np.isfinite(out).all()
+        assert np.all(out[:, 2] == 3.25), method
+
+
+def test_fixed_settings_use_one_expert():
+    f = forecast_details(torch.tensor(henon(40))[None], sigma=0.3, ridge=1e-3)
+    assert f.experts == [{"sigma": 0.3, "ridge": 1e-3}]
+    assert set(f.choice[0, 1:].tolist()) <= {0, -1}
+
+
+def test_ill_conditioned_settings_never_return_inf_or_garbage():
+    """A wide bandwidth with no ridge makes the triangular sweep explode; the guard holds."""
+    x = henon(200)
+    for opts in ({"depth": "inf", "sigma": 30.0, "ridge": 0.0}, {"sigma": 0.001, "ridge": 0.0}):
+        f = forecast_details(torch.tensor(x)[None], **opts)
+        assert torch.isfinite(f.pred).all()
+        lo, hi, pred = x.min(0), x.max(0), f.pred[0].numpy()
+        assert (pred >= lo - 2 * (hi - lo) - 1).all() and (pred <= hi + 2 * (hi - lo) + 1).all()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.array([[0.0, 1.0], [np.nan, 1.0], [1.0, 2.0], [0.0, 1.0]]), "NaN"),
+    (np.array([[0.0, 1.0], [np.inf, 1.0], [1.0, 2.0], [0.0, 1.0]]), "NaN or inf"),
+    (np.zeros((2, 3)), "at least 3 rows"),
+    (np.zeros(5), "shape"),
+    (np.zeros((1, 2, 3, 4)), "shape"),
+    (np.zeros((0, 3)), "empty"),
+])
+def test_bad_input_is_a_clear_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        forecast(bad)
+
+
+@pytest.mark.parametrize("opts", [{"method": "lstm"}, {"k": 0}, {"k": 1.5}, {"sigma": -1.0}, {"ridge": -1.0},
+                                  {"depth": 5}])
+def test_bad_options(opts):
+    with pytest.raises((ValueError, TypeError)):
+        forecast(henon(10), **opts)
+
+
+def test_cli_writes_forecast(tmp_path):
+    x = henon(40)
+    np.save(tmp_path / "in.npy", x)
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out.npy"), "--method", "analogues"]) == 0
+    assert np.allclose(np.load(tmp_path / "out.npy"), forecast(x, "analogues"))
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "ckd.csv")]) == 0
+    assert np.allclose(np.loadtxt(tmp_path / "ckd.csv", delimiter=","), forecast(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("data,args", [
+    (np.array([[0.0, 1.0], [np.nan, 1.0], [1.0, 2.0]]), []),
+    (np.zeros((2, 2)), []),
+    (np.zeros(4), []),
+    (henon(10), ["--method", "nope"]),
+    (henon(10), ["--depth", "3"]),
+])
+def test_cli_bad_input_one_line_nothing_written(tmp_path, capsys, data, args):
+    np.save(tmp_path / "in.npy", data)
+    out = tmp_path / "out.npy"
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ckd: error:")
+    assert not out.exists()
