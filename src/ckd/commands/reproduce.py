@@ -98,9 +98,9 @@ def _read_summary(path: pathlib.Path) -> dict:
 
 
 def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    """A table cell: floats to 3 significant digits, '|' escaped for markdown."""
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|")
 
 
 def render_summary(summary: dict, out: pathlib.Path) -> str:
@@ -118,7 +118,7 @@ def render_summary(summary: dict, out: pathlib.Path) -> str:
                   f"{s.get('seconds')} s, {s.get('date')}, {s.get('status')})", "",
                   *([f"![{name}]({name}.png)", ""] if (out / f"{name}.png").exists() else []),
                   "| quantity | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in s.get("headline", {}).items()]
+        lines += [f"| {_fmt(k)} | {_fmt(v)} |" for k, v in s.get("headline", {}).items()]
         lines.append("")
     lines.append(f"Total time of the runs listed: {total:.1f} s.")
     return "\n".join(lines) + "\n"
