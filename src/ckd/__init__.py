@@ -10,6 +10,7 @@ from .descent import StabilityWarning, continuous_depth, descend, finite_depth, 
 from .kernels import KERNELS, CausalMatrices, causal_matrices, kernel_matrix
 from .metrics import next_token_error
 from .sequences import TASKS, Task, make_task
+from .streaming import Streaming
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "TASKS",
     "CausalMatrices",
     "StabilityWarning",
+    "Streaming",
     "Task",
     "causal_matrices",
     "continuous_depth",

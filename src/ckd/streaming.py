@@ -1,0 +1,149 @@
+"""Streaming next-token prediction with infinite-depth CKD, O(t d) per token (SPEC §2).
+
+Depth inf solves (R + lambda I) alpha = y on rows 1..T-1 and predicts p = P alpha. R is lower
+triangular and row t of R and P only involve x_0..x_t, so the solve is forward substitution:
+token t adds one coefficient and one prediction,
+
+    alpha_t = (x_t - sum_{s<t} R[t, s] alpha_s) / (R[t, t] + lambda),  R[t, s] = k(x_{t-1}, x_{s-1})
+    p_t     = sum_{s<=t} P[t, s] alpha_s,                               P[t, s] = k(x_t, x_{s-1})
+
+(for lambda = 0: one more step of the forward Kaczmarz sweep). Row t+1 of R is row t of P plus
+k(x_t, x_t), so each token needs one kernel row k(x_t, x_0..x_t): O(t d) time, and the state is
+the keys and the alphas (amortised doubling buffers). The result equals the rows of
+``ckd.predict(x, kernel, depth="inf", ...)`` (``tests/test_streaming.py``).
+
+``softmax`` normalises each row of R and P over s = 1..t, as the batch does. ``exp`` weights can
+overflow: as in ``ckd.kernels``, once the largest log-weight seen exceeds half the log of the
+largest float, weights are stored divided by exp(M), M the largest log-weight so far, and the
+alphas multiplied by exp(M) (p = P alpha is unchanged); when M grows the alphas are rescaled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .api import as_dtype, check_number
+from .kernels import check_kernel, scores
+
+
+class Streaming:
+    """Infinite-depth CKD fed one token at a time.
+
+    >>> s = Streaming("exp", beta=1.0, dim=3)
+    >>> p = s.push(x0)   # zeros: nothing to predict from yet
+    >>> p = s.push(x1)   # prediction of x_2 = row 1 of ckd.predict(x, depth="inf")
+
+    ``push`` takes a (d,) array or tensor and returns the prediction of the next token in
+    the same kind (numpy or tensor, in ``dtype``). ``reset`` forgets the sequence.
+    """
+
+    def __init__(self, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1.0, ridge: float = 0.0,
+                 dim: int, dtype: Any = torch.float64, device: Any = None, capacity: int = 256):
+        self.kernel = check_kernel(kernel)
+        self.beta = check_number(beta, "beta")
+        self.sigma = check_number(sigma, "sigma", minimum=0.0, strict=True)
+        self.ridge = check_number(ridge, "ridge", minimum=0.0)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+        self.dim = int(dim)
+        self.dtype = as_dtype(dtype)
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._capacity0 = max(1, int(capacity))
+        self._threshold = math.log(torch.finfo(self.dtype).max) / 2
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every token pushed so far."""
+        self.t = 0  # number of tokens pushed
+        self._keys = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
+        self._alpha = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
+        self._prev = None  # scores of x_{t-1} against x_0..x_{t-1}: row t of R, in log space
+        self._shift = 0.0  # exp kernel: weights stored divided by exp(shift), alphas times exp(shift)
+
+    def __len__(self) -> int:
+        return self.t
+
+    def push(self, x_t: Any) -> Any:
+        """Add token x_t (d,); return the prediction of x_{t+1} (zeros for the first token)."""
+        x = self._as_token(x_t)
+        t = self.t
+        if t + 1 > self._keys.shape[0]:
+            self._grow()
+        keys = self._keys[:t + 1]
+        keys[t] = x  # overwritten by the next push if this one raises
+        row = scores(x[None], keys, self.kernel, self.beta, self.sigma)[0]  # k-scores of x_t vs x_0..x_t
+        if self.kernel == "gaussian":
+            row[t] = 0.0  # k(x_t, x_t) = 1 exactly, as in the batch
+        if t == 0:
+            pred = torch.zeros_like(x)
+        else:
+            pred = self._advance(x, row, t)
+        self._prev = row
+        self.t = t + 1
+        return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
+
+    def _advance(self, x: Tensor, row: Tensor, t: int) -> Tensor:
+        """Solve for alpha_t (row t of R is ``self._prev``) and return p_t (row t of P is row[:t])."""
+        alpha = self._alpha[1:t]  # alpha_1..alpha_{t-1}
+        shift = self._shift
+        if self.kernel == "exp":
+            top = max(float(self._prev.max()), float(row[:t].max()))
+            if top > self._threshold and top > shift:
+                shift = top
+        r_w, p_w = self._weights(self._prev, shift), self._weights(row[:t], shift)
+        diag = r_w[t - 1] + self.ridge * math.exp(-shift)
+        if not diag != 0:
+            raise ValueError(
+                "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "
+                "kernel, or an exp weight lost to underflow); use ridge > 0"
+            )
+        if shift != self._shift:  # alphas are kept times exp(shift): rescale them (in steps: e^700 max)
+            alpha = alpha.clone()
+            steps = math.ceil((shift - self._shift) / 700.0)
+            for _ in range(steps):
+                alpha.mul_(math.exp((shift - self._shift) / steps))
+            if not bool(torch.isfinite(alpha).all()):
+                raise ValueError("exp weights span more than the float range; lower beta or rescale x")
+            self._alpha[1:t] = alpha
+            self._shift = shift
+        a_t = (x - r_w[:t - 1] @ alpha) / diag
+        self._alpha[t] = a_t
+        return p_w @ self._alpha[1:t + 1]
+
+    def _weights(self, s: Tensor, shift: float) -> Tensor:
+        """Kernel weights from scores s (one row): k = s (linear), exp(s - shift) (exp),
+        exp(s) (gaussian), or the softmax of s (softmax)."""
+        if self.kernel == "linear":
+            return s
+        if self.kernel == "softmax":
+            w = torch.exp(s - s.max())
+            return w / w.sum()
+        return torch.exp(s - shift) if shift else torch.exp(s)
+
+    def _grow(self) -> None:
+        """Double the key and alpha buffers (amortised O(1) per token)."""
+        cap = 2 * self._keys.shape[0]
+        for name in ("_keys", "_alpha"):
+            old = getattr(self, name)
+            new = old.new_zeros(cap, self.dim)
+            new[:old.shape[0]] = old
+            setattr(self, name, new)
+
+    def _as_token(self, x_t: Any) -> Tensor:
+        if isinstance(x_t, Tensor):
+            x = x_t.detach().to(device=self.device, dtype=self.dtype)
+        else:
+            try:
+                x = torch.as_tensor(np.asarray(x_t, dtype=np.float64), dtype=self.dtype, device=self.device)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"x_t must be a numeric array: {err}") from None
+        if x.shape != (self.dim,):
+            raise ValueError(f"x_t must have shape ({self.dim},), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x_t contains NaN or inf")
+        return x
