@@ -61,7 +61,7 @@ TRAIN, TUNE, EVAL, TEST = 0, 1, 2, 3
 # Kernel-parameter grids and step factors searched by ``tune_ckd`` (step = factor / max_t R[t, t]).
 PARAM_GRID = {"softmax": ("beta", (1.0, 4.0, 16.0, 64.0)), "exp": ("beta", (0.5, 1.0, 2.0, 4.0)),
               "gaussian": ("sigma", (0.25, 0.5, 1.0, 2.0)), "linear": (None, (None,))}
-STEP_FACTORS = (0.25, 0.5, 1.0, 1.5, 1.9)
+STEP_FACTORS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 1.9)
 TUNE_SEQUENCES = 64
 
 

@@ -21,6 +21,7 @@ from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
     "depth-and-length": "ckd.experiments.depth_and_length",
+    "training": "ckd.experiments.training",
     "kaczmarz-limit": "ckd.experiments.kaczmarz_limit",
     "continuous-depth": "ckd.experiments.continuous_depth",
     "induction-head": "ckd.experiments.induction_head",
