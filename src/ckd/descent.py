@@ -172,6 +172,7 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
                 history[layer + 1, :, start:stop] = p
         if out is not None:
             out[:, start:stop] = p
+        del P, R  # before the next block is built
     return (history if history is not None else out), r_max
 
 
@@ -230,6 +231,7 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
             rhs = torch.baddbmm(rhs, R[:, lo - start:, 1:lo], alpha[:, 1:lo], alpha=-1.0)
         alpha[:, lo:stop] = torch.linalg.solve_triangular(A, rhs, upper=False)
         p[:, start:stop] = P[:, :, 1:] @ alpha[:, 1:stop]
+        del P, R, A  # before the next block is built
     return p
 
 
@@ -324,16 +326,17 @@ def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: i
     if depth == "inf":
         return _infinite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, ridge, log_scale,
                                 inplace=True)
-    eta = step
+    eta = 0.0 if step is None else float(step)  # with depth 0 no layer uses the step
+    _validate(depth, eta)
     if depth > 0:  # the step and its check need the diagonal of R first: one pass over the blocks
-        diag = torch.cat([torch.diagonal(R, offset=start, dim1=-2, dim2=-1)
-                          for start, _, _, R in row_blocks(x, kernel, beta, sigma, log_scale, rows)], 1)[:, 1:]
-        eta = _default_step(diag, log_scale, ridge) if step is None else float(step)
-        _validate(depth, eta)
+        parts = []
+        for start, _, P, R in row_blocks(x, kernel, beta, sigma, log_scale, rows):
+            parts.append(torch.diagonal(R, offset=start, dim1=-2, dim2=-1).clone())
+            del P, R  # before the next block is built
+        diag = torch.cat(parts, 1)[:, 1:]
+        eta = _default_step(diag, log_scale, ridge) if step is None else eta
         if not _check_step(diag, log_scale, eta, ridge):
             _warn_step(eta)
-    eta = 0.5 if eta is None else float(eta)
-    _validate(depth, eta)
     out, r_max = _finite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, depth, eta, ridge,
                                 log_scale, return_all)
     _check_growth(out, float(r_max), float(y.abs().amax()))
