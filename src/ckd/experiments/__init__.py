@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, str] = {
     "kaczmarz-limit": "ckd.experiments.kaczmarz_limit",
     "continuous-depth": "ckd.experiments.continuous_depth",
     "induction-head": "ckd.experiments.induction_head",
+    "chaos": "ckd.experiments.chaos",
 }
 
 
