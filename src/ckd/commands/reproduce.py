@@ -1,7 +1,7 @@
 """``ckd reproduce``: run the experiments of ``ckd.experiments`` and write their figures,
 numbers and a ``summary.md`` of headline numbers.
 
-    ckd reproduce [NAME ...] [--quick] [--out DIR] [--seed S] [--device cpu|cuda]
+    ckd reproduce [NAME ...] [--quick] [--out DIR] [--seed S] [--device cpu|cuda] [--threads N]
 
 Each experiment writes DIR/<name>.png, .pdf and .json. ``summary.json`` keeps, per
 experiment, its headline numbers, the command, seed and time of its latest run, so
@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="ckd-results", help="output folder (default: ckd-results/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the experiments are many small operations, for which "
+                        "extra threads cost more than they give, ten times more on a busy machine)")
     p.set_defaults(run=run)
 
 
@@ -43,6 +46,8 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
     out = pathlib.Path(args.out)
@@ -54,6 +59,7 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
 def run(args) -> int:
     names, out = check_args(args)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
     command = "ckd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "ckd reproduce"
     summary_path = out / "summary.json"
     summary = _read_summary(summary_path)

@@ -21,10 +21,12 @@ from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
     "depth-and-length": "ckd.experiments.depth_and_length",
-    "training": "ckd.experiments.training",
     "kaczmarz-limit": "ckd.experiments.kaczmarz_limit",
     "continuous-depth": "ckd.experiments.continuous_depth",
     "induction-head": "ckd.experiments.induction_head",
+    "raw-tokens": "ckd.experiments.raw_tokens",
+    "transformer-equals-descent": "ckd.experiments.transformer_equals_descent",
+    "training": "ckd.experiments.training",
     "chaos": "ckd.experiments.chaos",
 }
 
