@@ -19,6 +19,8 @@ depth-L setting); on the test prompts we report
     probe_mse    = mean |U_l h^l - x_{t+1}|^2              how much the layer knows
     ckd_mse      = mean |p_l - x_{t+1}|^2                  what CKD knows after l layers
     probe_to_ckd = mean |V_l h^l - p_l|^2 / mean |p_l|^2   0: p_l is linearly readable
+    control_to_ckd: the same read-out of p_l from the embedding h^0 (the tokens themselves):
+                   what a linear read-out gets without any attention layer
 
 A constructed model holds p_l in a slot (probe_to_ckd ~ 1e-30 in float64); a model
 trained from random init need not. Depth 0 has p_0 = 0: probe_to_ckd is NaN there.
@@ -69,7 +71,8 @@ def readout(h_fit: Tensor, y_fit: Tensor, h: Tensor) -> Tensor:
 
 
 def probe(model: torch.nn.Module, x_fit: Tensor, x: Tensor, setting: dict) -> list[dict]:
-    """Per hidden state: {"hidden", "ckd_depth", "probe_mse", "ckd_mse", "probe_to_ckd"} (module docstring)."""
+    """Per hidden state: {"hidden", "ckd_depth", "probe_mse", "ckd_mse", "probe_to_ckd", "control_to_ckd"}
+    (module docstring)."""
     with torch.no_grad():
         _, h_fit = model(x_fit, return_hidden=True)
         _, h_test = model(x, return_hidden=True)
@@ -81,14 +84,18 @@ def probe(model: torch.nn.Module, x_fit: Tensor, x: Tensor, setting: dict) -> li
     for i, (hf, ht) in enumerate(zip(h_fit, h_test)):
         n = max(0, i - 1) if raw else i
         to_truth = readout(hf[:, 1:-1], x_fit[:, 2:], ht)
-        to_ckd = readout(hf[:, 1:-1], p_fit[n][:, 1:-1], ht)
         p = p_test[n]
         scale = float(p[:, 1:-1].square().sum(-1).mean())
-        gap = float((to_ckd[:, 1:-1] - p[:, 1:-1]).square().sum(-1).mean())
+
+        def gap(h_fit: Tensor, h: Tensor) -> float:
+            fit = readout(h_fit[:, 1:-1], p_fit[n][:, 1:-1], h)
+            return float((fit[:, 1:-1] - p[:, 1:-1]).square().sum(-1).mean()) / scale if scale > 0 else math.nan
+
         rows.append(dict(hidden="embedding" if i == 0 else ("previous-token layer" if raw and i == 1 else
                                                              f"layer {i - raw}"),
                          ckd_depth=n, probe_mse=float(next_token_loss(to_truth, x)),
-                         ckd_mse=float(next_token_loss(p, x)), probe_to_ckd=gap / scale if scale > 0 else math.nan))
+                         ckd_mse=float(next_token_loss(p, x)), probe_to_ckd=gap(hf, ht),
+                         control_to_ckd=gap(h_fit[0], h_test[0])))
     return rows
 
 
@@ -158,10 +165,11 @@ def report(result: dict) -> str:
     for name, s in sorted(result["summary"].items(), key=lambda kv: kv[1]["mse"]):
         lines.append(f"{name:<22}{s['mse']:>12.3e}{s['median_err_mid']:>15.3e}{s['median_err_last']:>14.3e}")
     lines += ["", "probe: least-squares read-out of each residual stream vs CKD after that many layers",
-              f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'ckd read-out rel err':>24}"]
+              f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'ckd read-out rel err':>22}"
+              f"{'from embedding':>16}"]
     for r in result["probe"]:
         lines.append(f"{r['hidden']:<22}{r['ckd_depth']:>10}{r['probe_mse']:>12.3e}{r['ckd_mse']:>12.3e}"
-                     f"{r['probe_to_ckd']:>24.3e}")
+                     f"{r['probe_to_ckd']:>22.3e}{r['control_to_ckd']:>16.3e}")
     return "\n".join(lines)
 
 

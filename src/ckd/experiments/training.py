@@ -39,8 +39,8 @@ ATTENTIONS = ("softmax", "linear")
 LAYERS = (1, 2, 4)
 INITS = ("random", "construction")
 LR = {"random": 2e-2, "construction": 3e-3}
-FULL = dict(steps=250, batch=32, length=32, dim=3, warmup=20, log_every=10, eval_every=25, eval_batch=128,
-            checkpoint_every=250)
+FULL = dict(steps=1000, batch=32, length=32, dim=3, warmup=50, log_every=10, eval_every=50, eval_batch=128,
+            checkpoint_every=1000)
 QUICK = dict(steps=6, batch=8, length=10, dim=2, warmup=2, log_every=2, eval_every=3, eval_batch=8,
              checkpoint_every=6)
 BASELINE_NAMES = ("last", "ols", "krr", "analogues")
@@ -159,6 +159,9 @@ def plot_probe(results: dict, L: int, out: pathlib.Path) -> None:
             rows = results[key]["runs"][f"L{L}-{init}"]["probe"][1:]  # layer 0 holds p_0 = 0: nothing to read
             ax.plot([r["ckd_depth"] for r in rows], [max(r["probe_to_ckd"], plotting.FLOOR) for r in rows],
                     marker + "-", label=init)
+        rows = results[key]["runs"][f"L{L}-random"]["probe"][1:]
+        ax.plot([r["ckd_depth"] for r in rows], [r["control_to_ckd"] for r in rows], "k:",
+                label="control: read from the tokens")
         plotting.log_axes(ax)
         ax.set(title=key, xlabel="layer l", ylabel="|V h_l - p_l|^2 / |p_l|^2" if ax is axes[0][0] else None)
         ax.set_xticks(list(range(1, L + 1)))
