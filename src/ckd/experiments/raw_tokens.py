@@ -92,8 +92,8 @@ def _plot(out: pathlib.Path, res: dict, batch: int, length: int) -> None:
         plotting.band(ax, PREV_BETAS, res["vs_prev_beta"][key].T, label=label, color=col, marker=".")
         ax.scatter([PREV_BETAS[-1] * 1.5], [max(res["linear_prev"][key].max(), plotting.FLOOR)], color=col,
                    marker="*", s=40)
-    ax.text(0.98, 0.04, "stars: linear previous-token\nhead (exact copy)", transform=ax.transAxes, ha="right",
-            fontsize=7)
+    ax.text(0.98, 0.97, "stars: linear previous-token\nhead (exact copy)", transform=ax.transAxes, ha="right",
+            va="top", fontsize=7)
     ax.set_xscale("log", base=2)
     plotting.log_axes(ax)
     ax.set_xlabel(r"previous-token inverse temperature $\beta_{\rm prev}$")

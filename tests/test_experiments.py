@@ -1,0 +1,120 @@
+"""Smoke tests of ``ckd reproduce``: every experiment of issue 4 runs in its quick form
+(once, through the CLI), writes its figure and numbers, and shows the trend that
+docs/results.md asserts."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ckd.cli import main
+from ckd.experiments import EXPERIMENTS
+
+MINE = ["depth-and-length", "kaczmarz-limit", "continuous-depth", "induction-head", "raw-tokens",
+        "transformer-equals-descent"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Run every experiment above once (quick) into a temporary folder; return (folder, rc)."""
+    out = tmp_path_factory.mktemp("reproduce")
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["reproduce", *MINE, "--quick", "--out", str(out), "--seed", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    return out, rc
+
+
+def numbers(results, name: str) -> dict:
+    out, _ = results
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def median(q: dict) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in q["median"]], dtype=float)
+
+
+def test_all_registered_and_run(results):
+    out, rc = results
+    assert rc == 0
+    for name in MINE:
+        assert name in EXPERIMENTS
+        for suffix in ("png", "pdf", "json"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 0, (name, suffix)
+    summary = (out / "summary.md").read_text()
+    assert all(f"## {name}" in summary for name in MINE)
+    recorded = json.loads((out / "summary.json").read_text())
+    for name in MINE:
+        assert recorded[name]["status"] == "ok" and recorded[name]["seed"] == 0 and recorded[name]["quick"]
+        for key, value in recorded[name]["headline"].items():
+            if isinstance(value, float):
+                assert not math.isinf(value), (name, key)
+
+
+def test_depth_and_length_trends(results):
+    r = numbers(results, "depth-and-length")["settings"]
+    inf = median(r["linear"]["per_depth"]["inf"])
+    assert inf[-1] < 0.1 * inf[0]  # orthogonal case: depth-inf error falls with t
+    assert median(r["periodic-exp"]["per_depth"]["inf"])[-1] < 1e-8  # periodic: -> 0 (float64 floor)
+    t = 9  # row t = 10: finite depth improves with depth while t is small
+    assert median(r["linear"]["per_depth"]["32"])[t] < median(r["linear"]["per_depth"]["1"])[t]
+    depth32 = median(r["rotation"]["per_depth"]["32"])  # ... but with the default step blows up for long t
+    assert depth32[-1] > 10 * depth32[9]
+
+
+def test_kaczmarz_limit_trends(results):
+    r = numbers(results, "kaczmarz-limit")
+    assert median(r["distance_vs_depth"]["0.5"])[-1] < 1e-10  # converges to the Kaczmarz sweep
+    region = r["region"]["10"]["median"]
+    c = np.array(r["c_grid"])
+    inside = [v for v, ci in zip(region, c) if 0.2 < ci < 1.5]
+    outside = [v for v, ci in zip(region, c) if ci > 2.05]
+    assert max(inside) < 1e-8 and all(v is None or v > 1 for v in outside)
+    growth = median(r["growth"]["1.0"])
+    assert growth[-1] > 1e3 * growth[4]  # transient growth explodes with t
+    assert np.nanmax(median(r["precision"]["inf"])) < 1e-5  # float32 forward substitution stays accurate
+
+
+def test_continuous_depth_trends(results):
+    r = numbers(results, "continuous-depth")
+    assert 1.8 < r["headline"]["tau=1.0: error ratio N=512 -> 1024 (Euler: 2)"] < 2.2  # Euler, first order
+    for T, q in r["to_limit"].items():
+        assert median(q)[-1] < 1e-10, T  # p(tau) -> p_inf as tau grows
+
+
+def test_induction_head_trends(results):
+    r = numbers(results, "induction-head")
+    betas = r["config"]["betas"]
+    p5 = median(r["vs_beta"]["5"])
+    assert p5[betas.index(32)] < 1e-4 < p5[betas.index(4)]
+    assert r["headline"]["P=5, beta=32: correlation of log error with delta^2"] < -0.5
+
+
+def test_raw_tokens_trends(results):
+    r = numbers(results, "raw-tokens")
+    assert all(v < 1e-12 for v in r["linear_prev"].values())  # exact copy with linear attention
+    betas = r["config"]["prev_betas"]
+    for key, q in r["vs_prev_beta"].items():
+        m = median(q)
+        assert m[betas.index(32)] < 1e-9 < m[betas.index(8)], key
+
+
+def test_transformer_equals_descent(results):
+    r = numbers(results, "transformer-equals-descent")
+    assert r["headline"]["contract 1e-9 met in every row"] == "yes"
+    assert len(r["rows"]) == 5 * 3 * 2 * 2 and max(row["max_rel_diff"] for row in r["rows"]) < 1e-9
+
+
+def test_reproduce_rejects_bad_requests(tmp_path, capsys):
+    assert main(["reproduce", "no-such-experiment", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'no-such-experiment'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    if not torch.cuda.is_available():
+        assert main(["reproduce", "induction-head", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["reproduce", "induction-head", "--out", str(tmp_path / "file")]) == 2
