@@ -84,6 +84,7 @@ def test_cli_resume_refuses_another_config_and_corrupted_checkpoints(tmp_path, c
     refused([*cli_flags(cfg), "--resume", "--lr", "0.02"], "different config", "lr: 0.01 -> 0.02")
     refused([*cli_flags(cfg.__class__(**(TINY | {"steps": 5})))], "already holds a training run")
     refused([*cli_flags(tiny(steps=5)), "--resume"], "steps: 4 -> 5")
+    refused([*cli_flags(cfg), "--resume", "--stop-after", "1"], "before the checkpoint's step 2")
     (out / "checkpoint.pt").write_bytes(before[: len(before) // 2])
     before = (out / "checkpoint.pt").read_bytes()
     refused([*cli_flags(cfg), "--resume"], "corrupted")

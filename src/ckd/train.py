@@ -412,6 +412,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     if cfg.batch % d.world:
         raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes {d.world}")
     state = prepare_out(cfg, out, resume, d)
+    if d.world > 1:
+        dist.barrier()  # every rank has checked DIR before rank 0 writes into it
     dtype = DTYPES[cfg.dtype]
 
     torch.manual_seed(cfg.seed)
@@ -429,6 +431,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        if stop_after is not None and stop_after < start:
+            raise ValueError(f"--stop-after {stop_after} is before the checkpoint's step {start}")
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     model.train()
 
