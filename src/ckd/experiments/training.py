@@ -22,6 +22,8 @@ float32 with one thread (tiny models: faster than two); evaluation in float64.
 
 from __future__ import annotations
 
+import json
+import math
 import pathlib
 import tempfile
 import time
@@ -82,12 +84,27 @@ def run(out: pathlib.Path, *, quick: bool = False, seed: int = 0, device: str = 
         torch.set_num_threads(threads)
     config = dict(tasks=tasks, attentions=attentions, layers=layers, inits=INITS, lr=LR, sizes=sizes,
                   test_sequences=sequences, device=device, quick=quick)
-    plot_vs_layers(results, layers, out)
-    plot_curves(results, layers, out)
-    plot_probe(results, max(layers), out)
+    plots(results, layers, out)
     plotting.save_json(out, NAME, dict(config=config, seed=seed, seconds=time.perf_counter() - start,
                                        results=results))
     return headline(results, max(layers))
+
+
+def plots(results: dict, layers: tuple, out: pathlib.Path) -> None:
+    """The three figures of the experiment from its results."""
+    plot_vs_layers(results, layers, out)
+    plot_curves(results, layers, out)
+    plot_probe(results, max(layers), out)
+
+
+def replot(out: pathlib.Path) -> None:
+    """Redraw the figures from ``out/training.json`` (no training)."""
+    data = json.loads((out / f"{NAME}.json").read_text())
+    for entry in data["results"].values():
+        for run_ in entry["runs"].values():
+            for row in run_["probe"]:  # NaN was written as null
+                row.update({k: math.nan for k, v in row.items() if v is None})
+    plots(data["results"], tuple(data["config"]["layers"]), out)
 
 
 def best_baseline(entry: dict) -> tuple[str, float]:
@@ -108,62 +125,69 @@ def headline(results: dict, L: int) -> dict:
     return out
 
 
+def panels(results: dict, width: float = 3.3, height: float = 2.8):
+    """One panel per (task, attention): attention in rows, tasks in columns. Returns (fig, [(ax, key)])."""
+    keys = list(results)
+    tasks = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    atts = list(dict.fromkeys(k.split("/")[1] for k in keys))
+    fig, axes = plotting.figure(len(atts), len(tasks), width=width, height=height, squeeze=False)
+    return fig, [(axes[i][j], f"{task}/{att}") for i, att in enumerate(atts) for j, task in enumerate(tasks)]
+
+
 def plot_vs_layers(results: dict, layers: tuple, out: pathlib.Path) -> None:
     """Held-out mse vs L: trained (random), construction (before = CKD depth L, after fine-tuning),
     CKD best depth and depth inf, best baseline."""
-    keys = list(results)
-    tasks = sorted({k.split("/")[0] for k in keys}, key=[k.split("/")[0] for k in keys].index)
-    atts = sorted({k.split("/")[1] for k in keys}, key=[k.split("/")[1] for k in keys].index)
-    fig, axes = plotting.figure(len(atts), len(tasks), width=3.3, height=2.8, squeeze=False)
-    for i, att in enumerate(atts):
-        for j, task in enumerate(tasks):
-            ax, e = axes[i][j], results[f"{task}/{att}"]
-            L = list(layers)
-            ax.plot(L, [e["runs"][f"L{n}-random"]["summary"]["mse"] for n in L], "o-", label="trained, random init")
-            ax.plot(L, [e["ckd"][f"ckd depth {n}"]["mse"] for n in L], "s--", label="construction = CKD depth L")
-            ax.plot(L, [e["runs"][f"L{n}-construction"]["summary"]["mse"] for n in L], "^-",
-                    label="construction, fine-tuned")
-            best = next(k for k in e["ckd"] if k.endswith("(best)"))
-            ax.axhline(e["ckd"][best]["mse"], color="k", lw=0.8, ls=":", label=best.replace(" (best)", ", best"))
-            ax.axhline(e["ckd"]["ckd depth inf"]["mse"], color="crimson", lw=0.8, ls="-.", label="ckd depth inf")
-            name, mse = best_baseline(e)
-            ax.axhline(mse, color="grey", lw=0.8, ls="--", label=f"best baseline ({name})")
-            plotting.log_axes(ax)
-            ax.set_xticks(L)
-            ax.set(title=f"{task}, {att} attention", xlabel="layers L", ylabel="held-out mse" if j == 0 else None)
-            ax.legend(fontsize=5.5)
+    fig, grid = panels(results)
+    L = list(layers)
+    for ax, key in grid:
+        e = results[key]
+        ax.plot(L, [e["runs"][f"L{n}-random"]["summary"]["mse"] for n in L], "o-", label="trained, random init")
+        ax.plot(L, [e["ckd"][f"ckd depth {n}"]["mse"] for n in L], "s--", label="construction = CKD depth L")
+        ax.plot(L, [e["runs"][f"L{n}-construction"]["summary"]["mse"] for n in L], "^-",
+                label="construction, fine-tuned")
+        best = next(k for k in e["ckd"] if k.endswith("(best)"))
+        ax.axhline(e["ckd"][best]["mse"], color="k", lw=0.8, ls=":", label="ckd, best depth (1..32)")
+        ax.annotate(f"N={e['settings'][best]['depth']}", (L[-1], e["ckd"][best]["mse"]), fontsize=6,
+                    textcoords="offset points", xytext=(2, 2))
+        ax.axhline(e["ckd"]["ckd depth inf"]["mse"], color="crimson", lw=0.8, ls="-.", label="ckd depth inf")
+        name, mse = best_baseline(e)
+        ax.axhline(mse, color="grey", lw=0.8, ls="--", label="best baseline (last, ols, krr, analogues)")
+        ax.annotate(name, (L[0], mse), fontsize=6, textcoords="offset points", xytext=(2, 2))
+        plotting.log_axes(ax)
+        ax.set_xticks(L)
+        ax.set(title=key.replace("/", ", ") + " attention", xlabel="layers L", ylabel="held-out mse")
+    grid[0][0].legend(fontsize=5.5)
     plotting.save_figure(fig, out, NAME)
 
 
 def plot_curves(results: dict, layers: tuple, out: pathlib.Path) -> None:
-    keys = list(results)
-    fig, axes = plotting.figure(1, len(keys), width=3.0, height=2.6, squeeze=False)
+    """Held-out loss during training, every run."""
+    fig, grid = panels(results, width=3.0, height=2.5)
     colors = plotting.colors(len(layers))
-    for ax, key in zip(axes[0], keys):
+    for ax, key in grid:
         for L, c in zip(layers, colors):
             for init, ls in zip(INITS, ("-", "--")):
                 steps, loss = zip(*results[key]["runs"][f"L{L}-{init}"]["curve"])
                 ax.plot(steps, loss, ls, color=c, label=f"L={L} {init}")
         plotting.log_axes(ax)
-        ax.set(title=key, xlabel="step", ylabel="held-out loss" if ax is axes[0][0] else None)
-        ax.legend(fontsize=5.5)
+        ax.set(title=key.replace("/", ", ") + " attention", xlabel="step", ylabel="held-out loss")
+    grid[0][0].legend(fontsize=5.5)
     plotting.save_figure(fig, out, f"{NAME}-curves")
 
 
 def plot_probe(results: dict, L: int, out: pathlib.Path) -> None:
     """Relative error of reading CKD's depth-l prediction from layer l, for the L-layer models."""
-    keys = list(results)
-    fig, axes = plotting.figure(1, len(keys), width=3.0, height=2.6, squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, grid = panels(results, width=3.0, height=2.5)
+    for ax, key in grid:
         for init, marker in zip(INITS, ("o", "^")):
             rows = results[key]["runs"][f"L{L}-{init}"]["probe"][1:]  # layer 0 holds p_0 = 0: nothing to read
             ax.plot([r["ckd_depth"] for r in rows], [max(r["probe_to_ckd"], plotting.FLOOR) for r in rows],
-                    marker + "-", label=init)
+                    marker + "-", label=f"L={L}, {init}")
         rows = results[key]["runs"][f"L{L}-random"]["probe"][1:]
         ax.plot([r["ckd_depth"] for r in rows], [r["control_to_ckd"] for r in rows], "k:",
                 label="control: read from the tokens")
         plotting.log_axes(ax)
-        ax.set(title=key, xlabel="layer l", ylabel="|V h_l - p_l|^2 / |p_l|^2" if ax is axes[0][0] else None)
+        ax.set(title=key.replace("/", ", ") + " attention", xlabel="layer l", ylabel="|V h_l - p_l|^2 / |p_l|^2")
         ax.set_xticks(list(range(1, L + 1)))
-        ax.legend(fontsize=6)
+    grid[0][0].legend(fontsize=6)
     plotting.save_figure(fig, out, f"{NAME}-probe")
