@@ -88,3 +88,19 @@ def test_cli_bad_input_one_line(constructed, tmp_path, capsys):
     afile.write_text("x")
     fails([str(constructed), "--out", str(afile)], "not a folder")
     fails([str(constructed), "--sequences", "1"], "--sequences must be >= 2")
+
+
+def test_training_experiment_quick(tmp_path):
+    """``ckd reproduce training --quick``: figures and numbers; the construction starts far ahead of random init."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "training", "--quick", "--out", str(tmp_path), "--seed", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("training", "training-curves", "training-probe"):
+        for suffix in ("png", "pdf"):
+            assert (tmp_path / f"{name}.{suffix}").stat().st_size > 0
+    data = json.loads((tmp_path / "training.json").read_text())
+    runs = data["results"]["periodic/softmax"]["runs"]
+    assert runs["L1-construction"]["curve"][0][1] < 0.9 * runs["L1-random"]["curve"][0][1]
+    assert all(math.isfinite(r["summary"]["mse"]) for r in runs.values())
