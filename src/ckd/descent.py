@@ -154,7 +154,7 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
     history = y.new_zeros(depth + 1, B, T, d) if return_all else None
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block
-    r_max = y.abs().amax()
+    r_maxes = [torch.linalg.vector_norm(y, math.inf)]  # one fused reduction per layer, no sync
     for start, stop, P, R in blocks:
         if kept is None and stop < T:
             kept = y.new_empty(depth, B, T, d)
@@ -167,13 +167,13 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
             s = prefix if uniform else eta * prefix
             p = torch.baddbmm(p, P, s, alpha=alpha)
             r = torch.baddbmm(r, R, s, beta=decay, alpha=-alpha)
-            r_max = torch.maximum(r_max, r.abs().amax())
+            r_maxes.append(torch.linalg.vector_norm(r, math.inf))
             if history is not None:
                 history[layer + 1, :, start:stop] = p
         if out is not None:
             out[:, start:stop] = p
         del P, R  # before the next block is built
-    return (history if history is not None else out), r_max
+    return (history if history is not None else out), torch.stack(r_maxes).max()
 
 
 def _check_growth(p: Tensor, r_max: float, y_max: float) -> None:

@@ -1,0 +1,483 @@
+"""Performance benchmarks of ckd (issue 7): writes results.json, results.md and figures.
+
+    python benchmarks/perf.py                     # full run (~10 min on 2 cores), writes docs/figures/performance/
+    python benchmarks/perf.py --quick --out /tmp/perf   # small sizes, a smoke run (~1 min)
+    python benchmarks/perf.py --device cuda       # the same on a GPU (CUDA timings synchronise)
+
+Every comparison is measured in one process, the candidates interleaved round-robin (so load
+from other processes hits both alike); we report the median (and the minimum) of the repeats.
+Each sample records wall time and the process's CPU time (user + system, page faults included).
+``--clock cpu`` (the default on CPU) reports CPU time: on a shared machine it does not count the
+time slices other processes take, and with ``--threads 1`` it is the work done. ``--clock wall``
+is the default on CUDA (CPU time there would miss the GPU's work).
+Sections:
+
+  floor       ckd.predict(backend="descent") vs its floor: causal_matrices (P, R once) + 2N bmm
+  return_all  descend(return_all=True) vs descend: every layer's prediction, no extra products
+  length      time vs T (quadratic: fitted log-log slope), whole and row-blocked paths
+  depth       time vs N (linear)
+  batch       time vs B (linear)
+  streaming   ckd.Streaming per-push time vs t, and recomputing the prefix (predict, depth inf)
+  backends    transformer vs descent backend, same depth, every kernel (+ a profile of the transformer)
+  dtypes      float32 vs float64
+  long        T = 16384, d = 8 in a fresh process: time and peak resident memory (default budget)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import ckd
+from ckd.descent import descend
+from ckd.kernels import KERNELS, causal_matrices
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "figures" / "performance"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+CLOCK = {"clock": "cpu"}  # which clock "median" and "min" report (set from --clock in main)
+
+
+def interleaved(fns: dict, reps: int, device: str = "cpu", warmup: int = 1) -> dict:
+    """Time each callable ``reps`` times, round-robin. Returns {name: {"median", "min" (seconds, on
+    the chosen clock), "wall_median", "cpu_median"}}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    chosen = cpu if CLOCK["clock"] == "cpu" else wall
+    return {name: {"median": statistics.median(chosen[name]), "min": min(chosen[name]),
+                   "wall_median": statistics.median(wall[name]), "cpu_median": statistics.median(cpu[name])}
+            for name in fns}
+
+
+def data(B: int, T: int, d: int, device: str, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
+    """Timing data: Gaussian tokens N(0, I/d) (the cost does not depend on the values; these keep
+    finite-depth residuals finite at every size benchmarked)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, T, d, generator=g, dtype=torch.float64) / math.sqrt(d)).to(device=device, dtype=dtype)
+
+
+def periodic(B: int, T: int, d: int, device: str, seed: int = 0) -> torch.Tensor:
+    """Periodic sequences on the sphere (SPEC §5), where depth inf is exact after a period."""
+    return ckd.make_task("periodic", B, T, d, seed=seed).x.to(device=device)
+
+
+def floor_fn(x: torch.Tensor, kernel: str, depth: int):
+    """The floor of depth-N CKD: build P and R once, then 2N batched products (B, T, T) @ (B, T, d)."""
+    def run():
+        mats = causal_matrices(x, kernel)
+        r = x
+        for _ in range(depth):
+            torch.bmm(mats.P, r)
+            torch.bmm(mats.R, r)
+    return run
+
+
+def section_floor(cfg) -> dict:
+    B, T, d, N = cfg.B, cfg.T, 8, 16
+    x = data(B, T, d, cfg.device)
+    out = {"B": B, "T": T, "d": d, "depth": N, "kernels": {}}
+    for kernel in KERNELS:
+        mats = causal_matrices(x, kernel)
+        r = x.clone()
+        res = interleaved({
+            "floor": floor_fn(x, kernel, N),
+            "predict": lambda k=kernel: ckd.predict(x, k, depth=N),
+            "build": lambda k=kernel: causal_matrices(x, k),
+            "bmm": lambda m=mats: torch.bmm(m.P, r),
+        }, cfg.reps, cfg.device)
+        row = _medians(res)
+        row["ratio_median"] = res["predict"]["median"] / res["floor"]["median"]
+        row["ratio_min"] = res["predict"]["min"] / res["floor"]["min"]
+        out["kernels"][kernel] = row
+    return out
+
+
+def section_return_all(cfg) -> dict:
+    x = data(cfg.B, cfg.T, 8, cfg.device)
+    res = interleaved({
+        "last": lambda: descend(x, "exp", depth=16),
+        "return_all": lambda: descend(x, "exp", depth=16, return_all=True),
+    }, cfg.reps, cfg.device)
+    return {"B": cfg.B, "T": cfg.T, "depth": 16, **_medians(res),
+            "ratio_median": res["return_all"]["median"] / res["last"]["median"]}
+
+
+def _medians(res: dict) -> dict:
+    return dict(res)
+
+
+def _slope(xs, ys) -> float:
+    """Least-squares slope of log y against log x."""
+    lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def section_length(cfg) -> dict:
+    B, N = 4, 16
+    out = {"B": B, "depth": N, "kernel": "exp", "T": [], "whole": [], "blocked": [], "infinite": []}
+    for T in cfg.lengths:
+        x = data(B, T, 8, cfg.device)
+        budget = 3 * B * T * 8 * max(1, T // 8)  # blocks of T / 8 rows
+        res = interleaved({
+            "whole": lambda: descend(x, "exp", depth=N),
+            "blocked": lambda: descend(x, "exp", depth=N, memory_budget=budget),
+            "infinite": lambda: descend(x, "exp", depth="inf"),
+        }, max(3, cfg.reps // 3), cfg.device)
+        out["T"].append(T)
+        for name in ("whole", "blocked", "infinite"):
+            out[name].append(res[name]["median"])
+    big = [i for i, T in enumerate(out["T"]) if T >= 512] or list(range(len(out["T"])))
+    for name in ("whole", "blocked", "infinite"):
+        out[f"slope_{name}"] = _slope([out["T"][i] for i in big], [out[name][i] for i in big])
+    return out
+
+
+def section_depth(cfg) -> dict:
+    x = data(cfg.B, cfg.T, 8, cfg.device)
+    out = {"B": cfg.B, "T": cfg.T, "kernel": "exp", "depth": [], "time": []}
+    for N in cfg.depths:
+        res = interleaved({"p": lambda n=N: descend(x, "exp", depth=n)}, max(3, cfg.reps // 3), cfg.device)
+        out["depth"].append(N)
+        out["time"].append(res["p"]["median"])
+    out["slope"] = _slope(out["depth"][2:], out["time"][2:])
+    return out
+
+
+def section_batch(cfg) -> dict:
+    out = {"T": cfg.T, "depth": 16, "kernel": "exp", "batch": [], "time": []}
+    for B in cfg.batches:
+        x = data(B, cfg.T, 8, cfg.device)
+        res = interleaved({"p": lambda: descend(x, "exp", depth=16)}, max(3, cfg.reps // 3), cfg.device)
+        out["batch"].append(B)
+        out["time"].append(res["p"]["median"])
+    out["slope"] = _slope(out["batch"][2:], out["time"][2:])
+    return out
+
+
+def section_streaming(cfg) -> dict:
+    d, T = 8, cfg.stream_len
+    x = data(1, T, d, cfg.device)[0]
+    out = {"d": d, "kernels": {}}
+    checkpoints = [t for t in (64, 128, 256, 512, 1024, 2048, 4096) if t < T]
+    for kernel in KERNELS:
+        ridge = 1e-6 if kernel == "linear" else 0.0
+        s = ckd.Streaming(kernel, dim=d, ridge=ridge, device=cfg.device)
+        push = []
+        clock = time.process_time if CLOCK["clock"] == "cpu" else time.perf_counter
+        for t in range(T):
+            sync(cfg.device)
+            start = clock()
+            s.push(x[t])
+            sync(cfg.device)
+            push.append(clock() - start)
+        row = {"t": [], "push": [], "recompute": []}
+        for t in checkpoints:
+            window = push[max(1, t - 16):t + 16]
+            rec = interleaved({"r": lambda t=t: ckd.predict(x[:t + 1], kernel, depth="inf", ridge=ridge)},
+                              max(3, cfg.reps // 3), cfg.device)
+            row["t"].append(t)
+            row["push"].append(statistics.median(window))
+            row["recompute"].append(rec["r"]["median"])
+        row["ratio"] = [r / p for r, p in zip(row["recompute"], row["push"])]
+        row["push_all"] = push[::max(1, T // 256)]
+        out["kernels"][kernel] = row
+    return out
+
+
+def section_backends(cfg) -> dict:
+    B, T, d, N = cfg.B, cfg.T, 8, 16
+    x = data(B, T, d, cfg.device)
+    out = {"B": B, "T": T, "d": d, "depth": N, "kernels": {}}
+    for kernel in KERNELS:
+        res = interleaved({
+            "descent": lambda k=kernel: ckd.predict(x, k, depth=N),
+            "transformer": lambda k=kernel: ckd.predict(x, k, depth=N, backend="transformer"),
+        }, max(3, cfg.reps // 3), cfg.device)
+        row = _medians(res)
+        row["ratio_median"] = res["transformer"]["median"] / res["descent"]["median"]
+        out["kernels"][kernel] = row
+    if cfg.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.device.startswith("cuda") else [])
+        with profile(activities=acts) as prof:
+            ckd.predict(x, "exp", depth=N, backend="transformer")
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        out["profile_exp"] = table
+    return out
+
+
+def section_dtypes(cfg) -> dict:
+    x = data(cfg.B, cfg.T, 8, cfg.device)
+    out = {"B": cfg.B, "T": cfg.T, "depth": 16, "kernels": {}}
+    for kernel in KERNELS:
+        x32 = x.float()
+        res = interleaved({
+            "float64": lambda k=kernel: ckd.predict(x, k, depth=16),
+            "float32": lambda k=kernel: ckd.predict(x32, k, depth=16, dtype=torch.float32),
+        }, max(3, cfg.reps // 3), cfg.device)
+        row = _medians(res)
+        row["ratio_median"] = res["float64"]["median"] / res["float32"]["median"]
+        out["kernels"][kernel] = row
+    return out
+
+
+def section_long(cfg) -> dict:
+    """T = 16384 in fresh processes (peak resident memory is per process)."""
+    out = {"T": cfg.long_len, "d": 8, "B": 1, "runs": []}
+    for kernel, depth in (("exp", 16), ("softmax", 16), ("gaussian", "inf")):
+        cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()),
+               "--long-worker", kernel, str(depth), str(cfg.long_len), cfg.device]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out["runs"].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def long_worker(kernel: str, depth: str, T: int, device: str) -> None:
+    import resource
+
+    warnings.simplefilter("ignore")
+    x = periodic(1, T, 8, device)
+    sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    p = ckd.predict(x, kernel, depth=depth)
+    sync(device)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    err = ckd.next_token_error(p, x)[0, -1000:]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    print(json.dumps({"kernel": kernel, "depth": depth, "time_s": elapsed, "cpu_s": cpu, "peak_rss_gib": peak,
+                      "peak_gpu_gib": gpu, "median_err_last_1000": float(err.median()),
+                      "finite": bool(torch.isfinite(p).all())}))
+
+
+SECTIONS = {
+    "floor": section_floor,
+    "return_all": section_return_all,
+    "length": section_length,
+    "depth": section_depth,
+    "batch": section_batch,
+    "streaming": section_streaming,
+    "backends": section_backends,
+    "dtypes": section_dtypes,
+    "long": section_long,
+}
+
+
+def machine(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "device": device,
+            "loadavg_start": os.getloadavg()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (a smoke run)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                        help="what the tables report (default: cpu on CPU, wall on CUDA)")
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run these sections only")
+    parser.add_argument("--long-worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.long_worker:
+        kernel, depth, T, device = args.long_worker
+        long_worker(kernel, depth, int(T), device)
+        return 0
+    CLOCK["clock"] = args.clock or ("wall" if args.device.startswith("cuda") else "cpu")
+    cfg = argparse.Namespace(device=args.device, profile=True, clock=CLOCK["clock"])
+    if args.quick:
+        cfg.__dict__.update(B=4, T=128, reps=3, lengths=[64, 128, 256], depths=[1, 2, 4, 8],
+                            batches=[1, 2, 4, 8], stream_len=300, long_len=2048)
+    else:
+        cfg.__dict__.update(B=16, T=512, reps=15, lengths=[128, 256, 512, 1024, 2048, 4096],
+                            depths=[1, 2, 4, 8, 16, 32, 64], batches=[1, 2, 4, 8, 16, 32],
+                            stream_len=4200, long_len=16384)
+    warnings.simplefilter("ignore", ckd.StabilityWarning)  # long periodic prompts: transient growth is expected
+    results = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+               "machine": machine(args.device), "config": {k: v for k, v in vars(cfg).items()}}
+    for name in args.only or list(SECTIONS):
+        start = time.perf_counter()
+        print(f"[{name}] ...", file=sys.stderr, flush=True)
+        results[name] = SECTIONS[name](cfg)
+        print(f"[{name}] {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.md").write_text(report(results))
+    figures(results, args.out)
+    print(report(results))
+    return 0
+
+
+def _ms(v: float) -> str:
+    return f"{v * 1e3:.1f}"
+
+
+def report(r: dict) -> str:
+    """Markdown tables of the medians and ratios."""
+    m = r["machine"]
+    lines = [f"Command: `{r['command']}`", "",
+             f"Machine: {m['device']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"load average {m['loadavg_start'][0]:.1f} at start, {m.get('loadavg_end', [math.nan])[0]:.1f} at end.",
+             f"Times are medians of {r['config']['reps']} interleaved repeats (fewer for the scaling sweeps), "
+             f"clock: {r['config']['clock']} (see `benchmarks/perf.py`).", ""]
+    if "floor" in r:
+        f = r["floor"]
+        lines += [f"### Descent vs its floor (B={f['B']}, T={f['T']}, d={f['d']}, N={f['depth']}, float64)", "",
+                  "| kernel | build P,R (ms) | one bmm (ms) | floor (ms) | predict (ms) | ratio (medians) "
+                  "| ratio (minima) |", "|---|---|---|---|---|---|---|"]
+        for k, v in f["kernels"].items():
+            lines.append(f"| {k} | {_ms(v['build']['median'])} | {_ms(v['bmm']['median'])} | "
+                         f"{_ms(v['floor']['median'])} | {_ms(v['predict']['median'])} | "
+                         f"{v['ratio_median']:.2f} | {v['ratio_min']:.2f} |")
+        lines.append("")
+    if "return_all" in r:
+        a = r["return_all"]
+        lines += [f"`return_all=True` vs the last layer only (exp, B={a['B']}, T={a['T']}, N=16): "
+                  f"{_ms(a['return_all']['median'])} ms vs {_ms(a['last']['median'])} ms, "
+                  f"ratio {a['ratio_median']:.2f}.", ""]
+    if "length" in r:
+        s = r["length"]
+        lines += [f"### Time vs T (exp, B={s['B']}, N={s['depth']}; blocked = row blocks of T/8)", "",
+                  "| T | whole (ms) | blocked (ms) | depth inf (ms) |", "|---|---|---|---|"]
+        for i, T in enumerate(s["T"]):
+            lines.append(f"| {T} | {_ms(s['whole'][i])} | {_ms(s['blocked'][i])} | {_ms(s['infinite'][i])} |")
+        lines += ["", f"log-log slope for T >= 512: whole {s['slope_whole']:.2f}, blocked {s['slope_blocked']:.2f}, "
+                  f"depth inf {s['slope_infinite']:.2f} (quadratic = 2).", ""]
+    for key, label in (("depth", "N"), ("batch", "B")):
+        if key in r:
+            s = r[key]
+            xs = s[key]
+            lines += [f"### Time vs {label} (exp)", "", f"| {label} | " + " | ".join(map(str, xs)) + " |",
+                      "|---|" + "---|" * len(xs), "| ms | " + " | ".join(_ms(t) for t in s["time"]) + " |", "",
+                      f"log-log slope (from the third point): {s['slope']:.2f} (linear = 1).", ""]
+    if "streaming" in r:
+        s = r["streaming"]
+        ts = next(iter(s["kernels"].values()))["t"]
+        lines += [f"### Streaming: one push vs recomputing the prefix (depth inf, d={s['d']})", "",
+                  "| kernel | " + " | ".join(f"t={t}: push (us) / recompute (ms) / ratio" for t in ts) + " |",
+                  "|---|" + "---|" * len(ts)]
+        for k, v in s["kernels"].items():
+            cells = [f"{p * 1e6:.0f} / {_ms(q)} / {q / p:.0f}x" for p, q in zip(v["push"], v["recompute"])]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "backends" in r:
+        b = r["backends"]
+        lines += [f"### Transformer vs descent backend (B={b['B']}, T={b['T']}, d={b['d']}, N={b['depth']}, "
+                  "float64)", "", "| kernel | descent (ms) | transformer (ms) | ratio |", "|---|---|---|---|"]
+        for k, v in b["kernels"].items():
+            lines.append(f"| {k} | {_ms(v['descent']['median'])} | {_ms(v['transformer']['median'])} | "
+                         f"{v['ratio_median']:.2f} |")
+        lines.append("")
+    if "dtypes" in r:
+        dt = r["dtypes"]
+        lines += [f"### float64 vs float32 (descent, B={dt['B']}, T={dt['T']}, N={dt['depth']})", "",
+                  "| kernel | float64 (ms) | float32 (ms) | float64 / float32 |", "|---|---|---|---|"]
+        for k, v in dt["kernels"].items():
+            lines.append(f"| {k} | {_ms(v['float64']['median'])} | {_ms(v['float32']['median'])} | "
+                         f"{v['ratio_median']:.2f} |")
+        lines.append("")
+    if "long" in r:
+        lo = r["long"]
+        lines += [f"### Long sequences (T={lo['T']}, d=8, B=1, float64, default memory budget)", "",
+                  "| kernel | depth | wall (s) | CPU (s) | peak RSS (GiB) | median error, last 1000 tokens |",
+                  "|---|---|---|---|---|---|"]
+        for run in lo["runs"]:
+            lines.append(f"| {run['kernel']} | {run['depth']} | {run['time_s']:.1f} | {run['cpu_s']:.1f} | "
+                         f"{run['peak_rss_gib']:.2f} | {run['median_err_last_1000']:.2e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figures(r: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=120)
+        plt.close(fig)
+
+    if "length" in r:
+        s = r["length"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name in ("whole", "blocked", "infinite"):
+            ax.loglog(s["T"], s[name], "o-", label=f"{name} (slope {s['slope_' + name]:.2f})")
+        ref = [s["whole"][-1] * (T / s["T"][-1]) ** 2 for T in s["T"]]
+        ax.loglog(s["T"], ref, "k:", label="T^2")
+        ax.set(xlabel="T", ylabel="seconds", title=f"CKD time vs T (exp, B={s['B']}, N={s['depth']})")
+        ax.legend(fontsize=8)
+        save(fig, "time_vs_T")
+    for key, label in (("depth", "depth N"), ("batch", "batch B")):
+        if key in r:
+            s = r[key]
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.loglog(s[key], s["time"], "o-", label=f"descent (slope {s['slope']:.2f})")
+            ax.set(xlabel=label, ylabel="seconds", title=f"CKD time vs {label} (exp, T={s['T']})")
+            ax.legend(fontsize=8)
+            save(fig, f"time_vs_{key}")
+    if "streaming" in r:
+        s = r["streaming"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for k, v in s["kernels"].items():
+            line, = ax.loglog(v["t"], v["push"], "o-", label=f"{k}: one push")
+            ax.loglog(v["t"], v["recompute"], "s--", color=line.get_color(), label=f"{k}: recompute prefix")
+        ax.set(xlabel="tokens so far t", ylabel="seconds", title="Streaming (depth inf) vs recomputing")
+        ax.legend(fontsize=7)
+        save(fig, "streaming")
+    if "backends" in r or "dtypes" in r or "floor" in r:
+        panels = [k for k in ("floor", "backends", "dtypes") if k in r]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+        for ax, key in zip(axes[0], panels):
+            v = r[key]["kernels"]
+            names = {"floor": ("floor", "predict"), "backends": ("descent", "transformer"),
+                     "dtypes": ("float64", "float32")}[key]
+            ks = list(v)
+            for i, n in enumerate(names):
+                ax.bar([j + 0.4 * i for j in range(len(ks))], [v[k][n]["median"] for k in ks], 0.4, label=n)
+            ax.set_xticks([j + 0.2 for j in range(len(ks))], ks)
+            ax.set(ylabel="seconds (median)", title={"floor": "descent vs floor", "backends": "transformer vs descent",
+                                                     "dtypes": "float64 vs float32"}[key])
+            ax.legend(fontsize=8)
+        save(fig, "backends_dtypes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
