@@ -97,7 +97,7 @@ def test_training_experiment_quick(tmp_path):
         assert main(["reproduce", "training", "--quick", "--out", str(tmp_path), "--seed", "0"]) == 0
     finally:
         torch.set_num_threads(threads)
-    for name in ("training", "training-curves", "training-probe"):
+    for name in ("training", "training-curves", "training-probe", "training-vs-t"):
         for suffix in ("png", "pdf"):
             assert (tmp_path / f"{name}.{suffix}").stat().st_size > 0
     data = json.loads((tmp_path / "training.json").read_text())

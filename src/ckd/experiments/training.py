@@ -16,7 +16,8 @@ many layers (``ckd.evaluate.probe``).
 
 Outputs: ``training.png`` (held-out mean squared next-token error vs L per task and
 attention), ``training-curves.png`` (held-out loss during training), ``training-probe.png``
-(probe of the L = max runs), ``training.json`` (every number, config, seed). Training runs in
+(probe of the L = max runs), ``training-vs-t.png`` (median error vs t of the L = max runs),
+``training.json`` (every number, config, seed). Training runs in
 float32 with one thread (tiny models: faster than two); evaluation in float64.
 """
 
@@ -29,6 +30,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from ..evaluate import evaluate_model, reference
@@ -95,6 +97,7 @@ def plots(results: dict, layers: tuple, out: pathlib.Path) -> None:
     plot_vs_layers(results, layers, out)
     plot_curves(results, layers, out)
     plot_probe(results, max(layers), out)
+    plot_vs_t(results, max(layers), out)
 
 
 def replot(out: pathlib.Path) -> None:
@@ -191,3 +194,24 @@ def plot_probe(results: dict, L: int, out: pathlib.Path) -> None:
         ax.set_xticks(list(range(1, L + 1)))
     grid[0][0].legend(fontsize=6)
     plotting.save_figure(fig, out, f"{NAME}-probe")
+
+
+def plot_vs_t(results: dict, L: int, out: pathlib.Path) -> None:
+    """Median error |prediction - x_{t+1}| vs t of the L-layer models, CKD and the best baseline."""
+    fig, grid = panels(results, width=3.0, height=2.5)
+    for ax, key in grid:
+        e = results[key]
+        name, _ = best_baseline(e)
+        curves = [(f"L={L}, random init", e["runs"][f"L{L}-random"]["error_median"], "-"),
+                  (f"L={L}, construction + fine-tuning", e["runs"][f"L{L}-construction"]["error_median"], "-"),
+                  (f"ckd depth {L} (= construction)", e["error_median"][f"ckd depth {L}"], "--"),
+                  ("ckd depth inf", e["error_median"]["ckd depth inf"], "-."),
+                  (f"best baseline ({name})", e["error_median"][name], ":")]
+        for label, median, ls in curves:
+            m = np.asarray(median, dtype=float)
+            t = np.arange(1, len(m))
+            ax.plot(t, np.maximum(m[1:], plotting.FLOOR), ls, label=label)
+        plotting.log_axes(ax)
+        ax.set(title=key.replace("/", ", ") + " attention", xlabel="t", ylabel="median |x^_{t+1} - x_{t+1}|")
+        ax.legend(fontsize=5)
+    plotting.save_figure(fig, out, f"{NAME}-vs-t")
