@@ -1,8 +1,6 @@
 """The constructed Transformer equals causal kernel descent (SPEC §3 contract), and stays a plain module."""
 
 import math
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -11,6 +9,7 @@ import torch
 from conftest import RTOL, rel_err
 
 import ckd
+from ckd.cli import main
 from ckd.construction import construct, run_constructed, slots
 from ckd.descent import StabilityWarning, default_step, descend
 from ckd.kernels import KERNELS, causal_matrices
@@ -173,30 +172,32 @@ def test_predict_transformer_backend_shapes_and_warning():
         ckd.predict(x, "linear", depth=3, step=50.0, backend="transformer")
 
 
-def test_cli_transformer_equals_descent(tmp_path):
+def test_float32_growth_is_warned_like_the_descent():
+    """The non-normal transient (SPEC §2) is measured from the r slot of every layer."""
+    x = ckd.make_task("linear", 2, 200, 4, seed=0).x
+    for backend in ("descent", "transformer"):
+        with pytest.warns(StabilityWarning, match=r"residuals grew by 1.08e\+11"):
+            ckd.predict(x, "linear", depth=16, backend=backend, dtype="float32")
+
+
+def test_cli_transformer_equals_descent(tmp_path, capsys):
     """``ckd predict --backend transformer`` equals ``--backend descent`` for every kernel (float64)."""
     x = sequences(B=2, T=30, d=3, seed=7).numpy()
     np.save(tmp_path / "x.npy", x)
-    script = "; ".join([
-        "import sys",
-        "from ckd.cli import main",
-        "sys.exit(max(main(a.split()) for a in sys.argv[1:]))",
-    ])
-    runs = []
     for kernel in KERNELS:
+        outs = {}
         for backend, tokens in [("descent", "augmented"), ("transformer", "augmented"), ("transformer", "raw")]:
-            out = tmp_path / f"{kernel}-{backend}-{tokens}.npy"
-            runs.append(f"predict {tmp_path / 'x.npy'} -o {out} --kernel {kernel} --beta 2 --depth 6 --ridge 0.1 "
-                        f"--backend {backend} --tokens {tokens}")
-    done = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    for kernel in KERNELS:
-        ref = torch.from_numpy(np.load(tmp_path / f"{kernel}-descent-augmented.npy"))
+            outs[backend, tokens] = tmp_path / f"{kernel}-{backend}-{tokens}.npy"
+            argv = (f"predict {tmp_path / 'x.npy'} -o {outs[backend, tokens]} --kernel {kernel} --beta 2 --depth 6 "
+                    f"--ridge 0.1 --backend {backend} --tokens {tokens}").split()
+            assert main(argv) == 0, capsys.readouterr().err
+        ref = torch.from_numpy(np.load(outs["descent", "augmented"]))
         for tokens in ("augmented", "raw"):
-            got = torch.from_numpy(np.load(tmp_path / f"{kernel}-transformer-{tokens}.npy"))
+            got = torch.from_numpy(np.load(outs["transformer", tokens]))
             assert got.shape == ref.shape and rel_err(got, ref) < RTOL, (kernel, tokens)
-    bad = subprocess.run([sys.executable, "-m", "ckd.cli", "predict", str(tmp_path / "x.npy"), "-o",
-                          str(tmp_path / "bad.npy"), "--backend", "transformer", "--depth", "inf"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "depth 'inf'" in bad.stderr
-    assert not (tmp_path / "bad.npy").exists()
+    capsys.readouterr()
+    bad = tmp_path / "bad.npy"
+    assert main(f"predict {tmp_path / 'x.npy'} -o {bad} --backend transformer --depth inf".split()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "depth 'inf' needs the descent backend" in err
+    assert not bad.exists()

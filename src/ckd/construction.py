@@ -3,8 +3,8 @@
 ``construct`` returns an ordinary ``CausalTransformer`` (same class as the trained
 models) whose forward pass is depth-N CKD with step eta and ridge lambda:
 
-    p <- p + eta * P r          prediction head: query x_t,     keys x_{s-1}, values r_s
-    r <- r - eta * (R r + lambda r)  residual head: query x_{t-1}, keys x_{s-1}, values r_s
+    p <- p + eta * P r                 prediction head: query x_t,     keys x_{s-1}, values r_s
+    r <- r - eta * (R r + lambda r)    residual head:   query x_{t-1}, keys x_{s-1}, values r_s
 
 Residual stream of width 4d + 1 (+ pos_dim for raw tokens); d = dim::
 
@@ -42,6 +42,9 @@ of x_{t-1} is exact (pos_{t-1} . pos_s = [s = t-1]). With ``softmax`` and invers
 temperature ``prev_beta`` row t gets (e^beta x_{t-1} + sum_{s <= t, s != t-1} x_s) /
 (e^beta + t): an error ~ t e^{-beta} (measured in docs/transformer.md). Sinusoidal
 positions: pos_{t-1} is a rotation of pos_t; softmax only (prev_beta required).
+
+Reference: M. E. Sander, G. Peyré, *Towards Understanding the Universality of
+Transformers for Next-Token Prediction*, ICLR 2025 (arXiv 2410.03011).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .descent import StabilityWarning, check_step, default_step
-from .kernels import KERNELS, causal_matrices, check_kernel
+from .descent import StabilityWarning, _check_growth, check_step, default_step
+from .kernels import causal_matrices, check_kernel
 from .transformer import CausalTransformer, TransformerConfig, sinusoidal_frequencies
 
 
@@ -111,7 +114,7 @@ def _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta
     eye = torch.eye(d, dtype=torch.float64)
     a, b = {"linear": (1.0, 1.0), "exp": (beta, 1.0), "softmax": (beta, 1.0),
             "gaussian": (1.0 / sigma, 1.0 / sigma)}[kernel]
-    gain = math.exp(math.log(step) + log_scale) if step > 0 else 0.0  # eta e^c (c = 0 unless exp rescales)
+    gain = math.exp(math.log(step) + log_scale) if step > 0 and log_scale > 0 else step  # eta e^c
 
     W = model.embed.weight  # (width, d_in)
     if tokens == "augmented":  # input (x_{t-1}, x_t, 1)
@@ -204,11 +207,12 @@ def run_constructed(
     means the SPEC default step computed from x. Returns predictions (B, T, d).
 
     Builds ``construct(...)`` for x (max_len = T; ``exp`` rescaled by the batch's largest
-    ``log_scale`` of ``ckd.kernels.causal_matrices``) and runs it under ``no_grad``. Warns
-    ``StabilityWarning`` for a step outside the convergence region, like the descent backend.
+    ``log_scale`` of ``ckd.kernels.causal_matrices``) and runs it under ``no_grad``. Like the
+    descent backend, warns ``StabilityWarning`` for a step outside the convergence region or when
+    the residuals r_l (read from the r slot of every layer) grow enough to eat the dtype's
+    precision, and raises ``FloatingPointError`` if the output is not finite.
     """
-    if kernel not in KERNELS:
-        check_kernel(kernel)
+    check_kernel(kernel)
     if not isinstance(depth, int):
         raise ValueError(f"the transformer needs a finite integer depth, got {depth!r}")
     B, T, d = x.shape
@@ -225,9 +229,9 @@ def run_constructed(
     model = construct(kernel, dim=d, depth=depth, step=eta, beta=beta, sigma=sigma, ridge=ridge, tokens=tokens,
                       prev_beta=prev_beta, max_len=max(T, 1), dtype=x.dtype, log_scale=log_scale).to(x.device)
     with torch.no_grad():
-        pred = model(x)
-    if not torch.isfinite(pred).all():
-        raise FloatingPointError(
-            f"the constructed transformer overflowed in {x.dtype}; use a smaller step, a smaller depth, or float64"
-        )
+        pred, hidden = model(x, return_hidden=True)
+    # the same overflow error and non-normal growth warning as the descent: max_l |r_l| / |y| (rows >= 1)
+    r = slots(d)["r"]
+    r_max = max(float(h[:, 1:, r].abs().max()) for h in hidden[-(depth + 1):]) if T > 1 else 0.0
+    _check_growth(pred, r_max, float(x[:, 1:].abs().max()) if T > 1 else 0.0)
     return pred
