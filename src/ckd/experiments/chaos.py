@@ -219,7 +219,8 @@ def _figures(out: pathlib.Path, names: list[str], errors: dict, ratio: dict, hal
                   rotation=90, fontsize=6)
     ax.set_ylabel("error / error of analogues k=1")
     ax.set_title(f"one-step error over t >= {half}, {len(names)} dysts systems ((f) = flow)")
-    ax.legend(ncol=4)
+    ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room for the legend above the bars
+    ax.legend(ncol=4, loc="upper left")
     ax = axes[1]
     for s, ls in zip([n for n in ("map:Henon", "map:Logistic", "flow:Lorenz", "flow:Rossler") if n in names],
                      ("-", "--", ":", "-.")):
