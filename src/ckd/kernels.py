@@ -134,8 +134,10 @@ def shift_gram(G: Tensor) -> tuple[Tensor, Tensor]:
 def causal_matrices(x: Tensor, kernel: str, beta: float = 1.0, sigma: float = 1.0) -> CausalMatrices:
     """Causal prediction and residual matrices P, R (B, T, T) of x (B, T, d). See module doc.
 
-    Memory: two (B, T, T) buffers (P and R, R a strided view of the score buffer);
-    ``ckd.descent.descend`` switches to row blocks (``causal_rows``) above a memory budget.
+    Cost: one batched product for the scores, one elementwise pass (exp) and in-place masking.
+    Memory: two (B, T, T) buffers: P, and the score buffer of which R is a strided view (so R
+    may be non-contiguous across the batch). ``ckd.descent.descend`` switches to row blocks
+    (``causal_rows``) above a memory budget.
     """
     check_kernel(kernel)
     P, R, log_scale = _causal_block(x, kernel, beta, sigma, 0, x.shape[1], None)
@@ -255,7 +257,7 @@ def _causal_block(
         P = P_view.clone()  # before R is changed in place (the views overlap)
         keep = causal_mask_rows(start, stop, x.device)
         return _softmax_(P, keep), _softmax_(R, keep), log_scale
-    if kernel == "exp":
+    if kernel == "exp" and bool(log_scale.any()):
         G.sub_(log_scale[:, None, None])
     if kernel != "linear":
         G.exp_()

@@ -39,7 +39,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
     cfg = dict(batch=16, length=30, lengths=(10, 30), max_log2_depth=10, n_tau=12) if quick else \
-        dict(batch=100, length=40, lengths=(10, 20, 40, 80), max_log2_depth=14, n_tau=25)
+        dict(batch=100, length=40, lengths=(10, 20, 40, 80), max_log2_depth=12, n_tau=25)
     depths = [2**k for k in range(cfg["max_log2_depth"] + 1)]
     tau_grid = np.logspace(-1, 3, cfg["n_tau"])
     task = make_task("linear", cfg["batch"], max(cfg["lengths"] + (cfg["length"],)), DIM, seed=seed)
