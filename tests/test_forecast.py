@@ -7,6 +7,7 @@ from conftest import RTOL, rel_err
 
 from ckd.cli import main
 from ckd.descent import infinite_depth
+from ckd.evaluate import run_ckd
 from ckd.forecast import (
     METHODS,
     blocks,
@@ -17,6 +18,9 @@ from ckd.forecast import (
     forecast_details,
 )
 from ckd.kernels import causal_matrices
+from ckd.train import TrainConfig, load_model, train
+
+PREFIX_METHODS = [m for m in METHODS if m != "transformer"]  # the methods that need no checkpoint
 
 
 def henon(T=60, a=1.4, b=0.3, x0=(0.1, 0.0)):
@@ -94,7 +98,7 @@ def test_strictly_causal(method, opts):
         assert np.allclose(a[: t + 1], b[: t + 1], rtol=1e-12, atol=1e-12), (method, t)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PREFIX_METHODS)
 def test_units_equivariance(method):
     """Causal standardisation: forecasting a x + c gives a * forecast(x) + c (per coordinate)."""
     x = henon(40)
@@ -127,7 +131,7 @@ def test_ckd_learns_henon_in_context_better_than_analogues():
 def test_constant_coordinate_is_forecast_exactly_and_finite():
     x = henon(50)
     x = np.concatenate([x, np.full((50, 1), 3.25)], axis=1)
-    for method in METHODS:
+    for method in PREFIX_METHODS:
         out = forecast(x, method)
         assert np.isfinite(out).all()
         assert np.all(out[:, 2] == 3.25), method
@@ -192,3 +196,53 @@ def test_cli_bad_input_one_line_nothing_written(tmp_path, capsys, data, args):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ckd: error:")
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A float64 construction of depth-2 gaussian CKD on dim 2, not trained: a known forecaster."""
+    out = tmp_path_factory.mktemp("forecaster")
+    train(TrainConfig(task="rotation-tanh", attention="gaussian", layers=2, batch=8, length=12, dim=2, steps=0,
+                      init="construction", dtype="float64", eval_batch=8), out, progress=False)
+    return out / "checkpoint.pt"
+
+
+def test_transformer_method_runs_the_checkpoint_on_the_causally_scaled_prefix(checkpoint):
+    """Row t of block [a, b) is the model's prediction on (x_{<=t} - m_a) / s_a, mapped back."""
+    _, _, state = load_model(checkpoint)
+    x = torch.tensor(henon(40), dtype=torch.float64)[None]
+    got = forecast_details(x, "transformer", checkpoint=checkpoint)
+    ref = torch.zeros_like(x)
+    for a, b in blocks(x.shape[1]):
+        mean, std = causal_scale(x, a)
+        ref[:, a:b] = run_ckd((x[:, :b] - mean) / std, state["setting"])[:, a:b] * std + mean
+    ok = got.choice[0] == 0  # rows the guard kept
+    assert ok[1:].float().mean() > 0.5
+    assert rel_err(got.pred[0, ok], ref[0, ok]) < RTOL
+
+
+def test_transformer_method_is_strictly_causal(checkpoint):
+    x = henon(40)
+    a = forecast(x, "transformer", checkpoint=checkpoint)
+    y = x.copy()
+    y[11:] = 7.0
+    assert np.allclose(a[:11], forecast(y, "transformer", checkpoint=checkpoint)[:11], rtol=1e-12, atol=1e-12)
+
+
+def test_transformer_method_bad_options(checkpoint, tmp_path, capsys):
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        forecast(henon(10), "transformer")
+    with pytest.raises(ValueError, match="only it takes one"):
+        forecast(henon(10), "ckd", checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="dim=2"):
+        forecast(np.zeros((10, 3)) + np.arange(10)[:, None], "transformer", checkpoint=checkpoint)
+    np.save(tmp_path / "in.npy", henon(20))
+    out = tmp_path / "out.npy"
+    for args in (["--method", "transformer"], ["--method", "transformer", "--checkpoint", str(tmp_path / "no.pt")]):
+        assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ckd: error:")
+        assert not out.exists()
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), "--method", "transformer",
+                 "--checkpoint", str(checkpoint)]) == 0
+    assert np.allclose(np.load(out), forecast(henon(20), "transformer", checkpoint=checkpoint))

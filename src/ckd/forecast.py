@@ -25,6 +25,8 @@ Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
     ols        affine least squares on the prefix (ckd.baselines.least_squares on (z, 1), ridge 1e-6)
     analogues  successor of the k nearest earlier states (ckd.baselines.analogues)
     last       x_t
+    transformer  a Transformer trained by ``ckd train`` (``checkpoint=``), run in float64 on the
+               standardised prefix z of each block; its dim must be the trajectory's d
 
 Causal selection of settings. A method with a free bandwidth sigma or ridge lambda runs
 every setting of its grid (``GRIDS``) as an "expert"; row t uses the expert with the
@@ -50,7 +52,7 @@ from .baselines import analogues, kernel_ridge, least_squares
 from .descent import infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
 
-METHODS = ("ckd", "analogues", "krr", "ols", "last")
+METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
 
 # Expert grids (standardised units): every combination is an expert.
 GRIDS = {
@@ -161,8 +163,12 @@ def _experts(method: str, sigma: float | None, ridge: float | None, depth: Any) 
     return [{"sigma": s, "ridge": r} for s in sigmas for r in ridges]
 
 
-def _run_experts(z: Tensor, method: str, experts: list[dict], *, k: int, depth: Any) -> Tensor:
+def _run_experts(z: Tensor, method: str, experts: list[dict], *, k: int, depth: Any,
+                 model: torch.nn.Module | None = None) -> Tensor:
     """Forecasts of every expert on the standardised prefix z: (G, B, n, d), NaN where one fails."""
+    if method == "transformer":
+        with torch.no_grad():
+            return model(z)[None]
     if method == "last":
         return z[None].clone()
     if method == "analogues":
@@ -185,10 +191,12 @@ def _run_experts(z: Tensor, method: str, experts: list[dict], *, k: int, depth: 
     return torch.stack(outs)
 
 
-def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: Any) -> dict:
+def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: Any, checkpoint: Any = None) -> dict:
     """Validate the options of ``forecast``; return them normalised."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if (method == "transformer") != (checkpoint is not None):
+        raise ValueError("method 'transformer' needs a checkpoint of ckd train, and only it takes one")
     if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if str(depth).strip().lower() in ("inf", "infinity"):
@@ -203,17 +211,29 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
         ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
         k=int(k),
         depth=depth,
+        checkpoint=checkpoint,
     )
 
 
+def trained_model(checkpoint: Any, dim: int, device: torch.device) -> torch.nn.Module:
+    """The Transformer of a ``ckd train`` checkpoint, in float64 on ``device``, for trajectories of dim d."""
+    from .train import load_model  # training code is needed only by this method
+
+    cfg, model, _ = load_model(checkpoint)
+    if cfg.dim != dim:
+        raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={dim}")
+    return model.to(device=device, dtype=torch.float64)
+
+
 def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
-                     k: int = 1, depth: Any = 1) -> Forecast:
+                     k: int = 1, depth: Any = 1, checkpoint: Any = None) -> Forecast:
     """``forecast`` on a float64 tensor x (B, T, d), with the expert chosen at each row."""
-    opts = check_forecast_options(method, sigma, ridge, k, depth)
+    opts = check_forecast_options(method, sigma, ridge, k, depth, checkpoint)
     method, depth = opts["method"], opts["depth"]
     B, T, d = x.shape
     if T < 3:
         raise ValueError(f"a trajectory needs at least 3 rows to forecast from pairs, got {T}")
+    model = trained_model(checkpoint, d, x.device) if method == "transformer" else None
     experts = _experts(method, opts["sigma"], opts["ridge"], depth)
     G = len(experts)
     preds = torch.full((G, B, T, d), math.nan, dtype=x.dtype, device=x.device)
@@ -221,7 +241,7 @@ def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = No
     for a, b in blocks(T):
         mean, std = causal_scale(x, a)
         z = (x[:, :b] - mean) / std
-        out = _run_experts(z, method, experts, k=opts["k"], depth=depth)[:, :, a:b]
+        out = _run_experts(z, method, experts, k=opts["k"], depth=depth, model=model)[:, :, a:b]
         preds[:, :, a:b] = out * std + mean
         scale[:, a:b] = std
     # follow the leader on the clipped errors observed before row t
@@ -241,16 +261,17 @@ def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = No
 
 
 def forecast(x: Any, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
-             k: int = 1, depth: Any = 1) -> Any:
+             k: int = 1, depth: Any = 1, checkpoint: Any = None) -> Any:
     """One-step forecasts of a raw trajectory: row t forecasts x_{t+1} from rows 0..t only.
 
     x: array or tensor (T, d) or (B, T, d), T >= 3, finite, in any units; returns the same
     type and shape in float64 (numpy in, numpy out). method: ckd (default) | analogues |
-    krr | ols | last. sigma, ridge: fix the bandwidth / ridge in standardised units (default:
-    chosen causally per row from ``GRIDS``); k: neighbours for analogues; depth: 1 or "inf"
-    for ckd. See the module doc for the exact causal procedure.
+    krr | ols | last | transformer. sigma, ridge: fix the bandwidth / ridge in standardised
+    units (default: chosen causally per row from ``GRIDS``); k: neighbours for analogues;
+    depth: 1 or "inf" for ckd; checkpoint: a ``ckd train`` checkpoint.pt (method transformer).
+    See the module doc for the exact causal procedure.
     """
     batch, unbatched = as_batch(x, torch.float64)
-    out = forecast_details(batch, method, sigma=sigma, ridge=ridge, k=k, depth=depth).pred
+    out = forecast_details(batch, method, sigma=sigma, ridge=ridge, k=k, depth=depth, checkpoint=checkpoint).pred
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -18,12 +18,15 @@ def add_parser(sub) -> None:
     p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen causally)")
     p.add_argument("--k", type=int, default=1, help="neighbours of the analogues method (default 1)")
     p.add_argument("--depth", default="1", help="ckd depth: 1 (local linear read-out, default) or inf")
+    p.add_argument("--checkpoint", default=None, metavar="PT",
+                   help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim)
-    pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth)
+    pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth,
+                    checkpoint=args.checkpoint)
     save_array(out_path, pred)
     return 0
