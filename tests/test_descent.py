@@ -227,3 +227,15 @@ def test_periodic_infinite_depth_error_falls_with_t(kernel, opts):
     task = make_task("periodic", 30, 201, 3, period=5, seed=1)
     med = next_token_error(descend(task.x, kernel, depth="inf", **opts), task.x).median(0).values
     assert med[199] < med[50] < med[10]
+
+
+@pytest.mark.parametrize("depth", [1, 4, "inf"])
+def test_gaussian_on_the_sphere_is_rescaled_exp(depth):
+    """On the unit sphere k_gauss(a, b) = e^{-1/sigma^2} exp(a.b / sigma^2): the default step
+    cancels the constant, so CKD with gaussian sigma equals CKD with exp beta = 1/sigma^2
+    (the identical rows of ``ckd demo``)."""
+    x = make_task("periodic", 3, 30, 4, period=6, seed=2).x
+    sigma = 0.5
+    a = descend(x, "gaussian", sigma=sigma, depth=depth)
+    b = descend(x, "exp", beta=1 / sigma**2, depth=depth)
+    assert rel_err(a, b) < RTOL

@@ -69,7 +69,9 @@ def run(args) -> int:
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.1f} s. Depth inf (one Kaczmarz sweep) "
           "drives the error to 0 as t grows.\nFinite depth with the default step helps only while t is "
           "small: (I - eta R)^N grows transiently\n(R is triangular and far from normal), so the depth "
-          "needed grows with t (SPEC §2).")
+          "needed grows with t (SPEC §2).\nOn the unit sphere |a - b|^2 = 2 - 2 a.b, so the gaussian kernel with "
+          "sigma is exp(-1/sigma^2) exp(a.b / sigma^2):\nthe exp kernel with beta = 1/sigma^2 up to a constant, "
+          "which the default step cancels (periodic exp beta=4 = gaussian sigma=0.5).")
     if caught:
         print(f"({len(caught)} settings warned of that transient growth; see ckd reproduce kaczmarz-limit.)")
     return 0
