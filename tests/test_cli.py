@@ -62,10 +62,15 @@ def _bad_files(tmp_path):
     np.save(tmp_path / "strings.npy", np.array(["a", "b"]))
     (tmp_path / "garbage.npy").write_bytes(b"this is not an array")
     (tmp_path / "garbage.csv").write_text("a,b\nc,d\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header-only.csv").write_text("x,y\n")
+    (tmp_path / "ragged.csv").write_text("1,2\n3\n")
+    (tmp_path / "headed-ragged.csv").write_text("x,y\n1,2\n3\n")
 
 
 BAD = [
     ["nan.npy"], ["inf.npy"], ["rank1.npy"], ["empty.npy"], ["strings.npy"], ["garbage.npy"], ["garbage.csv"],
+    ["empty.csv"], ["header-only.csv"], ["ragged.csv"], ["headed-ragged.csv"],
     ["missing.npy"], ["x.npy", "--kernel", "cosine"], ["x.npy", "--backend", "transformer", "--depth", "inf"],
     ["x.npy", "--depth", "-2"], ["x.npy", "--step", "-1"], ["x.npy", "--depth", "many"], ["x.npy", "--ridge", "-1"],
     ["x.npy", "--beta", "x"], ["x.npy", "--backend", "gpu"], ["x.npy", "--tokens", "raw"],
@@ -82,6 +87,27 @@ def test_bad_input_one_line_no_output(tmp_path, seqs, capsys, args):
     assert len(lines) == 1 and lines[0].startswith("ckd") and "Traceback" not in err, err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "header-only.csv", "ragged.csv", "headed-ragged.csv"])
+@pytest.mark.parametrize("command", ["predict", "forecast"])
+def test_bad_csv_one_error_line(tmp_path, seqs, capsys, name, command):
+    """No loadtxt warning before the error, and a ragged table is refused, not cut to fit."""
+    _bad_files(tmp_path)
+    out = tmp_path / "out.npy"
+    rc, _, err = run([command, str(tmp_path / name), "-o", str(out)], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("ckd: error:"), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["x,y\n1,2\n3,4\n", "1,2\n3,4\n"], ids=["headed", "headerless"])
+def test_csv_header_optional(tmp_path, capsys, text):
+    (tmp_path / "in.csv").write_text(text)
+    rc, _, err = run(["predict", str(tmp_path / "in.csv"), "-o", str(tmp_path / "p.npy"), "--depth", "2"], capsys)
+    assert rc == 0, err
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert np.allclose(np.load(tmp_path / "p.npy"), predict(x, depth=2), rtol=1e-12, atol=1e-14)
 
 
 def test_bad_output_path(tmp_path, seqs, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +37,31 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+_CSV_ERRORS = (ValueError, UnicodeDecodeError)  # what loadtxt raises for text that is not a numeric table
+
+
 def _load_csv(p: Path) -> np.ndarray:
-    for skip in (0, 1):
+    def read(**kw) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns on empty input; the caller reports it as one error
+            return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64, **kw)
+
+    try:
         try:
-            arr = np.loadtxt(p, delimiter=",", ndmin=2, skiprows=skip, dtype=np.float64)
-            return arr
-        except (ValueError, UnicodeDecodeError):
-            continue
-        except OSError as err:
-            raise ValueError(f"{p}: cannot read ({err})") from None
-    raise ValueError(f"{p}: not a numeric comma-separated table")
+            return read()
+        except _CSV_ERRORS as err:
+            error = err
+        try:
+            read(max_rows=1)
+        except _CSV_ERRORS:  # only a first row that is not numeric is a header to skip
+            try:
+                return read(skiprows=1)
+            except _CSV_ERRORS as err:
+                error = err
+    except OSError as err:
+        raise ValueError(f"{p}: cannot read ({err})") from None
+    reason = str(error).splitlines()[0].split(";")[0]  # numpy's reason, minus its usecols hint
+    raise ValueError(f"{p}: not a numeric comma-separated table ({reason})")
 
 
 def check_output_path(path: str | os.PathLike, ndim: int) -> Path:
