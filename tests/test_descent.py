@@ -158,6 +158,41 @@ def test_transient_growth_is_warned_in_float32():
         descend(task.x.float(), "linear", depth=16)
 
 
+def test_finite_depth_overflow_is_one_clear_error():
+    x = _x(B=2, T=20)
+    with pytest.warns(StabilityWarning), pytest.raises(FloatingPointError, match="overflowed in float64") as err:
+        descend(x, "linear", depth=8, step=1e200)
+    assert "or float64" not in str(err.value)  # no advice to use the dtype already in use
+    with pytest.warns(StabilityWarning), pytest.raises(FloatingPointError, match="or float64"):
+        descend(x.float(), "linear", depth=8, step=1e30)
+
+
+def _random_walk(T=200, d=3, seed=0):
+    steps = torch.randn(1, T, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return steps.cumsum(1) / 10
+
+
+def test_ill_conditioned_infinite_depth_is_warned():
+    """exp with a large beta on a random walk: the triangular solve amplifies y by ~1e24."""
+    x = _random_walk()
+    with pytest.warns(StabilityWarning, match="triangular solve amplified the targets"):
+        descend(x, "exp", beta=40.0, depth="inf")
+    with warnings.catch_warnings():  # the same input well conditioned: silent
+        warnings.simplefilter("error", StabilityWarning)
+        descend(x, "exp", beta=1.0, depth="inf")
+        descend(make_task("linear", 4, 300, 3, seed=0).x, "linear", depth="inf")
+
+
+def test_infinite_depth_overflow_is_one_clear_error():
+    x = _random_walk(T=60)
+    mats = causal_matrices(x, "linear")
+    mats.R.diagonal(dim1=-2, dim2=-1)[:, 1:] = 1e-300  # a (near) singular system: alpha overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        with pytest.raises(FloatingPointError, match="triangular solve amplified"):
+            infinite_depth(mats, targets(x))
+
+
 def test_return_all_gives_every_layer():
     x = _x()
     hist = descend(x, "exp", depth=5, step=0.3, return_all=True)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import rel_err
+from torch import nn
 
 from ckd.cli import main
 from ckd.descent import descend
@@ -17,9 +18,11 @@ from ckd.train import (
     TrainConfig,
     construction_setting,
     load_checkpoint,
+    load_model,
     lr_factor,
     next_token_loss,
     sample,
+    save_checkpoint,
     train,
 )
 
@@ -106,6 +109,7 @@ def test_cli_resume_refuses_another_config_and_corrupted_checkpoints(tmp_path, c
     (["--length", "2"], "length must be an integer >= 3"),
     (["--batch", "0"], "batch must be an integer >= 1"),
     (["--init", "construction", "--heads", "3"], "--init construction fixes the architecture"),
+    (["--init", "construction", "--layernorm"], "--init construction fixes the architecture"),
     (["--stop-after", "-1"], "--stop-after must be >= 0"),
     (["--steps", "ten"], "invalid int value: 'ten'"),
 ])
@@ -123,6 +127,52 @@ def test_missing_out_and_no_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["train", "--out", str(tmp_path / "r"), "--device", "cuda", "--quiet"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_cli_architecture_flags(tmp_path):
+    """--heads/--width/--mlp/--layernorm reach config.json and the model that load_model rebuilds."""
+    out = tmp_path / "run"
+    args = ["--heads", "3", "--width", "9", "--mlp", "--layernorm", "--tokens", "raw", "--task", "nonlinear",
+            "--attention", "exp", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2",
+            "--length", "5", "--dim", "2", "--log-every", "1"]
+    assert main(["train", *args, "--quiet", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert {k: cfg[k] for k in ("heads", "width", "mlp", "layernorm", "tokens", "task", "attention")} == dict(
+        heads=3, width=9, mlp=True, layernorm=True, tokens="raw", task="nonlinear", attention="exp")
+    losses = torch.tensor([r["loss"] for r in metrics(out)])
+    assert len(losses) == 3 and torch.isfinite(losses).all()
+    loaded, model, _ = load_model(out / "checkpoint.pt")
+    assert loaded.layernorm and model.blocks[0].attn.n_heads == 3 and model.embed.out_features == 9
+    assert any(isinstance(m, nn.LayerNorm) for m in model.modules())
+
+
+def test_resume_a_run_older_than_a_config_field(tmp_path):
+    """A checkpoint whose config predates ``layernorm`` resumes (the field takes its default)."""
+    cfg, out = tiny(steps=4), tmp_path / "run"
+    train(cfg, out, stop_after=2, progress=False)
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["config"]["layernorm"]
+    save_checkpoint(out / "checkpoint.pt", state)
+    assert train(cfg, out, resume=True, progress=False)[-1]["step"] == 4
+
+
+def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    """torch.save dying halfway: the previous checkpoint.pt is intact and no temporary file is left."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"w": torch.arange(4.0)})
+    before = path.read_bytes()
+
+    def broken_save(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"w": torch.zeros(4)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -176,31 +176,41 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
     return (history if history is not None else out), torch.stack(r_maxes).max()
 
 
-def _check_growth(p: Tensor, r_max: float, y_max: float) -> None:
+def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = False) -> None:
+    """Raise ``FloatingPointError`` if p is not finite; warn ``StabilityWarning`` when the growth
+    r_max / y_max times the dtype's eps exceeds 1e-4 (the digits left are then printed).
+
+    Finite depth: r_max = max_l |r_l| (the non-normal transient of (I - eta R)^l).
+    Infinite depth: r_max = max_t |(R[t,t] + lambda) alpha_t|, which is |y_t| for a well
+    conditioned system and grows with the amplification of the triangular solve."""
+    dtype = str(p.dtype).replace("torch.", "")
+    if infinite:
+        cause, advice = "the triangular solve amplified the targets", "use a ridge > 0 or a smaller beta / sigma"
+    else:
+        cause = "residuals grew"
+        advice = "use fewer tokens per prompt, a smaller step, a smaller depth or depth inf"
+    if p.dtype != torch.float64:
+        advice += ", or float64"
     if not torch.isfinite(p).all():
-        raise FloatingPointError(
-            f"causal kernel descent overflowed in {p.dtype} (residual max {r_max:.3g}); "
-            "use a smaller step, a smaller depth, or float64"
-        )
+        growth = r_max / max(y_max, 1e-300)
+        raise FloatingPointError(f"causal kernel descent overflowed in {dtype} ({cause} by {growth:.3g}); {advice}")
     if y_max > 0:
         growth = r_max / y_max
         lost = growth * torch.finfo(p.dtype).eps
         if lost > 1e-4:
             digits = max(0, int(-math.log10(lost)))
-            warnings.warn(
-                f"residuals grew by {growth:.3g} before shrinking (non-normal transient): about "
-                f"{digits} correct digits left in {str(p.dtype).replace('torch.', '')}; "
-                "use fewer tokens per prompt, a smaller step, depth inf, or float64",
-                StabilityWarning,
-                stacklevel=4,
-            )
+            where = "" if infinite else " before shrinking (non-normal transient)"
+            warnings.warn(f"{cause} by {growth:.3g}{where}: about {digits} correct digits left in {dtype}; {advice}",
+                          StabilityWarning, stacklevel=4)
 
 
 def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0) -> Tensor:
     """Depth-inf CKD: p = P alpha with (R + lambda I) alpha = y on rows 1..T-1.
 
     A lower-triangular solve; for lambda = 0 it equals one forward Kaczmarz sweep.
-    Raises ``ValueError`` if a diagonal entry R[t,t] + lambda is zero.
+    Raises ``ValueError`` if a diagonal entry R[t,t] + lambda is zero and ``FloatingPointError``
+    if the result is not finite; warns ``StabilityWarning`` when the solve amplifies the targets
+    enough to eat the dtype's precision (an ill-conditioned kernel, e.g. exp with a large beta).
     """
     return _infinite_blocks([(0, y.shape[1], mats.P, mats.R)], y, ridge, mats.log_scale, inplace=False)
 
@@ -213,6 +223,7 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     _, lam = _effective(log_scale, 1.0, ridge)
     alpha = y.new_zeros(B, T, d)  # alpha_0 = 0: row 0 has no pair (and column 0 of P, R is 0)
     p = y.new_zeros(B, T, d)
+    a_maxes = [y.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
     for start, stop, P, R in blocks:
         lo = max(start, 1)
         if stop <= lo:
@@ -230,8 +241,11 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
         if lo > 1:
             rhs = torch.baddbmm(rhs, R[:, lo - start:, 1:lo], alpha[:, 1:lo], alpha=-1.0)
         alpha[:, lo:stop] = torch.linalg.solve_triangular(A, rhs, upper=False)
+        scaled = torch.diagonal(A, dim1=-2, dim2=-1)[..., None] * alpha[:, lo:stop]
+        a_maxes.append(torch.linalg.vector_norm(scaled, math.inf))
         p[:, start:stop] = P[:, :, 1:] @ alpha[:, 1:stop]
         del P, R, A  # before the next block is built
+    _check_growth(p, float(torch.stack(a_maxes).max()), float(y.abs().amax()), infinite=True)
     return p
 
 

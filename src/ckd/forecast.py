@@ -41,6 +41,7 @@ Row 0 (no pair yet) is x_0.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from torch import Tensor
 
 from .api import as_batch, check_number
 from .baselines import analogues, kernel_ridge, least_squares
-from .descent import infinite_depth
+from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
 
 METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
@@ -180,13 +181,15 @@ def _run_experts(z: Tensor, method: str, experts: list[dict], *, k: int, depth: 
     outs = []
     for e in experts:
         try:
-            if method == "krr":
-                outs.append(kernel_ridge(z, "gaussian", sigma=e["sigma"], ridge=e["ridge"]))
-            elif depth == "inf":
-                outs.append(ckd_sweep_normalised(z, e["sigma"], e["ridge"], half_sqdist))
-            else:
-                outs.append(ckd_local_linear(z, e["sigma"], e["ridge"], half_sqdist))
-        except ValueError:  # e.g. a singular Gram matrix for kernel ridge without ridge
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StabilityWarning)  # a poor expert is scored, not reported
+                if method == "krr":
+                    outs.append(kernel_ridge(z, "gaussian", sigma=e["sigma"], ridge=e["ridge"]))
+                elif depth == "inf":
+                    outs.append(ckd_sweep_normalised(z, e["sigma"], e["ridge"], half_sqdist))
+                else:
+                    outs.append(ckd_local_linear(z, e["sigma"], e["ridge"], half_sqdist))
+        except (ValueError, FloatingPointError):  # e.g. a singular Gram matrix for kernel ridge, no ridge
             outs.append(torch.full_like(z, math.nan))
     return torch.stack(outs)
 

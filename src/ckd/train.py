@@ -75,6 +75,7 @@ class TrainConfig:
     heads: int | None = None  # None: 2 (the construction's two heads)
     width: int | None = None  # None: the Transformer's default width for these tokens
     mlp: bool = False
+    layernorm: bool = False
     init: str = "random"
     tokens: str = "augmented"
     steps: int = 600
@@ -117,13 +118,15 @@ class TrainConfig:
         check_number(self.min_lr, "min_lr", minimum=0.0)
         check_number(self.weight_decay, "weight_decay", minimum=0.0)
         check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
-        if self.init == "construction" and (self.heads is not None or self.width is not None or self.mlp):
-            raise ValueError("--init construction fixes the architecture (2 heads, its own width, no MLP); "
-                             "drop --heads/--width/--mlp")
+        if self.init == "construction" and (self.heads is not None or self.width is not None or self.mlp
+                                            or self.layernorm):
+            raise ValueError("--init construction fixes the architecture (2 heads, its own width, no MLP, "
+                             "no LayerNorm); drop --heads/--width/--mlp/--layernorm")
         return self
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """Fields missing from ``d`` (a run older than them) take their defaults; unknown ones are refused."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -175,7 +178,7 @@ def tune_ckd(x: Tensor, kernel: str, depths: list[int | str]) -> dict[int | str,
             if "inf" in depths:
                 try:
                     consider("inf", infinite_depth(mats, y), opts, None)
-                except ValueError:
+                except (ValueError, FloatingPointError):
                     pass
             if finite:
                 max_diag = 0.5 / default_step(mats)
@@ -221,7 +224,7 @@ def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
 
         model = CausalTransformer(TransformerConfig(
             dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width, attention=cfg.attention,
-            tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp))
+            tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp, layernorm=cfg.layernorm))
     return model.to(DTYPES[cfg.dtype])
 
 
@@ -391,7 +394,7 @@ def prepare_out(cfg: TrainConfig, out: Path, resume: bool, d: Dist) -> dict | No
     if not ckpt_path.exists():
         raise ValueError(f"--resume: {ckpt_path} does not exist (nothing to resume)")
     state = load_checkpoint(ckpt_path)
-    old, new = state["config"], asdict(cfg)
+    old, new = asdict(TrainConfig.from_dict(state["config"])), asdict(cfg)  # older runs: missing fields default
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         raise ValueError(f"--resume: {out} was trained with a different config ({'; '.join(diff)}); "

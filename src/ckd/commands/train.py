@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--heads", type=int, default=None, help="heads per layer (default 2)")
     p.add_argument("--width", type=int, default=None, help="residual width (default: the Transformer's)")
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="add MLPs (default no)")
+    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
+                   help="LayerNorm before attention, MLP and read-out (default no)")
     p.add_argument("--init", default=DEFAULTS.init, choices=INITS,
                    help="random, or the construction running CKD (step and kernel chosen on separate prompts)")
     p.add_argument("--tokens", default=DEFAULTS.tokens, choices=TOKENS, help="input tokens (default augmented)")
@@ -49,7 +51,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     cfg = TrainConfig(task=args.task, attention=args.attention, layers=args.layers, heads=args.heads,
-                      width=args.width, mlp=args.mlp, init=args.init, tokens=args.tokens, steps=args.steps,
+                      width=args.width, mlp=args.mlp, layernorm=args.layernorm,
+                      init=args.init, tokens=args.tokens, steps=args.steps,
                       batch=args.batch, length=args.length, dim=args.dim, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
