@@ -75,7 +75,14 @@ def test_kaczmarz_limit_trends(results):
     assert max(inside) < 1e-8 and all(v is None or v > 1 for v in outside)
     growth = median(r["growth"]["1.0"])
     assert growth[-1] > 1e3 * growth[4]  # transient growth explodes with t
-    assert np.nanmax(median(r["precision"]["inf"])) < 1e-5  # float32 forward substitution stays accurate
+    p = {k: median(v) for k, v in r["precision"].items()}
+    eps32 = float(torch.finfo(torch.float32).eps)
+    # float32 forward substitution keeps float64's error (up to eps32) at these short prompts ...
+    assert np.all(p["inf float32"] <= 10 * np.maximum(p["inf float64"], eps32))
+    assert p["inf float64"][-1] < 0.1 * p["inf float64"][0]  # ... which falls with t
+    # finite depth with the default step: both dtypes grow alike (the transient, not rounding)
+    assert p["8 float64"][-1] > 10 * p["8 float64"][0]
+    assert np.allclose(p["8 float32"], p["8 float64"], rtol=1e-2)
 
 
 def test_continuous_depth_trends(results):
