@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -135,5 +136,12 @@ def test_console_script_end_to_end(tmp_path, seqs):
 
 
 def test_demo_runs(capsys):
+    from ckd.commands.demo import DEPTHS, SETTINGS, TIMES, table
+
     rc, out, _ = run(["demo", "--sequences", "2"], capsys)
-    assert rc == 0 and "inf" in out and "linear" in out and "periodic" in out
+    lines = [ln for ln in out.splitlines() if re.search(rf"\s(1|4|16|inf)(\s+\S+e[+-]\d\d){{{len(TIMES)}}}$", ln)]
+    assert rc == 0 and len(lines) == len(SETTINGS) * len(DEPTHS)  # one row per setting and depth
+    rows = {(r["task"], r["kernel"], str(r["depth"])): r["errors"] for r in table(sequences=4)}
+    inf = rows[("linear", "linear", "inf")]
+    assert inf[max(TIMES)] < 1e-2 * inf[min(TIMES)]  # depth inf learns the orthogonal map in context
+    assert rows[("linear", "linear", "16")][max(TIMES)] > 1e3  # finite depth: the non-normal transient

@@ -50,8 +50,8 @@ def test_all_registered_and_run(results):
     for name in MINE:
         assert recorded[name]["status"] == "ok" and recorded[name]["seed"] == 0 and recorded[name]["quick"]
         for key, value in recorded[name]["headline"].items():
-            if isinstance(value, float):
-                assert not math.isinf(value), (name, key)
+            if isinstance(value, float):  # NaN only for "the first t where ...": never, in this run
+                assert math.isfinite(value) or (math.isnan(value) and "t where" in key), (name, key)
 
 
 def test_depth_and_length_trends(results):

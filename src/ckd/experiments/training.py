@@ -158,7 +158,7 @@ def plot_vs_layers(results: dict, layers: tuple, out: pathlib.Path) -> None:
         ax.annotate(name, (L[0], mse), fontsize=6, textcoords="offset points", xytext=(2, 2))
         plotting.log_axes(ax)
         ax.set_xticks(L)
-        ax.set(title=key.replace("/", ", ") + " attention", xlabel="layers L", ylabel="held-out mse")
+        ax.set(title=key.replace("/", ", ") + " attn.", xlabel="layers L", ylabel="held-out mse")
     grid[0][0].legend(fontsize=5.5)
     plotting.save_figure(fig, out, NAME)
 
@@ -173,7 +173,7 @@ def plot_curves(results: dict, layers: tuple, out: pathlib.Path) -> None:
                 steps, loss = zip(*results[key]["runs"][f"L{L}-{init}"]["curve"])
                 ax.plot(steps, loss, ls, color=c, label=f"L={L} {init}")
         plotting.log_axes(ax)
-        ax.set(title=key.replace("/", ", ") + " attention", xlabel="step", ylabel="held-out loss")
+        ax.set(title=key.replace("/", ", ") + " attn.", xlabel="step", ylabel="held-out loss")
     grid[0][0].legend(fontsize=5.5)
     plotting.save_figure(fig, out, f"{NAME}-curves")
 
@@ -190,7 +190,7 @@ def plot_probe(results: dict, L: int, out: pathlib.Path) -> None:
         ax.plot([r["ckd_depth"] for r in rows], [r["control_to_ckd"] for r in rows], "k:",
                 label="control: read from the tokens")
         plotting.log_axes(ax)
-        ax.set(title=key.replace("/", ", ") + " attention", xlabel="layer l", ylabel="|V h_l - p_l|^2 / |p_l|^2")
+        ax.set(title=key.replace("/", ", ") + " attn.", xlabel="layer l", ylabel="|V h_l - p_l|^2 / |p_l|^2")
         ax.set_xticks(list(range(1, L + 1)))
     grid[0][0].legend(fontsize=6)
     plotting.save_figure(fig, out, f"{NAME}-probe")
@@ -212,6 +212,6 @@ def plot_vs_t(results: dict, L: int, out: pathlib.Path) -> None:
             t = np.arange(1, len(m))
             ax.plot(t, np.maximum(m[1:], plotting.FLOOR), ls, label=label)
         plotting.log_axes(ax)
-        ax.set(title=key.replace("/", ", ") + " attention", xlabel="t", ylabel="median |x^_{t+1} - x_{t+1}|")
+        ax.set(title=key.replace("/", ", ") + " attn.", xlabel="t", ylabel="median |x^_{t+1} - x_{t+1}|")
         ax.legend(fontsize=5)
     plotting.save_figure(fig, out, f"{NAME}-vs-t")
