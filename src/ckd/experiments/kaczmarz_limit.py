@@ -12,7 +12,9 @@ Panels:
   (c) G(t) = max_l |(I - eta R_t)^l|_F vs t (R_t: the pairs of rows 1..t), for several c,
       with 1/eps of float32 and float64 (above them the iterates keep no correct digit);
   (d) next-token error |x^_{t+1} - x_{t+1}| vs t in float32 and in float64, for depths 8, 32
-      and inf at the default step c = 0.5: float32 "breaks" where its error leaves float64's.
+      and inf at the default step c = 0.5, and for periodic sequences with the gaussian kernel
+      at depth inf (which converges below float32's eps): float32 "breaks" where its error
+      leaves float64's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ NAME = "kaczmarz-limit"
 DIM = 5
 STEPS = (0.25, 0.5, 1.0, 1.5, 1.9)  # c = eta * max_t R[t,t]
 GROWTH_STEPS = (0.25, 0.5, 1.0, 1.5)
-PRECISION_DEPTHS = (8, 32, "inf")
+# (d): label -> (task, kernel, kernel options, depth); the last one converges below float32's eps
+PRECISION = {"depth 8": ("linear", "linear", {}, 8), "depth 32": ("linear", "linear", {}, 32),
+             "depth inf": ("linear", "linear", {}, "inf"),
+             "periodic, gaussian, depth inf": ("periodic", "gaussian", {"sigma": 0.5}, "inf")}
 
 
 def distances(mats, y: torch.Tensor, step: float, depths: list[int]) -> np.ndarray:
@@ -104,18 +109,18 @@ def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
                      for c in progress(GROWTH_STEPS, f"{NAME}: growth", quick=quick)}
 
     # (d) next-token error in float32 and float64 at the default step
-    p_task = make_task("linear", cfg["precision_batch"], cfg["precision_length"], DIM, seed=seed + 2)
     res["precision"] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for N in PRECISION_DEPTHS:
+        for label, (task_name, kernel, opts, N) in PRECISION.items():
+            x = make_task(task_name, cfg["precision_batch"], cfg["precision_length"], DIM, seed=seed + 2).x
             for dtype in (torch.float64, torch.float32):
                 try:
-                    pred = descend(p_task.x.to(dtype), "linear", depth=N).double()
+                    pred = descend(x.to(dtype), kernel, depth=N, **opts).double()
                 except FloatingPointError:
-                    pred = torch.full_like(p_task.x, math.nan)
-                err = next_token_error(pred, p_task.x)[:, 1:].numpy()  # rows t = 1..T-2
-                res["precision"][f"{N} {str(dtype).replace('torch.', '')}"] = err
+                    pred = torch.full_like(x, math.nan)
+                err = next_token_error(pred, x)[:, 1:].numpy()  # rows t = 1..T-2
+                res["precision"][f"{label} {str(dtype).replace('torch.', '')}"] = err
 
     headline = _headline(res, cfg, depths)
     _plot(out, res, cfg, depths)
@@ -147,13 +152,12 @@ def _headline(res: dict, cfg: dict, depths: list[int]) -> dict:
             if t <= len(med):
                 h[f"median max_l ‖(I - eta R)^l‖_F, c={c}, t={t}"] = float(med[t - 1])
     eps32 = torch.finfo(torch.float32).eps
-    for N in PRECISION_DEPTHS:
-        e64, e32 = (plotting.quantiles(res["precision"][f"{N} {dt}"])["median"] for dt in ("float64", "float32"))
+    for label in PRECISION:
+        e64, e32 = (plotting.quantiles(res["precision"][f"{label} {dt}"])["median"] for dt in ("float64", "float32"))
         broken = np.flatnonzero(~(e32 <= 10 * np.maximum(e64, eps32)))  # NaN (overflow) counts as broken
-        h[f"first t where the float32 median error exceeds 10x float64's (and eps32), depth {N}"] = \
+        h[f"first t where the float32 median error exceeds 10x float64's (and eps32), {label}"] = \
             float(broken[0] + 1) if broken.size else math.nan
-        t = len(e64)
-        h[f"median error at t={t}, depth {N}: float64 / float32"] = f"{e64[-1]:.2g} / {e32[-1]:.2g}"
+        h[f"median error at t={len(e64)}, {label}: float64 / float32"] = f"{e64[-1]:.2g} / {e32[-1]:.2g}"
     med = plotting.quantiles(res["growth"]["0.5"])["median"]
     idx = np.flatnonzero(med * eps32 > 1e-2)
     h["t where growth(c=0.5) * eps32 > 1e-2"] = float(idx[0] + 1) if idx.size else math.nan
@@ -200,17 +204,17 @@ def _plot(out: pathlib.Path, res: dict, cfg: dict, depths: list[int]) -> None:
     ax.legend(title="step c")
 
     ax = axes[1, 1]
-    for N, col in zip(PRECISION_DEPTHS, ["tab:blue", "tab:green", "crimson"]):
+    for label, col in zip(PRECISION, ["tab:blue", "tab:green", "crimson", "tab:purple"]):
         for dt, style in (("float64", "-"), ("float32", "--")):
-            p = res["precision"][f"{N} {dt}"]
-            plotting.band(ax, np.arange(1, p.shape[1] + 1), p, label=f"depth {N}, {dt}", color=col, linestyle=style)
+            p = res["precision"][f"{label} {dt}"]
+            plotting.band(ax, np.arange(1, p.shape[1] + 1), p, label=f"{label}, {dt}", color=col, linestyle=style)
     ax.axhline(torch.finfo(torch.float32).eps, color="k", linestyle=":", linewidth=1)
     ax.text(1, torch.finfo(torch.float32).eps * 3, "eps float32", fontsize=8)
     plotting.log_axes(ax)
     ax.set_xlabel("t")
     ax.set_ylabel(r"$|\hat x_{t+1} - x_{t+1}|$")
     ax.set_title("(d) float32 (dashed) vs float64, default step (c = 0.5)")
-    ax.legend(ncol=2, fontsize=7)
+    ax.legend(ncol=2, fontsize=6, loc="upper left")
     fig.suptitle(f"Orthogonal linear sequences, linear kernel, d = {DIM}; median and 25-75 % band over "
                  f"{cfg['batch']} sequences", fontsize=10)
     plotting.save_figure(fig, out, NAME)
