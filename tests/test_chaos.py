@@ -62,6 +62,8 @@ def test_quick_run_writes_figures_numbers_and_headlines(tmp_path):
     for suffix in ("png", "pdf", "json"):
         assert (tmp_path / f"chaos.{suffix}").stat().st_size > 0
     assert (tmp_path / "chaos_systems.png").exists()
+    md = (tmp_path / "chaos.md").read_text()
+    assert all(f"| {s} |" in md for s in chaos.QUICK_SYSTEMS) and "| ckd-inf |" in md
     data = json.loads((tmp_path / "chaos.json").read_text())
     assert data["config"]["seed"] == 0 and data["config"]["systems"] == chaos.QUICK_SYSTEMS
     ratio = data["ratio_to_reference"]

@@ -20,6 +20,7 @@ non-finite or huge forecasts, and the error.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import time
@@ -186,6 +187,7 @@ def _run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
         "errors_vs_t": {m: {s: errors[m][s] for s in names} for m in ("ckd", "krr", REFERENCE)},
         "seconds_generate": gen_s,
     })
+    (out / "chaos.md").write_text(tables(json.loads((out / "chaos.json").read_text())))
     big = max(r["beta"] for r in reg)
     garbage = {(r["depth"], r["rho"]): r["garbage_fraction"] for r in reg if r["beta"] == big}
     return {
@@ -200,6 +202,33 @@ def _run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
         f"exp beta={big:g} depth inf, garbage fraction, ridge 0.1 max R[t,t]": garbage[("inf", 0.1)],
         f"exp beta={big:g} depth 16 default step, garbage fraction": garbage[(16, 0.0)],
     }
+
+
+def _g(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def tables(data: dict) -> str:
+    """chaos.md: the summary, per-system and regularisation tables of ``chaos.json`` (for the docs)."""
+    names, summary, score = data["config"]["systems"], data["summary"], data["score"]
+    ref, n = data["config"]["reference"], len(data["config"]["systems"])
+    lines = [f"| method | median ratio to {ref} | systems where it beats {ref} | median error | guard fallbacks "
+             f"| seconds ({n} systems) |", "|---|---|---|---|---|---|"]
+    for m, v in summary.items():
+        wins = "—" if m == ref else f"{round(v['win_fraction'] * n)}/{n} ({v['win_fraction']:.0%})"
+        lines.append(f"| {m} | {_g(v['median_ratio'])} | {wins} | {_g(v['median_error'])} | {v['fallbacks']} "
+                     f"| {v['seconds']:.0f} |")
+    shown = [m for m in summary if m != "analogues-4"]
+    lines += ["", "| system | " + " | ".join(shown) + f" | ckd / {ref} |", "|---|" + "---|" * (len(shown) + 1)]
+    for s in names:
+        r = data["ratio_to_reference"]["ckd"][s]
+        ratio = f"**{_g(r)}**" if r >= 1 else _g(r)
+        lines.append(f"| {s} | " + " | ".join(_g(score[m][s]) for m in shown) + f" | {ratio} |")
+    lines += ["", "| β | depth | ρ | garbage rows | median error | left out (λ overflows) |", "|" + "---|" * 6]
+    for r in data["regularisation"]:
+        lines.append(f"| {r['beta']:g} | {r['depth']} | {r['rho']:g} | {r['garbage_fraction']:.2%} | "
+                     f"{_g(r['median_error'])} | {', '.join(r['skipped_ridge_overflows']) or '—'} |")
+    return "\n".join(lines) + "\n"
 
 
 def _figures(out: pathlib.Path, names: list[str], errors: dict, ratio: dict, half: int, length: int) -> None:
