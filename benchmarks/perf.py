@@ -42,6 +42,7 @@ import torch
 import ckd
 from ckd.descent import descend
 from ckd.kernels import KERNELS, causal_matrices
+from ckd.transformer import attend
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "figures" / "performance"
@@ -225,6 +226,7 @@ def section_backends(cfg) -> dict:
         row = _medians(res)
         row["ratio_median"] = res["transformer"]["median"] / res["descent"]["median"]
         out["kernels"][kernel] = row
+    out["one_layer"] = one_layer(x, cfg)
     if cfg.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.device.startswith("cuda") else [])
@@ -233,6 +235,23 @@ def section_backends(cfg) -> dict:
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         out["profile_exp"] = table
     return out
+
+
+def one_layer(x: torch.Tensor, cfg) -> dict:
+    """The work of one layer, exp kernel: the descent's two products P r, R r against the
+    transformer's attention of its two heads (scores, exp, values: SDPA), and the exp of the
+    B * 2 * T^2 / 2 causal scores alone, which any exact exp/softmax attention must evaluate."""
+    B, T, d = x.shape
+    mats = causal_matrices(x, "exp")
+    q = torch.randn(B, 2, T, d, dtype=x.dtype, device=x.device) / math.sqrt(d)
+    v = torch.randn(B, 2, T, d + 1, dtype=x.dtype, device=x.device)
+    scores = torch.randn(B, 2, T * T // 2, dtype=x.dtype, device=x.device)
+    res = interleaved({
+        "descent layer (P r, R r)": lambda: (torch.baddbmm(x, mats.P, x), torch.baddbmm(x, mats.R, x)),
+        "attention, 2 heads (SDPA)": lambda: attend(q, q, v, "exp"),
+        "exp of the causal scores": lambda: torch.exp(scores),
+    }, cfg.reps, cfg.device)
+    return {name: v["median"] for name, v in res.items()}
 
 
 def section_dtypes(cfg) -> dict:
@@ -403,6 +422,9 @@ def report(r: dict) -> str:
         for k, v in b["kernels"].items():
             lines.append(f"| {k} | {_ms(v['descent']['median'])} | {_ms(v['transformer']['median'])} | "
                          f"{v['ratio_median']:.2f} |")
+        if "one_layer" in b:
+            lines += ["", "One layer (exp kernel, same sizes): " + ", ".join(
+                f"{name} {_ms(t)} ms" for name, t in b["one_layer"].items()) + "."]
         lines.append("")
     if "dtypes" in r:
         dt = r["dtypes"]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .api import as_dtype, check_number
-from .kernels import check_kernel, scores
+from .kernels import check_kernel
 
 
 class Streaming:
@@ -62,7 +62,9 @@ class Streaming:
         self.t = 0  # number of tokens pushed
         self._keys = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
         self._alpha = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
+        self._sqnorm = torch.zeros(self._capacity0, dtype=self.dtype, device=self.device)  # |x_s|^2 (gaussian)
         self._prev = None  # scores of x_{t-1} against x_0..x_{t-1}: row t of R, in log space
+        self._prev_w = None  # its weights (normalised for softmax), computed when it was the P row
         self._shift = 0.0  # exp kernel: weights stored divided by exp(shift), alphas times exp(shift)
 
     def __len__(self) -> int:
@@ -74,18 +76,28 @@ class Streaming:
         t = self.t
         if t + 1 > self._keys.shape[0]:
             self._grow()
-        keys = self._keys[:t + 1]
-        keys[t] = x  # overwritten by the next push if this one raises
-        row = scores(x[None], keys, self.kernel, self.beta, self.sigma)[0]  # k-scores of x_t vs x_0..x_t
-        if self.kernel == "gaussian":
-            row[t] = 0.0  # k(x_t, x_t) = 1 exactly, as in the batch
-        if t == 0:
-            pred = torch.zeros_like(x)
-        else:
-            pred = self._advance(x, row, t)
+        self._keys[t] = x  # overwritten by the next push if this one raises
+        row = self._scores(x, t)  # scores of x_t vs x_0..x_t: one matrix-vector product
+        pred = torch.zeros_like(x) if t == 0 else self._advance(x, row, t)
         self._prev = row
         self.t = t + 1
         return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
+
+    def _scores(self, x: Tensor, t: int) -> Tensor:
+        """``ckd.kernels.scores`` of x_t against the keys x_0..x_t, with the keys' squared norms
+        cached (gaussian): the same formula as the batch, O(t d)."""
+        keys = self._keys[:t + 1]
+        if self.kernel == "linear":
+            return keys @ x
+        if self.kernel != "gaussian":
+            return torch.mv(keys, x).mul_(self.beta)
+        sq = x.square().sum()
+        self._sqnorm[t] = sq
+        # |x_t - x_s|^2 = (|x_s|^2 + |x_t|^2) - 2 x_s.x_t, clamped at 0: the batch's formula
+        row = torch.addmv(self._sqnorm[:t + 1] + sq, keys, x, alpha=-2.0).clamp_min_(0.0)
+        row.mul_(-0.5 / self.sigma**2)
+        row[t] = 0.0  # k(x_t, x_t) = 1 exactly, as in the batch
+        return row
 
     def _advance(self, x: Tensor, row: Tensor, t: int) -> Tensor:
         """Solve for alpha_t (row t of R is ``self._prev``) and return p_t (row t of P is row[:t])."""
@@ -95,8 +107,13 @@ class Streaming:
             top = max(float(self._prev.max()), float(row[:t].max()))
             if top > self._threshold and top > shift:
                 shift = top
-        r_w, p_w = self._weights(self._prev, shift), self._weights(row[:t], shift)
-        diag = r_w[t - 1] + self.ridge * math.exp(-shift)
+        # the weights of this row serve as P row t now and as R row t+1 next (one exp per token;
+        # softmax normalises the two rows over different keys, so it needs both)
+        weights = self._weights(row, shift)  # (t+1,)
+        reuse = self._prev_w is not None and shift == self._shift  # (none after the first token)
+        r_w = self._prev_w if reuse else self._weights(self._prev, shift)
+        p_w = self._weights(row[:t], shift) if self.kernel == "softmax" else weights[:t]
+        diag = float(r_w[t - 1]) + self.ridge * math.exp(-shift)
         if not diag != 0:
             raise ValueError(
                 "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "
@@ -111,8 +128,8 @@ class Streaming:
                 raise ValueError("exp weights span more than the float range; lower beta or rescale x")
             self._alpha[1:t] = alpha
             self._shift = shift
-        a_t = (x - r_w[:t - 1] @ alpha) / diag
-        self._alpha[t] = a_t
+        self._alpha[t] = torch.addmv(x, alpha.T, r_w[:t - 1], alpha=-1.0).div_(diag)
+        self._prev_w = weights
         return p_w @ self._alpha[1:t + 1]
 
     def _weights(self, s: Tensor, shift: float) -> Tensor:
@@ -121,16 +138,15 @@ class Streaming:
         if self.kernel == "linear":
             return s
         if self.kernel == "softmax":
-            w = torch.exp(s - s.max())
-            return w / w.sum()
+            return torch.softmax(s, 0)
         return torch.exp(s - shift) if shift else torch.exp(s)
 
     def _grow(self) -> None:
         """Double the key and alpha buffers (amortised O(1) per token)."""
         cap = 2 * self._keys.shape[0]
-        for name in ("_keys", "_alpha"):
+        for name in ("_keys", "_alpha", "_sqnorm"):
             old = getattr(self, name)
-            new = old.new_zeros(cap, self.dim)
+            new = old.new_zeros(cap, *old.shape[1:])
             new[:old.shape[0]] = old
             setattr(self, name, new)
 
@@ -144,6 +160,8 @@ class Streaming:
                 raise TypeError(f"x_t must be a numeric array: {err}") from None
         if x.shape != (self.dim,):
             raise ValueError(f"x_t must have shape ({self.dim},), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        # numpy's check on a CPU token costs ~1 us, torch's ~25 us (op dispatch): this is the hot path
+        finite = np.isfinite(x.numpy()).all() if x.device.type == "cpu" else torch.isfinite(x).all()
+        if not bool(finite):
             raise ValueError("x_t contains NaN or inf")
         return x
