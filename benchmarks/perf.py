@@ -3,6 +3,7 @@
     python benchmarks/perf.py                     # full run (~10 min on 2 cores), writes docs/figures/performance/
     python benchmarks/perf.py --quick --out /tmp/perf   # small sizes, a smoke run (~1 min)
     python benchmarks/perf.py --device cuda       # the same on a GPU (CUDA timings synchronise)
+    python benchmarks/perf.py --replot            # redraw results.md and figures from results.json
 
 Every comparison is measured in one process, the candidates interleaved round-robin (so load
 from other processes hits both alike); we report the median (and the minimum) of the repeats.
@@ -329,8 +330,14 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=["cpu", "wall"], default=None,
                         help="what the tables report (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run these sections only")
+    parser.add_argument("--replot", action="store_true", help="redraw results.md and the figures from results.json")
     parser.add_argument("--long-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.replot:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(report(results))
+        figures(results, args.out)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.long_worker:
@@ -446,6 +453,14 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plain_ticks(ax, xs) -> None:
+    """x ticks at the measured sizes, written as plain numbers (log axes' minor labels overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(xs, [str(v) for v in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def figures(r: dict, out: Path) -> None:
     import matplotlib
 
@@ -465,6 +480,7 @@ def figures(r: dict, out: Path) -> None:
         ref = [s["whole"][-1] * (T / s["T"][-1]) ** 2 for T in s["T"]]
         ax.loglog(s["T"], ref, "k:", label="T^2")
         ax.set(xlabel="T", ylabel="seconds", title=f"CKD time vs T (exp, B={s['B']}, N={s['depth']})")
+        plain_ticks(ax, s["T"])
         ax.legend(fontsize=8)
         save(fig, "time_vs_T")
     for key, label in (("depth", "depth N"), ("batch", "batch B")):
@@ -473,6 +489,7 @@ def figures(r: dict, out: Path) -> None:
             fig, ax = plt.subplots(figsize=(5, 4))
             ax.loglog(s[key], s["time"], "o-", label=f"descent (slope {s['slope']:.2f})")
             ax.set(xlabel=label, ylabel="seconds", title=f"CKD time vs {label} (exp, T={s['T']})")
+            plain_ticks(ax, s[key])
             ax.legend(fontsize=8)
             save(fig, f"time_vs_{key}")
     if "streaming" in r:
@@ -482,6 +499,7 @@ def figures(r: dict, out: Path) -> None:
             line, = ax.loglog(v["t"], v["push"], "o-", label=f"{k}: one push")
             ax.loglog(v["t"], v["recompute"], "s--", color=line.get_color(), label=f"{k}: recompute prefix")
         ax.set(xlabel="tokens so far t", ylabel="seconds", title="Streaming (depth inf) vs recomputing")
+        plain_ticks(ax, next(iter(s["kernels"].values()))["t"])
         ax.legend(fontsize=7)
         save(fig, "streaming")
     if "backends" in r or "dtypes" in r or "floor" in r:
