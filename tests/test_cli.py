@@ -102,9 +102,10 @@ def test_bad_csv_one_error_line(tmp_path, seqs, capsys, name, command):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text", ["x,y\n1,2\n3,4\n", "1,2\n3,4\n"], ids=["headed", "headerless"])
+@pytest.mark.parametrize("text", ["x,y\n1,2\n3,4\n", "1,2\n3,4\n", "\ufeff1,2\n3,4\n"],
+                         ids=["headed", "headerless", "excel-bom"])
 def test_csv_header_optional(tmp_path, capsys, text):
-    (tmp_path / "in.csv").write_text(text)
+    (tmp_path / "in.csv").write_text(text, encoding="utf-8")
     rc, _, err = run(["predict", str(tmp_path / "in.csv"), "-o", str(tmp_path / "p.npy"), "--depth", "2"], capsys)
     assert rc == 0, err
     x = np.array([[1.0, 2.0], [3.0, 4.0]])

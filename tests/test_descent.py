@@ -274,3 +274,10 @@ def test_gaussian_on_the_sphere_is_rescaled_exp(depth):
     a = descend(x, "gaussian", sigma=sigma, depth=depth)
     b = descend(x, "exp", beta=1 / sigma**2, depth=depth)
     assert rel_err(a, b) < RTOL
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (2, 5, 0)])
+def test_empty_batch_or_dimension_gives_an_empty_prediction(shape):
+    x = torch.zeros(shape, dtype=torch.float64)
+    for depth in (3, "inf"):
+        assert descend(x, "exp", depth=depth).shape == shape

@@ -227,6 +227,8 @@ def test_transformer_method_is_strictly_causal(checkpoint):
     y = x.copy()
     y[11:] = 7.0
     assert np.allclose(a[:11], forecast(y, "transformer", checkpoint=checkpoint)[:11], rtol=1e-12, atol=1e-12)
+    kept = forecast_details(torch.tensor(x)[None], "transformer", checkpoint=checkpoint).choice[0, 1:11]
+    assert (kept == 0).sum() >= 7  # the model's forecasts, not the guard's x_t
 
 
 def test_transformer_method_bad_options(checkpoint, tmp_path, capsys):
@@ -246,3 +248,11 @@ def test_transformer_method_bad_options(checkpoint, tmp_path, capsys):
     assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), "--method", "transformer",
                  "--checkpoint", str(checkpoint)]) == 0
     assert np.allclose(np.load(out), forecast(henon(20), "transformer", checkpoint=checkpoint))
+
+
+def test_raw_token_model_refuses_a_trajectory_longer_than_its_positions(tmp_path):
+    train(TrainConfig(task="periodic", attention="softmax", layers=1, batch=4, length=8, dim=2, steps=0,
+                      tokens="raw", eval_batch=4), tmp_path, progress=False)
+    assert forecast(henon(8), "transformer", checkpoint=tmp_path / "checkpoint.pt").shape == (8, 2)
+    with pytest.raises(ValueError, match="positions up to 8"):
+        forecast(henon(9), "transformer", checkpoint=tmp_path / "checkpoint.pt")

@@ -128,6 +128,8 @@ def finite_depth(
     is lost; raises ``FloatingPointError`` when the result is not finite.
     """
     _validate(depth, step)
+    if y.numel() == 0:  # no sequence or no coordinate
+        return y.new_zeros((depth + 1, *y.shape) if return_all else y.shape)
     if depth > 0 and not check_step(mats, step, ridge):
         _warn_step(step)
     T = y.shape[1]
@@ -176,7 +178,7 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
     return (history if history is not None else out), torch.stack(r_maxes).max()
 
 
-def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = False) -> None:
+def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = False, stacklevel: int = 4) -> None:
     """Raise ``FloatingPointError`` if p is not finite; warn ``StabilityWarning`` when the growth
     r_max / y_max times the dtype's eps exceeds 1e-4 (the digits left are then printed).
 
@@ -201,7 +203,7 @@ def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = Fal
             digits = max(0, int(-math.log10(lost)))
             where = "" if infinite else " before shrinking (non-normal transient)"
             warnings.warn(f"{cause} by {growth:.3g}{where}: about {digits} correct digits left in {dtype}; {advice}",
-                          StabilityWarning, stacklevel=4)
+                          StabilityWarning, stacklevel=stacklevel)
 
 
 def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0) -> Tensor:
@@ -223,6 +225,8 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     _, lam = _effective(log_scale, 1.0, ridge)
     alpha = y.new_zeros(B, T, d)  # alpha_0 = 0: row 0 has no pair (and column 0 of P, R is 0)
     p = y.new_zeros(B, T, d)
+    if p.numel() == 0:  # no sequence or no coordinate
+        return p
     a_maxes = [y.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
     for start, stop, P, R in blocks:
         lo = max(start, 1)
@@ -245,7 +249,7 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
         a_maxes.append(torch.linalg.vector_norm(scaled, math.inf))
         p[:, start:stop] = P[:, :, 1:] @ alpha[:, 1:stop]
         del P, R, A  # before the next block is built
-    _check_growth(p, float(torch.stack(a_maxes).max()), float(y.abs().amax()), infinite=True)
+    _check_growth(p, float(torch.stack(a_maxes).max()), float(y.abs().amax()), infinite=True, stacklevel=5)
     return p
 
 
@@ -321,7 +325,7 @@ def descend(
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
     rows = block_rows(x, memory_budget)
-    if rows >= x.shape[1]:
+    if rows >= x.shape[1] or x.numel() == 0:
         mats = causal_matrices(x, kernel, beta, sigma)
         y = targets(x)
         if infinite:

@@ -218,13 +218,18 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
     )
 
 
-def trained_model(checkpoint: Any, dim: int, device: torch.device) -> torch.nn.Module:
-    """The Transformer of a ``ckd train`` checkpoint, in float64 on ``device``, for trajectories of dim d."""
+def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device) -> torch.nn.Module:
+    """The Transformer of a ``ckd train`` checkpoint, in float64 on ``device``, for trajectories
+    of shape (B, T, d): d must be its dim, and T at most its positional table (raw tokens)."""
     from .train import load_model  # training code is needed only by this method
 
     cfg, model, _ = load_model(checkpoint)
-    if cfg.dim != dim:
-        raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={dim}")
+    T, d = shape[-2:]
+    if cfg.dim != d:
+        raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")
+    if cfg.tokens == "raw" and T > model.config.max_len:
+        raise ValueError(f"{checkpoint}: raw-token model with positions up to {model.config.max_len}, "
+                         f"the trajectory has T={T} rows")
     return model.to(device=device, dtype=torch.float64)
 
 
@@ -236,7 +241,7 @@ def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = No
     B, T, d = x.shape
     if T < 3:
         raise ValueError(f"a trajectory needs at least 3 rows to forecast from pairs, got {T}")
-    model = trained_model(checkpoint, d, x.device) if method == "transformer" else None
+    model = trained_model(checkpoint, x.shape, x.device) if method == "transformer" else None
     experts = _experts(method, opts["sigma"], opts["ridge"], depth)
     G = len(experts)
     preds = torch.full((G, B, T, d), math.nan, dtype=x.dtype, device=x.device)

@@ -44,7 +44,7 @@ def _load_csv(p: Path) -> np.ndarray:
     def read(**kw) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # loadtxt warns on empty input; the caller reports it as one error
-            return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64, **kw)
+            return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64, encoding="utf-8-sig", **kw)  # Excel BOM
 
     try:
         try:
@@ -60,7 +60,7 @@ def _load_csv(p: Path) -> np.ndarray:
                 error = err
     except OSError as err:
         raise ValueError(f"{p}: cannot read ({err})") from None
-    reason = str(error).splitlines()[0].split(";")[0]  # numpy's reason, minus its usecols hint
+    reason = str(error).splitlines()[0].split("; use `usecols`")[0]  # numpy's reason, minus its hint
     raise ValueError(f"{p}: not a numeric comma-separated table ({reason})")
 
 
