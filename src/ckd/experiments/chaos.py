@@ -275,6 +275,9 @@ def _figures(out: pathlib.Path, names: list[str], errors: dict, ratio: dict, hal
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=5)
+    fig.supxlabel("t (tokens seen)", fontsize=8)
+    fig.supylabel("one-step |error|, standardised units (running median, 25 steps)", fontsize=8)
+    fig.suptitle("Every system: ckd, krr, analogues k = 1 and last value; (f) = flow", fontsize=9)
     pl.save_figure(fig, out, "chaos_systems")
 
 
