@@ -41,27 +41,31 @@ _CSV_ERRORS = (ValueError, UnicodeDecodeError)  # what loadtxt raises for text t
 
 
 def _load_csv(p: Path) -> np.ndarray:
+    """A numeric comma-separated table; a first row that is not numeric is a header, skipped."""
     def read(**kw) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # loadtxt warns on empty input; the caller reports it as one error
             return np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float64, encoding="utf-8-sig", **kw)  # Excel BOM
 
+    def first_row_is_numeric() -> bool:
+        try:
+            read(max_rows=1)
+            return True
+        except _CSV_ERRORS:
+            return False
+
     try:
         try:
             return read()
-        except _CSV_ERRORS as err:
-            error = err
-        try:
-            read(max_rows=1)
-        except _CSV_ERRORS:  # only a first row that is not numeric is a header to skip
-            try:
-                return read(skiprows=1)
-            except _CSV_ERRORS as err:
-                error = err
+        except _CSV_ERRORS:
+            if first_row_is_numeric():  # no header: the table itself is bad
+                raise
+            return read(skiprows=1)
+    except _CSV_ERRORS as err:
+        reason = str(err).splitlines()[0].split("; use `usecols`")[0]  # numpy's reason, minus its hint
+        raise ValueError(f"{p}: not a numeric comma-separated table ({reason})") from None
     except OSError as err:
         raise ValueError(f"{p}: cannot read ({err})") from None
-    reason = str(error).splitlines()[0].split("; use `usecols`")[0]  # numpy's reason, minus its hint
-    raise ValueError(f"{p}: not a numeric comma-separated table ({reason})")
 
 
 def check_output_path(path: str | os.PathLike, ndim: int) -> Path:
