@@ -1,7 +1,7 @@
 """Performance benchmarks of ckd (issue 7): writes results.json, results.md and figures.
 
     python benchmarks/perf.py                     # full run (~10 min on 2 cores), writes docs/figures/performance/
-    python benchmarks/perf.py --quick --out /tmp/perf   # small sizes, a smoke run (~1 min)
+    python benchmarks/perf.py --quick --out /tmp/perf   # small sizes, a smoke run (~20 s)
     python benchmarks/perf.py --device cuda       # the same on a GPU (CUDA timings synchronise)
     python benchmarks/perf.py --replot            # redraw results.md and figures from results.json
 
