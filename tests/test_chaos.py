@@ -56,6 +56,24 @@ def test_trajectory_is_standardised_and_seeded():
     assert not np.allclose(a, b)
 
 
+# data_checksum of 100-step trajectories (seed 0) on the platform that made docs/ (issue 12, item 17)
+CHECKSUMS = {"map:Henon": "d9588ece4daab4e6", "map:Ikeda": "2d9747b179963824", "flow:Lorenz": "64dbc5d85894914c",
+             "map:Logistic": "bc8545a8100dd979"}
+
+
+def test_trajectories_are_identical_on_every_run():
+    """Nothing random: the same bytes as docs/ (checksums), whatever numpy's global random state,
+    which is left as it was (dysts' make_trajectory reseeds it)."""
+    pytest.importorskip("dysts")
+    for i, (s, expected) in enumerate(CHECKSUMS.items()):
+        np.random.seed(i)
+        state = np.random.get_state()[1].copy()
+        assert chaos.data_checksum({s: chaos.trajectory(s, 100, seed=0)}) == expected, s
+        assert (np.random.get_state()[1] == state).all(), s
+    quick = {s: chaos.trajectory(s, 240, seed=0) for s in chaos.systems(True)}
+    assert chaos.data_checksum(quick) == chaos.DOCS_CHECKSUM["quick"]
+
+
 def test_quick_run_writes_figures_numbers_and_headlines(tmp_path):
     pytest.importorskip("dysts")
     head = chaos.run(tmp_path, quick=True, seed=0, device="cpu")

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .kernels import causal_mask, check_kernel, kernel_matrix
 from .sequences import Task
+from .validation import check_int, check_number
 
 
 def last_value(x: Tensor) -> Tensor:
@@ -49,8 +50,7 @@ def least_squares(x: Tensor, ridge: float = 0.0) -> Tensor:
     The pseudo-inverse gives the minimum-norm A_t while the prefix spans fewer than
     d directions (lambda = 0). Row 0 has no pair: 0. x: (B, T, d) -> (B, T, d).
     """
-    if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    ridge = check_number(ridge, "ridge", minimum=0.0)
     B, T, d = x.shape
     prev, nxt = x[:, :-1], x[:, 1:]
     C = torch.cumsum(prev[..., :, None] * prev[..., None, :], dim=1)  # (B, T-1, d, d): C_t, t = 1..T-1
@@ -74,8 +74,7 @@ def kernel_ridge(x: Tensor, kernel: str = "gaussian", *, beta: float = 1.0, sigm
     check_kernel(kernel)
     if kernel == "softmax":
         raise ValueError("kernel ridge needs a positive-definite kernel: linear, exp or gaussian, not softmax")
-    if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    ridge = check_number(ridge, "ridge", minimum=0.0)
     B, T, d = x.shape
     out = torch.zeros_like(x)
     if T < 2:
@@ -103,9 +102,7 @@ def analogues(x: Tensor, k: int = 1) -> Tensor:
     (j < t) nearest to x_t in Euclidean distance (all of them while t < k). Row 0: 0.
     x: (B, T, d) -> (B, T, d).
     """
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k}")
-    k = int(k)
+    k = check_int(k, "k", minimum=1)
     B, T, d = x.shape
     out = torch.zeros_like(x)
     if T < 2:

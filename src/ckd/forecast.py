@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .api import as_batch, check_number
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
+from .validation import as_batch, check_number
 
 METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
 

@@ -40,14 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-KERNELS = ("linear", "exp", "softmax", "gaussian")
-
-
-def check_kernel(kernel: str) -> str:
-    """Return ``kernel`` if it is one of ``KERNELS``, else raise a clear ``ValueError``."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    return kernel
+from .validation import KERNELS, check_kernel  # noqa: F401 - the names accepted live with the other checks
 
 
 def scores(a: Tensor, b: Tensor, kernel: str, beta: float = 1.0, sigma: float = 1.0) -> Tensor:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .validation import MAX_INT, check_choice, check_int, check_number, check_size
+
 Map = Callable[[Tensor], Tensor]
 
 
@@ -173,7 +175,17 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 
 def make_task(name: str, batch: int, length: int, dim: int, **options) -> Task:
-    """Build a task family by name (see ``TASKS``); options go to the family."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    """Build a task family by name (see ``TASKS``); options go to the family.
+
+    Sizes (batch, length, dim, period) must be integers >= 1, noise a finite number >= 0, the
+    seed None or an integer in [-2^63, 2^63) (``ckd.validation``): one clear error otherwise."""
+    check_choice(name, "task", TASKS)
+    batch, length, dim = (check_size(v, n) for v, n in ((batch, "batch"), (length, "length"), (dim, "dim")))
+    if "period" in options:
+        options["period"] = check_size(options["period"], "period")
+    for key in ("noise", "scale", "gain"):
+        if key in options:
+            options[key] = check_number(options[key], key, minimum=0.0 if key == "noise" else None)
+    if options.get("seed") is not None:
+        options["seed"] = check_int(options["seed"], "seed", minimum=-MAX_INT - 1)
     return TASKS[name](batch, length, dim, **options)

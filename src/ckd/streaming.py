@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .api import as_dtype, check_number
 from .kernels import check_kernel
+from .validation import as_dtype, check_number
 
 
 class Streaming:

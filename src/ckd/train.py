@@ -43,10 +43,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .api import check_number
 from .descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from .kernels import causal_matrices
 from .sequences import TASKS, make_task
+from .validation import check_number
 
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
 INITS = ("random", "construction")

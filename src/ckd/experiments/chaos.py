@@ -20,6 +20,7 @@ non-finite or huge forecasts, and the error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -81,21 +82,47 @@ def import_dysts():
 
 def trajectory(system: str, length: int, seed: int = 0) -> np.ndarray:
     """A (length, d) trajectory of ``"map:Name"`` or ``"flow:Name"``, standardised; the seed
-    shifts the window by 37 * seed steps after a burn-in of ``BURN`` steps."""
+    shifts the window by 37 * seed steps after a burn-in of ``BURN`` steps.
+
+    Nothing is drawn at random: the initial condition is dysts' stored default for the system,
+    passed explicitly (a copy), the integrator's seed is the experiment's seed, and numpy's
+    global random state (which dysts' ``make_trajectory`` reseeds) is restored afterwards.
+    ``data_checksum`` fingerprints the result (``tests/test_chaos.py`` pins a few)."""
     maps, flows = import_dysts()
     kind, name = system.split(":")
     n = BURN + 37 * seed + length
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if kind == "map":
-            x = getattr(maps, name)().make_trajectory(n)
-        else:
-            x = getattr(flows, name)().make_trajectory(n, pts_per_period=PTS_PER_PERIOD, method="RK45",
-                                                       rtol=1e-8, atol=1e-8)
+    state = np.random.get_state()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = getattr(maps if kind == "map" else flows, name)()
+            ic = np.array(model.ic, dtype=np.float64, copy=True)
+            if kind == "map":
+                x = model.make_trajectory(n, init_cond=ic)
+            else:
+                x = model.make_trajectory(n, init_cond=ic, pts_per_period=PTS_PER_PERIOD, method="RK45",
+                                          rtol=1e-8, atol=1e-8, random_seed=seed)
+    finally:
+        np.random.set_state(state)
     if x is None:
         raise ValueError(f"{system}: dysts could not integrate a full trajectory")
     x = np.asarray(x, dtype=np.float64).reshape(n, -1)[-length:]
     return (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+
+
+def data_checksum(trajs: dict[str, np.ndarray]) -> str:
+    """sha256 (first 16 hex digits) of the systems' names and trajectories (float64 bytes), in order."""
+    h = hashlib.sha256()
+    for name, x in trajs.items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+# data_checksum of the trajectories docs/ was made with (seed 0; dysts 0.96, no numba, numpy/scipy of
+# the project's venv, x86-64 Linux). Chaotic orbits amplify a one-ulp difference of the platform's
+# floating point (BLAS inside scipy's RK45, libm, numba's JIT) to O(1) within a few hundred steps.
+DOCS_CHECKSUM = {"full": "1a16e8306546cf7a", "quick": "0997db1c32dadc71"}
 
 
 def systems(quick: bool) -> list[str]:
@@ -160,6 +187,12 @@ def _run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
     names = systems(quick)
     trajs = {s: trajectory(s, length, seed) for s in names}
     gen_s = time.time() - start
+    checksum = data_checksum(trajs)
+    expected = DOCS_CHECKSUM["quick" if quick else "full"]
+    if seed == 0 and checksum != expected:
+        warnings.warn(f"chaos: the generated trajectories differ from those of docs/ (data checksum {checksum}, "
+                      f"docs {expected}): this platform's floating point changes the chaotic orbits, so the "
+                      "numbers will differ from docs/", stacklevel=2)
     errors = {m: {} for m in METHODS}
     fallbacks = {m: 0 for m in METHODS}
     seconds = {m: 0.0 for m in METHODS}
@@ -182,7 +215,8 @@ def _run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
     pl.save_json(out, "chaos", {
         "config": {"length": length, "burn": BURN, "pts_per_period": PTS_PER_PERIOD, "quick": quick,
                    "seed": seed, "device": device, "systems": names, "methods": METHODS, "reference": REFERENCE,
-                   "excluded": EXCLUDED, "error": "mean over t >= T/2 of |x^_{t+1} - x_{t+1}|, standardised units"},
+                   "excluded": EXCLUDED, "error": "mean over t >= T/2 of |x^_{t+1} - x_{t+1}|, standardised units",
+                   "data_checksum": checksum, "dysts": _dysts_version()},
         "score": score, "ratio_to_reference": ratio, "summary": summary, "regularisation": reg,
         "errors_vs_t": {m: {s: errors[m][s] for s in names} for m in ("ckd", "krr", REFERENCE)},
         "seconds_generate": gen_s,
@@ -202,6 +236,15 @@ def _run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
         f"exp beta={big:g} depth inf, garbage fraction, ridge 0.1 max R[t,t]": garbage[("inf", 0.1)],
         f"exp beta={big:g} depth 16 default step, garbage fraction": garbage[(16, 0.0)],
     }
+
+
+def _dysts_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dysts")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _g(v: float) -> str:

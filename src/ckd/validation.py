@@ -1,0 +1,254 @@
+"""Input validation for every entry point (``ckd.predict``, ``Streaming``, ``forecast``, training,
+evaluation, baselines, the CLI): one module, so that a rule is fixed once and every face of the
+library rejects the same input with the same one-line message.
+
+Every check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, bad value)
+with a message that names the argument and the value; the CLI prints it as
+``ckd: error: <message>`` and exits 2 (``docs/guarantees.md``). This module imports nothing
+from the rest of ``ckd``: it sits at the bottom of the import graph.
+
+Rules fixed here:
+
+- arrays (``as_batch``): real numeric, dense, with data (no meta tensor), rank 2 or 3,
+  non-empty, finite, and every squared norm |x_t|^2 finite in the working dtype ("input too
+  large; rescale it": every kernel needs x.x);
+- numbers (``check_number``): a real finite number, not a string or a bool, with an optional bound;
+- integers (``check_int``): an integer (or an integral float), not a bool, within bounds;
+- sizes (``check_size``): an integer >= 1 (batch, length, dim, ...);
+- memory budgets (``check_memory_budget``): None or a finite number of bytes > 0;
+- choices (``check_choice``, ``check_kernel``), depth (``parse_depth``), dtype (``as_dtype``).
+
+``memory`` estimates: ``available_memory(device)`` (bytes free on that device, or None when it
+cannot be told) and ``check_fits(need, what, advice)`` refuse, before allocating, work that cannot
+fit, with one line that says how much it needs and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+KERNELS = ("linear", "exp", "softmax", "gaussian")
+BACKENDS = ("descent", "transformer")
+TOKENS = ("augmented", "raw")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
+
+
+def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices`` (strings), else a one-line ``ValueError``."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def check_kernel(kernel: Any) -> str:
+    """``kernel`` if it is one of ``KERNELS``, else a clear ``ValueError``."""
+    return check_choice(kernel, "kernel", KERNELS)
+
+
+def as_dtype(dtype: Any) -> torch.dtype:
+    """torch.float64/float32 or their names."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
+
+
+def check_number(value: Any, name: str, *, minimum: float | None = None, strict: bool = False,
+                 maximum: float | None = None) -> float:
+    """A finite real number (>= minimum, or > minimum if strict; <= maximum). Strings, bools
+    and complex numbers are refused (``TypeError``): ``"1e9"`` is text, not a number."""
+    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value!r}")
+    return v
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = MAX_INT) -> int:
+    """An integer (an integral float such as 3.0 is accepted) within [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return v
+
+
+def check_size(value: Any, name: str, *, maximum: int | None = MAX_INT) -> int:
+    """A size: an integer >= 1 (batch, length, dim, period, ...)."""
+    return check_int(value, name, minimum=1, maximum=maximum)
+
+
+def check_memory_budget(value: Any) -> float | None:
+    """None (the default budget) or a finite number of bytes > 0."""
+    if value is None:
+        return None
+    return check_number(value, "memory_budget", minimum=0.0, strict=True)
+
+
+def parse_depth(depth: Any) -> int | str:
+    """An int >= 0, or "inf" (also accepts math.inf and the string "inf")."""
+    if isinstance(depth, str):
+        if depth.strip().lower() in ("inf", "infinity", "+inf"):
+            return "inf"
+        try:
+            depth = int(depth)
+        except ValueError:
+            raise ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}") from None
+    bad = ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}")
+    if isinstance(depth, (bool, np.bool_)):
+        raise bad
+    if isinstance(depth, (float, np.floating)):
+        if math.isinf(depth) and depth > 0:
+            return "inf"
+        if not math.isfinite(depth) or not float(depth).is_integer():
+            raise bad
+        depth = int(depth)
+    if not isinstance(depth, (int, np.integer)):
+        raise bad
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    if depth > MAX_INT:
+        raise ValueError(f"depth must be <= {MAX_INT}, got {depth}")
+    return int(depth)
+
+
+def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, ridge: Any,
+                  backend: Any, tokens: Any) -> dict:
+    """Validate every option of ``ckd.predict``; return them normalised."""
+    check_kernel(kernel)
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(tokens, "tokens", TOKENS)
+    depth = parse_depth(depth)
+    if backend == "descent" and tokens != "augmented":
+        raise ValueError("tokens='raw' applies to the transformer backend only")
+    if backend == "transformer" and depth == "inf":
+        raise ValueError("depth 'inf' needs the descent backend: a transformer has finitely many layers")
+    return dict(
+        kernel=kernel,
+        beta=check_number(beta, "beta"),
+        sigma=check_number(sigma, "sigma", minimum=0.0, strict=True),
+        depth=depth,
+        step=None if step is None else check_number(step, "step", minimum=0.0),
+        ridge=check_number(ridge, "ridge", minimum=0.0),
+    )
+
+
+def as_batch(x: Any, dtype: torch.dtype, name: str = "x") -> tuple[Tensor, bool]:
+    """Check x is a finite, non-empty (T, d) or (B, T, d) real array; return (B, T, d) as a
+    tensor of ``dtype`` (on x's device) and whether x had no batch axis.
+
+    Refused: ragged or non-numeric data, complex, sparse and meta tensors (no values), other
+    ranks, empty arrays, NaN / inf, and rows whose squared norm |x_t|^2 overflows ``dtype``
+    (every kernel computes x.x; rescale such data first)."""
+    if isinstance(x, Tensor):
+        if x.is_meta:
+            raise TypeError(f"{name} is a meta tensor (it has a shape but no values)")
+        if x.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
+        t = x.detach()
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as err:  # ragged lists and the like
+            raise TypeError(f"{name} must be a numeric array: {str(err).splitlines()[0]}") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        if np.iscomplexobj(arr):
+            raise TypeError(f"{name} must be real, got {arr.dtype}")
+        if not arr.dtype.isnative or (arr.dtype.kind == "f" and arr.dtype.itemsize > 8):
+            arr = arr.astype(np.float64)  # big-endian or extended precision: numpy converts, torch cannot
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got {t.dtype}")
+    if t.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (T, d) or (B, T, d), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    t = t.to(dtype)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    check_squares(t, name)
+    unbatched = t.ndim == 2
+    return (t[None] if unbatched else t), unbatched
+
+
+def check_squares(t: Tensor, name: str = "x") -> None:
+    """Refuse (``ValueError``) a finite ``t`` (..., d) whose squared row norms |x_t|^2 overflow its dtype."""
+    big = float(t.abs().amax())
+    if big * big * t.shape[-1] < torch.finfo(t.dtype).max / 4:  # the common case: no row can overflow
+        return
+    if not bool(torch.isfinite(t.square().sum(-1)).all()):
+        dtype = str(t.dtype).replace("torch.", "")
+        raise ValueError(f"{name}: input too large (|x_t|^2 overflows {dtype}; largest |value| {big:.3g}); "
+                         "rescale it")
+
+
+def available_memory(device: Any = "cpu") -> int | None:
+    """Bytes that can be allocated on ``device`` now (MemAvailable on Linux, free GPU memory
+    on CUDA), or None when it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """1.5 GB, 320 MB, 12 kB (powers of 1000)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def check_fits(need: float, what: str, advice: str, device: Any = "cpu", available: int | None = None) -> None:
+    """Refuse (``MemoryError`` subclass ``ValueError``: one line) work that needs more than the
+    memory available on ``device``: '<what> needs about N GB but M GB are available; <advice>'."""
+    free = available_memory(device) if available is None else available
+    if free is not None and need > free:
+        raise NotEnoughMemory(f"{what} needs about {format_bytes(need)} but {format_bytes(free)} "
+                              f"are available; {advice}")
+
+
+class NotEnoughMemory(ValueError):
+    """Work refused before allocating: the estimate exceeds the memory available."""
