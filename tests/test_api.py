@@ -9,6 +9,7 @@ from reference import ckd
 
 import ckd as lib
 from ckd import StabilityWarning, make_task, predict
+from ckd.baselines import analogues, kernel_ridge
 from ckd.kernels import KERNELS
 
 
@@ -101,3 +102,56 @@ def test_input_is_not_modified(x):
 def test_public_names():
     for name in ("predict", "descend", "causal_matrices", "make_task", "KERNELS", "StabilityWarning"):
         assert hasattr(lib, name)
+
+
+# issue 12, item 11: every entry point refuses these through ckd.validation, with one line
+BAD_API = [
+    (lambda x: predict(torch.empty(4, 2, device="meta")), TypeError, "meta tensor"),
+    (lambda x: predict(x[0].to_sparse()), TypeError, "dense"),
+    (lambda x: predict(x, memory_budget="1e9"), TypeError, "memory_budget must be a number"),
+    (lambda x: predict(x, memory_budget=math.inf), ValueError, "memory_budget must be finite"),
+    (lambda x: predict(x, memory_budget=0), ValueError, "memory_budget must be > 0"),
+    (lambda x: predict(x, memory_budget=-1.0), ValueError, "memory_budget must be > 0"),
+    (lambda x: predict(x, beta="2"), TypeError, "beta must be a number"),
+    (lambda x: predict(x, depth=True), ValueError, "depth"),
+    (lambda x: predict(x, depth=2**70), ValueError, "depth must be <="),
+    (lambda x: make_task("linear", -1, 5, 2), ValueError, "batch must be >= 1"),
+    (lambda x: make_task("linear", 2, 0, 2), ValueError, "length must be >= 1"),
+    (lambda x: make_task("linear", 2, 5, 2.5), ValueError, "dim must be an integer"),
+    (lambda x: make_task("linear", "2", 5, 2), TypeError, "batch must be an integer"),
+    (lambda x: make_task("periodic", 2, 5, 2, period=0), ValueError, "period must be >= 1"),
+    (lambda x: make_task("linear", 2, 5, 2, noise=-1.0), ValueError, "noise must be >= 0"),
+    (lambda x: make_task("linear", 2, 5, 2, seed=2**70), ValueError, "seed must be <="),
+    (lambda x: make_task("spiral", 2, 5, 2), ValueError, "unknown task"),
+    (lambda x: lib.Streaming("exp", dim=2, beta=math.nan), ValueError, "beta must be finite"),
+    (lambda x: analogues(x, k=0), ValueError, "k must be >= 1"),
+    (lambda x: kernel_ridge(x, ridge="0.1"), TypeError, "ridge must be a number"),
+    (lambda x: predict(np.ones((4, 2)) * 1e200), ValueError, "input too large.*rescale it"),
+    (lambda x: predict(np.ones((4, 2)) * 1e20, dtype="float32"), ValueError, "input too large"),
+]
+
+
+@pytest.mark.parametrize("call,error,match", BAD_API)
+def test_api_bad_input_is_one_clear_error(x, call, error, match):
+    with pytest.raises(error, match=match) as info:
+        call(x)
+    assert "\n" not in str(info.value)
+
+
+def test_validation_is_one_module_reexported_by_api():
+    """The checks live in ckd.validation; ckd.api re-exports the old names (issue 12)."""
+    import ckd.api
+    import ckd.forecast
+    import ckd.streaming
+    import ckd.validation as v
+
+    for name in ("as_batch", "as_dtype", "check_number", "parse_depth", "check_options", "DTYPES"):
+        assert getattr(ckd.api, name) is getattr(v, name)
+    assert ckd.streaming.check_number is v.check_number and ckd.forecast.as_batch is v.as_batch
+
+
+def test_big_endian_and_extended_precision_arrays_are_converted():
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    want = predict(x, depth=3)
+    assert np.array_equal(predict(x.astype(">f8"), depth=3), want)
+    assert np.allclose(predict(x.astype(np.longdouble), depth=3), want, rtol=1e-12, atol=0)

@@ -281,3 +281,102 @@ def test_empty_batch_or_dimension_gives_an_empty_prediction(shape):
     x = torch.zeros(shape, dtype=torch.float64)
     for depth in (3, "inf"):
         assert descend(x, "exp", depth=depth).shape == shape
+
+
+# ---- issue 12: scale, underflow, memory (items 7, 12, 13) ----
+
+def _stored_definition(x, kernel, depth, **kw):
+    """p after ``depth`` layers with the default step, run literally on the stored (rescaled)
+    matrices with eta_stored = 0.5 / max R_stored[t, t]: the definition in the kernel's units."""
+    mats = causal_matrices(x, kernel, **kw)
+    P, R, y = mats.P[0], mats.R[0], targets(x)[0]
+    eta = 0.5 / float(torch.diagonal(R)[1:].max())
+    r, p = y.clone(), torch.zeros_like(y)
+    for _ in range(depth):
+        p, r = p + eta * P @ r, r - eta * R @ r
+    return p
+
+
+def test_default_step_is_exact_when_it_underflows_in_true_units():
+    """beta = 1e3 on unit vectors: weights up to e^1000, the default step 0.5 e^-1000 underflows
+    as a float (it used to give all zeros and a warning about 'step 0'); kept in the kernel's
+    rescaled units, depth N with the default step is the definition, without any warning."""
+    x = _x(B=1, T=8)
+    assert default_step(causal_matrices(x, "exp", beta=1e3)) == 0.0  # the float underflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = descend(x, "exp", beta=1e3, depth=4)[0]
+    ref = _stored_definition(x, "exp", 4, beta=1e3)
+    assert (ref != 0).any() and rel_err(out, ref) < RTOL
+
+
+def test_explicit_step_that_underflows_is_a_clear_error():
+    x = _x(B=1, T=6)
+    with pytest.raises(ValueError, match="step 1e-320 underflows"):
+        descend(x, "exp", depth=3, step=1e-320)
+    with pytest.raises(ValueError, match="underflows"):
+        descend(x, "exp", depth=3, step=1e-320, memory_budget=3 * 6 * 8 * 2)  # blocked: same check
+    with pytest.warns(StabilityWarning, match="step 0 is outside"):  # allowed (no layer moves), and said
+        assert (descend(x, "exp", depth=3, step=0.0) == 0).all()
+
+
+@pytest.mark.parametrize("k", [300, -300, 100, -100])
+@pytest.mark.parametrize("depth", [5, "inf"])
+def test_linear_kernel_is_exact_for_huge_and_tiny_inputs(k, depth):
+    """x 2^k with the linear kernel equals 2^k times the result on x, bit for bit (a power-of-two
+    rescaling is exact): no zeros from a default step 1/|x|^2 that overflows or underflows."""
+    x = _x(B=2, T=9)
+    c = 2.0 ** k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(descend(x * c, "linear", depth=depth), descend(x, "linear", depth=depth) * c)
+    assert torch.equal(descend(x * c, "linear", depth=3, step=0.1 / c / c, ridge=0.5 * c * c),
+                       descend(x, "linear", depth=3, step=0.1, ridge=0.5) * c)
+
+
+@pytest.mark.parametrize("depth", [0, 3, "inf"])
+def test_all_zero_input_with_the_linear_kernel_predicts_zero(depth):
+    """R[t,t] = |x_{t-1}|^2 = 0 on every row: no pair carries information, every prediction is 0
+    (chosen and documented; it used to be 'step ... got inf' or an error), without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = descend(torch.zeros(2, 6, 3, dtype=torch.float64), "linear", depth=depth)
+    assert out.shape == (2, 6, 3) and (out == 0).all()
+
+
+def test_zero_token_with_the_linear_kernel_is_the_vanishing_ridge_limit():
+    x = _x(B=1, T=9)
+    x[0, 3] = 0  # its columns of P and R are zero: alpha_4 = 0
+    assert rel_err(descend(x, "linear", depth="inf"), descend(x, "linear", depth="inf", ridge=1e-12)) < 1e-9
+
+
+def test_layers_accumulate_no_memory():
+    """Nothing is kept per layer unless return_all (the per-layer norms used to be listed: a
+    depth of 1e9 grew by 17 MB/s): Python allocations after 20000 layers are what 20 layers make."""
+    import tracemalloc
+
+    x = _x(B=1, T=3, d=1)
+    descend(x, "linear", depth=20)
+    tracemalloc.start()
+    descend(x, "linear", depth=20)
+    small = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    descend(x, "linear", depth=20000)
+    large = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert large < small + 100_000
+
+
+def test_work_that_cannot_fit_is_refused_before_allocating():
+    """A depth whose per-layer copies (row blocks) or history (return_all) exceed the free memory
+    is refused with one line saying how much it needs and what to do."""
+    from ckd.validation import NotEnoughMemory
+
+    x = torch.zeros(1, 200_000, 1, dtype=torch.float64)
+    with pytest.raises(NotEnoughMemory, match=r"needs about .* are available; .*smaller T.*fewer layers"):
+        descend(x, "linear", depth=10**9, memory_budget=1e6)
+    with pytest.raises(NotEnoughMemory, match="return_all=False"):
+        descend(x, "linear", depth=10**8, return_all=True)
+    from ckd.descent import memory_needed
+
+    assert memory_needed(_x(B=1, T=10), 4, rows=10) == 3 * 10 * 10 * 8 + 8 * 10 * 3 * 8

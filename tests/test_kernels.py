@@ -89,3 +89,25 @@ def test_single_token_sequence():
     mats = causal_matrices(_x(T=1), "exp")
     assert mats.P.shape == (3, 1, 1) and (mats.P == 0).all()
     np.testing.assert_array_equal(mats.R.numpy(), 0)
+
+
+@pytest.mark.parametrize("sigma", [1e-300, 1e-160, 1e160, 1e300])
+def test_gaussian_sigma_beyond_the_float_range_of_its_square(sigma):
+    """2 sigma^2 underflows (1e-300) or overflows (1e300): no ZeroDivisionError, no NaN; the
+    kernel's limits: 1 on equal points and 0 elsewhere (tiny sigma), 1 everywhere (huge sigma)."""
+    import ckd
+    from ckd.streaming import Streaming
+
+    x = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]], dtype=torch.float64)
+    mats = causal_matrices(x, "gaussian", sigma=sigma)
+    G = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    if sigma > 1:
+        G = torch.ones(4, 4, dtype=torch.float64)
+    P, R = matrices(x[0], "gaussian", 1.0, 1.0)  # the reference's masks, filled with the limit kernel
+    assert torch.equal(mats.P[0], torch.where(torch.as_tensor(P) != 0, torch.nn.functional.pad(G[:, :-1], (1, 0)), 0.0))
+    for depth in (3, "inf"):
+        out = ckd.predict(x, "gaussian", sigma=sigma, depth=depth)
+        assert torch.isfinite(out).all()
+    s = Streaming("gaussian", sigma=sigma, dim=2)
+    stream = torch.stack([s.push(t) for t in x[0]])
+    assert rel_err(stream, ckd.predict(x, "gaussian", sigma=sigma, depth="inf")[0]) < RTOL

@@ -81,14 +81,13 @@ def test_bad_token_is_a_clear_error_and_leaves_the_state_unchanged():
         Streaming("cosine", dim=3)
 
 
-def test_zero_diagonal_is_a_clear_error_then_continues_like_the_batch_with_ridge():
+def test_zero_token_is_skipped_like_the_batch():
+    """A zero token x_2 with the linear kernel: R[3, 3] = 0 and its columns are 0, so alpha_3 = 0
+    (as ``ckd.predict``), the limit of a vanishing ridge; with a ridge, the batch too."""
     x = _unit_x(B=1, T=6, d=2)[0]
-    x[2] = 0  # R[3, 3] = |x_2|^2 = 0 with the linear kernel
-    s = Streaming("linear", dim=2)
-    for x_t in x[:3]:
-        s.push(x_t)
-    with pytest.raises(ValueError, match="ridge > 0"):
-        s.push(x[3])
+    x[2] = 0
+    assert rel_err(_stream(x, "linear"), _batch(x, "linear")) < RTOL
+    assert rel_err(_stream(x, "linear"), _batch(x, "linear", ridge=1e-12)) < 1e-9
     assert rel_err(_stream(x, "linear", ridge=1e-3), _batch(x, "linear", ridge=1e-3)) < RTOL
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale
+from .validation import available_memory, check_fits, check_memory_budget
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of (T, T)-sized working memory before row blocks are used
 
@@ -59,49 +60,100 @@ def diagonal(mats: CausalMatrices) -> Tensor:
 
 
 def default_step(mats: CausalMatrices, ridge: float = 0.0) -> float:
-    """eta = 0.5 / max over the batch and t >= 1 of (R[t, t] + lambda), in true units."""
-    return _default_step(diagonal(mats), mats.log_scale, ridge)
+    """eta = 0.5 / max over the batch and t >= 1 of (R[t, t] + lambda), in true units.
+
+    This float underflows to 0 when the exp kernel's weights exceed e^745 (large beta |x|^2);
+    ``descend`` keeps the default step in log units instead (``default_log_step``), so that
+    depth N with the default step is exact whatever the scale."""
+    return math.exp(default_log_step(mats, ridge))
 
 
-def _default_step(diag: Tensor, log_scale: Tensor, ridge: float) -> float:
+def default_log_step(mats: CausalMatrices, ridge: float = 0.0) -> float:
+    """log eta of the default step (finite even when eta itself underflows); -inf when every
+    R[t, t] + lambda is 0 (the all-zero input with the linear kernel: P = 0, so p = 0 for any step)."""
+    return _default_log_step(diagonal(mats), mats.log_scale, ridge)
+
+
+def _default_log_step(diag: Tensor, log_scale: Tensor, ridge: float) -> float:
     if diag.numel() == 0:
-        return 0.5 / ridge if ridge > 0 else 0.5
+        return math.log(0.5 / ridge if ridge > 0 else 0.5)
     log_diag = diag.log() + log_scale[:, None]
     if ridge > 0:
         log_diag = torch.logaddexp(log_diag, torch.full_like(log_diag, math.log(ridge)))
-    return 0.5 * math.exp(-float(log_diag.max()))
+    top = float(log_diag.max())
+    if top == -math.inf:
+        return -math.inf
+    eta = 0.5 * math.exp(-top)  # the float the definition gives, when it is one
+    return math.log(eta) if 0 < eta < math.inf else math.log(0.5) - top
+
+
+def _log(step: float) -> float:
+    return math.log(step) if step > 0 else -math.inf
 
 
 def effective(mats: CausalMatrices, step: float, ridge: float) -> tuple[Tensor, Tensor]:
     """Per-sequence (eta e^m, lambda e^-m), (B, 1, 1): the step and ridge in stored units."""
-    return _effective(mats.log_scale, step, ridge)
+    return _effective(mats.log_scale, _log(step), ridge)
 
 
-def _effective(log_scale: Tensor, step: float, ridge: float) -> tuple[Tensor, Tensor]:
+def _effective(log_scale: Tensor, log_step: float, ridge: float) -> tuple[Tensor, Tensor]:
+    """(eta e^m, lambda e^-m) from log eta: exact in stored units even where eta underflows."""
     ls = log_scale[:, None, None]
-    eta = torch.exp(math.log(step) + ls) if step > 0 else torch.zeros_like(ls)
+    eta = torch.exp(log_step + ls) if log_step > -math.inf else torch.zeros_like(ls)
     lam = ridge * torch.exp(-ls)
     return eta, lam
 
 
 def check_step(mats: CausalMatrices, step: float, ridge: float) -> bool:
-    """True iff |1 - eta (R[t,t] + lambda)| < 1 for every t >= 1 and every sequence."""
-    return _check_step(diagonal(mats), mats.log_scale, step, ridge)
+    """True iff |1 - eta (R[t,t] + lambda)| < 1 for every t >= 1 and every sequence
+    (rows with R[t,t] + lambda = 0 aside: see ``_check_step``)."""
+    return _check_step(diagonal(mats), mats.log_scale, _log(step), ridge)
 
 
-def _check_step(diag: Tensor, log_scale: Tensor, step: float, ridge: float) -> bool:
-    eta, lam = _effective(log_scale, step, ridge)
-    factor = 1.0 - eta[:, :, 0] * (diag + lam[:, :, 0])
-    return bool((factor.abs() < 1).all())
+def _check_step(diag: Tensor, log_scale: Tensor, log_step: float, ridge: float) -> bool:
+    """The convergence test. A row with R[t,t] + lambda = 0 (a zero token with the linear kernel)
+    is left out: its column of P and R is 0 too (|k(a, b)|^2 <= k(a, a) k(b, b)), so its residual
+    never reaches a prediction."""
+    eta, lam = _effective(log_scale, log_step, ridge)
+    total = diag + lam[:, :, 0]
+    factor = 1.0 - eta[:, :, 0] * total
+    return bool(((factor.abs() < 1) | (total == 0)).all())
 
 
-def _warn_step(step: float) -> None:
+def _format_step(log_step: float) -> str:
+    """eta as a number, also below the float range (e.g. 3.2e-1200)."""
+    if log_step == -math.inf:
+        return "0"
+    eta = math.exp(log_step)
+    if eta > 0:
+        return f"{eta:.4g}"
+    exp10 = math.floor(log_step / math.log(10))
+    return f"{10 ** (log_step / math.log(10) - exp10):.4g}e{exp10}"
+
+
+def _warn_step(log_step: float) -> None:
     warnings.warn(
-        f"step {step:.4g} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1; "
+        f"step {_format_step(log_step)} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1; "
         "the iterates diverge as depth grows",
         StabilityWarning,
         stacklevel=4,
     )
+
+
+def _check_tiny_step(diag: Tensor, log_scale: Tensor, step: float, ridge: float) -> None:
+    """An explicit step so small that eta (R[t,t] + lambda) is below the dtype's smallest normal
+    number on every row: the layers would change nothing. A clear error rather than silent zeros."""
+    if not step > 0 or diag.numel() == 0:
+        return
+    log_diag = (diag.log() + log_scale[:, None])
+    if ridge > 0:
+        log_diag = torch.logaddexp(log_diag, torch.full_like(log_diag, math.log(ridge)))
+    top = float(log_diag.max())
+    dtype = str(diag.dtype).replace("torch.", "")
+    if top > -math.inf and math.log(step) + top < math.log(torch.finfo(diag.dtype).tiny):
+        raise ValueError(f"step {step:.4g} underflows: eta * max_t (R[t,t] + ridge) = "
+                         f"{_format_step(math.log(step) + top)} is below the smallest normal {dtype} number, so "
+                         "no layer would change anything; omit --step (the default is exact at any scale)")
 
 
 def _validate(depth: int, step: float) -> None:
@@ -128,35 +180,44 @@ def finite_depth(
     is lost; raises ``FloatingPointError`` when the result is not finite.
     """
     _validate(depth, step)
+    return _finite(mats, y, depth, _log(step), ridge, return_all)
+
+
+def _finite(mats: CausalMatrices, y: Tensor, depth: int, log_step: float, ridge: float, return_all: bool) -> Tensor:
+    """``finite_depth`` with the step given as log eta (the default step may underflow as a float)."""
     if y.numel() == 0:  # no sequence or no coordinate
         return y.new_zeros((depth + 1, *y.shape) if return_all else y.shape)
-    if depth > 0 and not check_step(mats, step, ridge):
-        _warn_step(step)
+    if depth > 0 and not _check_step(diagonal(mats), mats.log_scale, log_step, ridge):
+        _warn_step(log_step)
     T = y.shape[1]
-    out, r_max = _finite_blocks([(0, T, mats.P, mats.R)], y, depth, step, ridge, mats.log_scale, return_all)
+    out, r_max = _finite_blocks([(0, T, mats.P, mats.R)], y, depth, log_step, ridge, mats.log_scale, return_all)
     _check_growth(out, float(r_max), float(y.abs().amax()))
     return out
 
 
-def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log_scale: Tensor,
-                   return_all: bool) -> tuple[Tensor, Tensor]:
+def _finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float, log_scale: Tensor,
+                   return_all: bool, n_blocks: int = 1) -> tuple[Tensor, Tensor]:
     """The layer recursion over row blocks (start, stop, P rows, R rows) given in order; blocks
     may be generated lazily. Each block's rows of P and R are used for every layer before the
     next block is built: layer l of rows start..stop-1 needs r_l on rows 0..stop-1 only (causal),
     and r_l of earlier blocks is kept (depth + 1, B, T, d). Returns (p or its history, max |r_l|).
 
     Per layer and block: p <- p + eta P r, r <- (1 - eta lambda) r - eta R r, as two baddbmm with
-    a scalar alpha (eta per sequence only when exp rescaling differs across the batch).
+    a scalar alpha (eta per sequence only when exp rescaling differs across the batch). Nothing
+    grows with the depth but ``history`` (``return_all``) and ``kept`` (more than one block); a
+    tqdm bar on stderr (a terminal only) shows work that lasts more than a few seconds.
     """
     B, T, d = y.shape
-    eta, _ = _effective(log_scale, step, ridge)
+    eta, _ = _effective(log_scale, log_step, ridge)
     uniform = bool((log_scale == log_scale[0]).all()) if B > 0 else True
     alpha = float(eta.flatten()[0]) if uniform and B > 0 else 1.0
-    decay = 1.0 - step * ridge  # eta * lambda is the same in stored and true units
+    step_ridge = math.exp(log_step + math.log(ridge)) if ridge > 0 and log_step > -math.inf else 0.0
+    decay = 1.0 - step_ridge  # eta * lambda is the same in stored and true units
     history = y.new_zeros(depth + 1, B, T, d) if return_all else None
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block
-    r_maxes = [torch.linalg.vector_norm(y, math.inf)]  # one fused reduction per layer, no sync
+    r_max = torch.linalg.vector_norm(y, math.inf)  # running max: one fused reduction per layer, no sync
+    bar = _progress(depth * n_blocks, "causal kernel descent", "layer")
     for start, stop, P, R in blocks:
         if kept is None and stop < T:
             kept = y.new_empty(depth, B, T, d)
@@ -169,13 +230,30 @@ def _finite_blocks(blocks, y: Tensor, depth: int, step: float, ridge: float, log
             s = prefix if uniform else eta * prefix
             p = torch.baddbmm(p, P, s, alpha=alpha)
             r = torch.baddbmm(r, R, s, beta=decay, alpha=-alpha)
-            r_maxes.append(torch.linalg.vector_norm(r, math.inf))
+            r_max = torch.maximum(r_max, torch.linalg.vector_norm(r, math.inf))
             if history is not None:
                 history[layer + 1, :, start:stop] = p
+            if bar is not None:
+                bar.update()
         if out is not None:
             out[:, start:stop] = p
         del P, R  # before the next block is built
-    return (history if history is not None else out), torch.stack(r_maxes).max()
+    if bar is not None:
+        bar.close()
+    return (history if history is not None else out), r_max
+
+
+PROGRESS_MIN_STEPS = 1000  # below this many layer-blocks no bar is created at all
+
+
+def _progress(total: int, desc: str, unit: str, min_steps: int = PROGRESS_MIN_STEPS):
+    """A tqdm bar on stderr for long loops: only when stderr is a terminal (``disable=None``) and
+    only once the work has lasted 2 s (``delay``); None for short loops (no overhead)."""
+    if total < min_steps:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, delay=2.0, leave=False, dynamic_ncols=True)
 
 
 def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = False, stacklevel: int = 4) -> None:
@@ -206,21 +284,29 @@ def _check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = Fal
                           StabilityWarning, stacklevel=stacklevel)
 
 
-def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0) -> Tensor:
+def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0, *, zero_columns: bool = False) -> Tensor:
     """Depth-inf CKD: p = P alpha with (R + lambda I) alpha = y on rows 1..T-1.
 
     A lower-triangular solve; for lambda = 0 it equals one forward Kaczmarz sweep.
     Raises ``ValueError`` if a diagonal entry R[t,t] + lambda is zero and ``FloatingPointError``
     if the result is not finite; warns ``StabilityWarning`` when the solve amplifies the targets
     enough to eat the dtype's precision (an ill-conditioned kernel, e.g. exp with a large beta).
+
+    ``zero_columns`` (the linear kernel, where it is a theorem): a row with R[t,t] + lambda = 0 has
+    zero columns in P and R (Cauchy-Schwarz: |x_a . x_{t-1}| <= |x_a| |x_{t-1}| = 0), so alpha_t
+    never reaches a prediction and is set to 0 (Kaczmarz skips a zero row) instead of raising:
+    the all-zero input predicts 0.
     """
-    return _infinite_blocks([(0, y.shape[1], mats.P, mats.R)], y, ridge, mats.log_scale, inplace=False)
+    return _infinite_blocks([(0, y.shape[1], mats.P, mats.R)], y, ridge, mats.log_scale, inplace=False,
+                            zero_columns=zero_columns)
 
 
-def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inplace: bool) -> Tensor:
+def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inplace: bool,
+                     zero_columns: bool = False, n_blocks: int = 1) -> Tensor:
     """Blocked forward substitution over row blocks (start, stop, P rows, R rows), in order:
     alpha_k = (R_kk + lambda I)^{-1} (y_k - R_{k,<k} alpha_{<k}), then p_k = P_k alpha_{<=k}.
-    ``inplace``: the blocks are temporaries and R_kk may be overwritten."""
+    ``inplace``: the blocks are temporaries and R_kk may be overwritten. ``zero_columns``: see
+    ``infinite_depth`` (a zero diagonal entry gives alpha_t = 0)."""
     B, T, d = y.shape
     _, lam = _effective(log_scale, 1.0, ridge)
     alpha = y.new_zeros(B, T, d)  # alpha_0 = 0: row 0 has no pair (and column 0 of P, R is 0)
@@ -228,7 +314,10 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     if p.numel() == 0:  # no sequence or no coordinate
         return p
     a_maxes = [y.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
+    bar = _progress(n_blocks, "causal kernel descent, depth inf", "block", min_steps=8)
     for start, stop, P, R in blocks:
+        if bar is not None:
+            bar.update()
         lo = max(start, 1)
         if stop <= lo:
             continue
@@ -236,12 +325,17 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
         if ridge > 0:
             A = A if inplace else A.clone()
             torch.diagonal(A, dim1=-2, dim2=-1).add_(lam[:, :, 0])
-        if not (torch.diagonal(A, dim1=-2, dim2=-1) != 0).all():
+        rhs = y[:, lo:stop]
+        zero = torch.diagonal(A, dim1=-2, dim2=-1) == 0
+        if zero_columns and bool(zero.any()):  # alpha_t = 0: diagonal 1, right-hand side 0 (the row is 0)
+            A = A if (inplace or ridge > 0) else A.clone()  # (with a ridge, A is a copy already)
+            torch.diagonal(A, dim1=-2, dim2=-1).masked_fill_(zero, 1.0)
+            rhs = rhs.masked_fill(zero[..., None], 0.0)
+        elif bool(zero.any()):
             raise ValueError(
                 "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "
                 "kernel, or an exp weight lost to underflow); use ridge > 0"
             )
-        rhs = y[:, lo:stop]
         if lo > 1:
             rhs = torch.baddbmm(rhs, R[:, lo - start:, 1:lo], alpha[:, 1:lo], alpha=-1.0)
         alpha[:, lo:stop] = torch.linalg.solve_triangular(A, rhs, upper=False)
@@ -249,6 +343,8 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
         a_maxes.append(torch.linalg.vector_norm(scaled, math.inf))
         p[:, start:stop] = P[:, :, 1:] @ alpha[:, 1:stop]
         del P, R, A  # before the next block is built
+    if bar is not None:
+        bar.close()
     _check_growth(p, float(torch.stack(a_maxes).max()), float(y.abs().amax()), infinite=True, stacklevel=5)
     return p
 
@@ -286,12 +382,47 @@ def block_rows(x: Tensor, memory_budget: float | None = None) -> int:
     """Rows per block so that the (B, rows, T) buffers of one block (about 3 of them, counting
     temporaries) fit in ``memory_budget`` bytes (default ``DEFAULT_MEMORY_BUDGET``); >= T means
     the whole (B, T, T) matrices fit and no blocking is needed."""
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not budget > 0:
-        raise ValueError(f"memory_budget must be a number of bytes > 0, got {memory_budget!r}")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_memory_budget(memory_budget)
     B, T, _ = x.shape
     per_row = 3 * max(B, 1) * max(T, 1) * x.element_size()
     return max(1, int(budget // per_row))
+
+
+def memory_needed(x: Tensor, depth: int | str, rows: int, return_all: bool = False) -> int:
+    """Bytes ``descend`` allocates for x (B, T, d): the (B, rows, T) kernel buffers of one block
+    (3 of them), about 8 (B, T, d) vectors, the layer history (depth + 1 of them) if
+    ``return_all``, and, with more than one block and a finite depth, r_l of every layer (depth
+    of them: each block runs every layer, ``_finite_blocks``)."""
+    B, T, d = x.shape
+    e = x.element_size()
+    vectors = B * T * d * e
+    need = 3 * B * min(rows, T) * T * e + 8 * vectors
+    if depth != "inf":
+        need += (int(depth) + 1) * vectors if return_all else 0
+        need += int(depth) * vectors if rows < T else 0
+    return need
+
+
+def _check_memory(x: Tensor, depth: int | str, rows: int, return_all: bool) -> None:
+    """Refuse, before allocating, a call whose estimate exceeds the memory free on x's device."""
+    need = memory_needed(x, depth, rows, return_all)
+    if need < 2**28:  # 256 MB: not worth asking the system
+        return
+    B, T, d = x.shape
+    advice = "use a shorter sequence (smaller T) or fewer sequences per call"
+    if depth != "inf" and (return_all or rows < T) and int(depth) > 1:
+        advice += (", fewer layers" + (" or return_all=False" if return_all else "")
+                   + " (each layer keeps a (B, T, d) copy" + (" across row blocks)" if rows < T else ")"))
+    advice += ", or a smaller memory_budget (rows are then processed in blocks)"
+    if depth == "inf":
+        advice += "; ckd.Streaming runs depth inf in O(T d) memory"
+    check_fits(need, f"causal kernel descent on B={B}, T={T}, d={d}, depth {depth}", advice, x.device)
+
+
+def _default_budget(x: Tensor) -> float:
+    """``DEFAULT_MEMORY_BUDGET``, or half the memory free on x's device when that is less."""
+    free = available_memory(x.device)
+    return DEFAULT_MEMORY_BUDGET if free is None else max(2**24, min(DEFAULT_MEMORY_BUDGET, free // 2))
 
 
 def row_blocks(x: Tensor, kernel: str, beta: float, sigma: float, log_scale: Tensor, rows: int):
@@ -300,6 +431,18 @@ def row_blocks(x: Tensor, kernel: str, beta: float, sigma: float, log_scale: Ten
     for start in range(0, T, rows):
         stop = min(T, start + rows)
         yield (start, stop, *causal_rows(x, kernel, beta, sigma, start, stop, log_scale))
+
+
+def _power_of_two_scale(x: Tensor) -> int:
+    """k such that x / 2^k has its largest |entry| in [1/2, 1), when that entry is beyond 2^+-64;
+    else 0. Dividing by a power of two is exact (no rounding), so the linear kernel's CKD on
+    x / 2^k, with eta 4^k and lambda / 4^k, gives exactly p / 2^k: huge or tiny inputs keep every
+    digit instead of overflowing (|x|^3 past the float range) or underflowing (|x|^2 to 0)."""
+    big = float(x.abs().amax()) if x.numel() else 0.0
+    if big == 0.0:
+        return 0
+    k = math.frexp(big)[1]
+    return k if abs(k) > 64 else 0
 
 
 def descend(
@@ -317,22 +460,45 @@ def descend(
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
     depth: int >= 0, or ``"inf"``/``math.inf`` for the infinite-depth limit.
-    step None means eta = 0.5 / max_t (R[t,t] + lambda) over the batch.
-    memory_budget: bytes of (T, T)-sized working memory (default 4 GiB); above it, rows are
-    processed in blocks (same result, each block's kernel rows built once; see module doc).
+    step None means eta = 0.5 / max_t (R[t,t] + lambda) over the batch (kept in log units, so it
+    is exact also where eta underflows as a float: exp with a large beta |x|^2).
+    memory_budget: bytes of (T, T)-sized working memory (default 4 GiB, or half the free memory
+    when less); above it, rows are processed in blocks (same result, each block's kernel rows
+    built once; see module doc). The memory the call needs is estimated first (``memory_needed``)
+    and a call that cannot fit is refused with one line (``ckd.validation.NotEnoughMemory``).
+
+    Linear kernel: inputs beyond 2^+-64 are scaled by an exact power of two (``_power_of_two_scale``);
+    a zero token x_{t-1} (R[t,t] = 0) carries no information: the all-zero input predicts 0.
     """
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
-    rows = block_rows(x, memory_budget)
+    if not infinite:
+        depth = int(depth)
+        _validate(depth, 0.0 if step is None else float(step))
+    if kernel == "linear" and (k := _power_of_two_scale(x)):
+        c = 2.0 ** k
+        step = None if step is None else float(step) * c * c
+        if step is not None and not math.isfinite(step):
+            raise ValueError(f"step is too large for inputs of size 2^{k}: eta * max_t R[t,t] overflows")
+        out = descend(x / c, kernel, beta=beta, sigma=sigma, depth=depth, step=step, ridge=ridge / c / c,
+                      return_all=return_all, memory_budget=memory_budget)
+        return out * c
+    budget = _default_budget(x) if memory_budget is None else check_memory_budget(memory_budget)
+    rows = block_rows(x, budget)
+    _check_memory(x, "inf" if infinite else depth, rows, return_all)
     if rows >= x.shape[1] or x.numel() == 0:
         mats = causal_matrices(x, kernel, beta, sigma)
         y = targets(x)
         if infinite:
-            return infinite_depth(mats, y, ridge)
-        eta = default_step(mats, ridge) if step is None else float(step)
-        return finite_depth(mats, y, int(depth), eta, ridge, return_all=return_all)
-    return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else int(depth), step, ridge,
+            return infinite_depth(mats, y, ridge, zero_columns=kernel == "linear")
+        if step is None:
+            log_step = default_log_step(mats, ridge)
+        else:
+            _check_tiny_step(diagonal(mats), mats.log_scale, float(step), ridge)
+            log_step = _log(float(step))
+        return _finite(mats, y, depth, log_step, ridge, return_all)
+    return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else depth, step, ridge,
                             return_all, rows)
 
 
@@ -343,19 +509,22 @@ def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: i
     log_scale = exp_log_scale(x, beta, rows) if kernel == "exp" else x.new_zeros(x.shape[0])
     if depth == "inf":
         return _infinite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, ridge, log_scale,
-                                inplace=True)
-    eta = 0.0 if step is None else float(step)  # with depth 0 no layer uses the step
-    _validate(depth, eta)
+                                inplace=True, zero_columns=kernel == "linear", n_blocks=-(-x.shape[1] // rows))
+    log_step = -math.inf if step is None else _log(float(step))  # with depth 0 no layer uses the step
     if depth > 0:  # the step and its check need the diagonal of R first: one pass over the blocks
         parts = []
         for start, _, P, R in row_blocks(x, kernel, beta, sigma, log_scale, rows):
             parts.append(torch.diagonal(R, offset=start, dim1=-2, dim2=-1).clone())
             del P, R  # before the next block is built
         diag = torch.cat(parts, 1)[:, 1:]
-        eta = _default_step(diag, log_scale, ridge) if step is None else eta
-        if not _check_step(diag, log_scale, eta, ridge):
-            _warn_step(eta)
-    out, r_max = _finite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, depth, eta, ridge,
-                                log_scale, return_all)
+        if step is None:
+            log_step = _default_log_step(diag, log_scale, ridge)
+        else:
+            _check_tiny_step(diag, log_scale, float(step), ridge)
+        if not _check_step(diag, log_scale, log_step, ridge):
+            _warn_step(log_step)
+    n_blocks = -(-x.shape[1] // rows)
+    out, r_max = _finite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, depth, log_step, ridge,
+                                log_scale, return_all, n_blocks)
     _check_growth(out, float(r_max), float(y.abs().amax()))
     return out

@@ -52,9 +52,20 @@ def scores(a: Tensor, b: Tensor, kernel: str, beta: float = 1.0, sigma: float = 
     check_kernel(kernel)
     if kernel == "gaussian":
         sqdist = _self_sqdist(a) if a is b else _sqdist(a, b)
-        return -sqdist / (2.0 * sigma * sigma)
+        return gaussian_scores_(sqdist, sigma)
     dots = a @ b.transpose(-1, -2)
     return dots if kernel == "linear" else beta * dots
+
+
+def gaussian_scores_(sqdist: Tensor, sigma: float) -> Tensor:
+    """-|a - b|^2 / (2 sigma^2) in place. When 2 sigma^2 leaves the normal float range (sigma
+    below ~1e-154 or above ~1e154) it is applied as two divisions, so that 0 stays 0 (k(a, a) = 1)
+    and every other distance goes to -inf (tiny sigma) or -0 (huge sigma): the kernel's limits,
+    never a ZeroDivisionError or a NaN."""
+    two_var = 2.0 * sigma * sigma
+    if torch.finfo(torch.float64).tiny <= two_var < math.inf:
+        return sqdist.mul_(-1.0 / two_var)
+    return sqdist.div_(sigma).div_(2.0 * sigma).neg_()
 
 
 def _sqdist(a: Tensor, b: Tensor) -> Tensor:
@@ -202,7 +213,7 @@ def _block_scores(x: Tensor, kernel: str, beta: float, sigma: float, start: int,
     if kernel == "gaussian":  # |q - k|^2 = |q|^2 + |k|^2 - 2 q.k, with an exact 0 where q is k
         G.mul_(-2.0).add_(q.square().sum(-1)[:, :, None]).add_(keys.square().sum(-1)[:, None, :]).clamp_min_(0.0)
         torch.diagonal(G, offset=start - 1, dim1=-2, dim2=-1).zero_()
-        G.mul_(-1.0 / (2.0 * sigma * sigma))
+        gaussian_scores_(G, sigma)
     elif kernel != "linear":
         G.mul_(beta)
     return G

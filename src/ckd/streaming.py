@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kernels import check_kernel
+from .kernels import check_kernel, gaussian_scores_
 from .validation import as_dtype, check_number
 
 
@@ -95,7 +95,7 @@ class Streaming:
         self._sqnorm[t] = sq
         # |x_t - x_s|^2 = (|x_s|^2 + |x_t|^2) - 2 x_s.x_t, clamped at 0: the batch's formula
         row = torch.addmv(self._sqnorm[:t + 1] + sq, keys, x, alpha=-2.0).clamp_min_(0.0)
-        row.mul_(-0.5 / self.sigma**2)
+        gaussian_scores_(row, self.sigma)
         row[t] = 0.0  # k(x_t, x_t) = 1 exactly, as in the batch
         return row
 
@@ -114,6 +114,8 @@ class Streaming:
         r_w = self._prev_w if reuse else self._weights(self._prev, shift)
         p_w = self._weights(row[:t], shift) if self.kernel == "softmax" else weights[:t]
         diag = float(r_w[t - 1]) + self.ridge * math.exp(-shift)
+        if diag == 0 and self.kernel == "linear":  # x_{t-1} = 0: its columns are 0, alpha_t = 0 (as the batch)
+            diag = math.inf
         if not diag != 0:
             raise ValueError(
                 "infinite depth needs R[t,t] + ridge > 0 for every t (a zero token with the linear "

@@ -84,6 +84,24 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
     return v
 
 
+def parse_float(text: str) -> float:
+    """argparse ``type`` for a real flag: like ``float`` but a written non-zero number that rounds
+    to 0 or to inf in float64 (``1e-400``, ``1e400``) is refused instead of silently changed."""
+    import argparse
+    import re
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    mantissa = re.split("[eE]", text.strip())[0]
+    if v == 0 and re.search("[1-9]", mantissa):
+        raise argparse.ArgumentTypeError(f"{text} underflows to 0 in float64")
+    if math.isinf(v) and not re.search("inf", text, re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"{text} overflows float64")
+    return v
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = MAX_INT) -> int:
     """An integer (an integral float such as 3.0 is accepted) within [minimum, maximum]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..api import BACKENDS, DTYPES, TOKENS, predict
 from ..io import check_output_path, load_array, save_array
 from ..kernels import KERNELS
+from ..validation import parse_float
 
 
 def add_parser(sub) -> None:
@@ -13,11 +14,11 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d))")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the predictions (.npy)")
     p.add_argument("--kernel", default="exp", help=f"one of {', '.join(KERNELS)} (default exp)")
-    p.add_argument("--beta", type=float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
-    p.add_argument("--sigma", type=float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
+    p.add_argument("--beta", type=parse_float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
+    p.add_argument("--sigma", type=parse_float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
     p.add_argument("--depth", default="16", help="number of layers N >= 0, or inf (default 16)")
-    p.add_argument("--step", type=float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
-    p.add_argument("--ridge", type=float, default=0.0, help="ridge lambda >= 0 (default 0)")
+    p.add_argument("--step", type=parse_float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
+    p.add_argument("--ridge", type=parse_float, default=0.0, help="ridge lambda >= 0 (default 0)")
     p.add_argument("--backend", default="descent", choices=BACKENDS)
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
