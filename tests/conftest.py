@@ -16,3 +16,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max(|b|, tiny): relative error over a whole array."""
     scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
     return float((a - b).abs().max() / scale)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the CLI fuzz suite (tests/test_fuzz.py) 20 times bigger")
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz-long", default=False):
+        os.environ["CKD_FUZZ_LONG"] = "1"  # read by tests/test_fuzz.py when it is collected

@@ -1,0 +1,228 @@
+"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` and ``evaluate``
+on generated inputs -- arrays of random shapes, dtypes, magnitudes and NaN/inf positions, CSV
+texts, flag values. Every run either exits 0 with finite output of the promised shape, or exits 2
+with exactly one stderr line ``ckd: error: ...``; never a traceback (an exception escaping
+``ckd.cli.main`` fails the test), never a change to IN or to a file the run did not own, no OUT
+after an error.
+
+``ckd.cli.main`` is called in-process (fast), in ``tmp_path`` only. Default size is CI-friendly
+(about 20 s); ``pytest tests/test_fuzz.py --fuzz-long`` runs 20 times more examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckd.cli import main
+
+LONG = 20 if os.environ.get("CKD_FUZZ_LONG") else 1
+FUZZ = dict(deadline=None, derandomize=not LONG > 1, suppress_health_check=list(HealthCheck), database=None)
+COUNTS: dict[str, int] = {}
+_ids = itertools.count()
+
+MAGNITUDES = [0.0, 1e-300, 1e-160, 1e-10, 0.5, 1.0, 3.0, 1e10, 1e100, 1e160, 1e300]
+DTYPES = ["<f8", "<f4", ">f8", "<f2", "<i8", "|b1", "<c16", "<U3"]
+
+
+@st.composite
+def arrays(draw) -> np.ndarray:
+    """Small arrays of rank 1..4 (mostly 2 and 3), many dtypes, magnitudes, NaN/inf placed anywhere."""
+    rank = draw(st.sampled_from([1, 2, 2, 2, 3, 3, 4]))
+    shape = tuple(draw(st.integers(0 if draw(st.booleans()) else 1, 5 if i < rank - 1 else 3)) for i in range(rank))
+    if rank >= 2:  # T: enough rows to be interesting
+        shape = shape[:-2] + (draw(st.integers(0, 12)),) + shape[-1:]
+    scale = draw(st.sampled_from(MAGNITUDES))
+    seed = draw(st.integers(0, 2**16))
+    x = np.random.default_rng(seed).normal(size=shape) * scale
+    if x.size and draw(st.booleans()) and draw(st.booleans()):
+        flat = x.reshape(-1)
+        flat[draw(st.integers(0, x.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    if x.size and draw(st.integers(0, 5)) == 0:
+        x[...] = 0.0
+    dtype = draw(st.sampled_from(DTYPES[:3] if draw(st.booleans()) else DTYPES))
+    with np.errstate(all="ignore"):
+        return x.astype(dtype) if dtype != "<U3" else x.astype(str).astype("<U3")
+
+
+@st.composite
+def good_arrays(draw) -> np.ndarray:
+    """Valid trajectories (float64, finite, T >= 3), so that the success path is explored too."""
+    shape = (draw(st.integers(3, 14)), draw(st.integers(1, 3)))
+    if draw(st.booleans()):
+        shape = (draw(st.integers(1, 3)), *shape)
+    scale = draw(st.sampled_from([1e-3, 1.0, 1.0, 10.0, 1e6]))
+    return np.random.default_rng(draw(st.integers(0, 2**16))).normal(size=shape) * scale
+
+
+CSV_TEXT = st.one_of(
+    st.text(alphabet="0123456789.,-+eE naNif#\n\t;x", max_size=80),
+    st.lists(st.lists(st.sampled_from(["1", "-2.5", "0", "1e-400", "1e400", "nan", "", "a", "3e160"]),
+                      min_size=1, max_size=4), min_size=0, max_size=8).map(
+        lambda rows: "\n".join(",".join(r) for r in rows)),
+)
+
+
+def _digest(folder: pathlib.Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _check(argv: list[str], folder: pathlib.Path, capsys, out: pathlib.Path | None, shape, name: str) -> int:
+    """Run ``ckd argv`` and check the promise; return the exit status."""
+    capsys.readouterr()
+    before = _digest(folder)
+    rc = main(argv)
+    captured = capsys.readouterr()
+    after = _digest(folder)
+    COUNTS[f"{name} runs"] = COUNTS.get(f"{name} runs", 0) + 1
+    COUNTS[f"{name} exit {rc}"] = COUNTS.get(f"{name} exit {rc}", 0) + 1
+    assert "Traceback" not in captured.err, (argv, captured.err)
+    changed = {k for k in before if after.get(k) != before[k]} | (set(after) - set(before))
+    owned = {out.name} if out is not None else set()
+    assert changed <= owned, (argv, "changed files it does not own", changed - owned)
+    if rc == 2:
+        lines = captured.err.strip().splitlines()
+        errors = [ln for ln in lines if not ln.startswith("ckd: warning:")]
+        assert len(errors) == 1 and errors[0].startswith("ckd: error: "), (argv, captured.err)
+        assert not changed, (argv, "an error wrote", changed)
+    else:
+        assert rc == 0, (argv, rc, captured.err)
+        if out is not None and shape is not None:
+            res = np.load(out) if out.suffix == ".npy" else np.loadtxt(out, delimiter=",", ndmin=2)
+            assert res.shape == shape and np.isfinite(res).all(), (argv, res.shape, shape)
+    return rc
+
+
+def _write_input(folder: pathlib.Path, data, suffix: str) -> pathlib.Path:
+    path = folder / f"in{suffix}"
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        np.save(path, data) if suffix == ".npy" else np.savetxt(path, np.atleast_2d(data), delimiter=",", fmt="%s")
+    return path
+
+
+def _fresh(tmp_path: pathlib.Path) -> pathlib.Path:
+    folder = tmp_path / f"case{next(_ids)}"
+    folder.mkdir()
+    (folder / "unrelated.npy").write_bytes(b"not ours")  # must survive every run
+    return folder
+
+
+def _shape_of(path: pathlib.Path):
+    """IN's shape as ckd reads it (None when it cannot be read: then only an error is allowed)."""
+    try:
+        from ckd.io import load_array
+
+        return load_array(path).shape
+    except Exception:
+        return None
+
+
+NUM = ["0", "1", "-1", "0.5", "2.5", "32", "1e3", "1e-300", "1e300", "1e-400", "nan", "inf", "-inf", "x"]
+DEPTHS = ["0", "1", "3", "16", "inf", "-1", "2.5", "deep", "1e3"]
+
+
+@settings(max_examples=60 * LONG, **FUZZ)
+@given(data=st.one_of(good_arrays(), arrays(), arrays(), CSV_TEXT), csv=st.booleans(), out_suffix=st.sampled_from([".npy", ".csv"]),
+       flags=st.fixed_dictionaries({}, optional={
+           "--kernel": st.sampled_from(["linear", "exp", "softmax", "gaussian", "cosine"]),
+           "--beta": st.sampled_from(NUM), "--sigma": st.sampled_from(NUM), "--depth": st.sampled_from(DEPTHS),
+           "--step": st.sampled_from(NUM), "--ridge": st.sampled_from(NUM),
+           "--backend": st.sampled_from(["descent", "transformer"]), "--tokens": st.sampled_from(["augmented", "raw"]),
+           "--dtype": st.sampled_from(["float64", "float32"])}))
+def test_fuzz_predict(data, csv, out_suffix, flags, tmp_path, capsys):
+    folder = _fresh(tmp_path)
+    if isinstance(data, str) or (csv and data.ndim == 2 and data.dtype.kind in "fiub"):
+        inp = _write_input(folder, data, ".csv")
+    else:
+        inp = _write_input(folder, data, ".npy")
+    out = folder / f"out{out_suffix}"
+    argv = ["predict", str(inp), "-o", str(out)] + [a for kv in flags.items() for a in kv]
+    _check(argv, folder, capsys, out, _shape_of(inp), "predict")
+
+
+@pytest.mark.xfail(reason="issue 12 item 1 (-o IN) is fixed on another branch (h12a); remove after the merge",
+                   strict=False)
+@settings(max_examples=10 * LONG, **FUZZ)
+@given(data=arrays(), command=st.sampled_from(["predict", "forecast"]), spelling=st.sampled_from(["same", "dot"]))
+def test_fuzz_output_is_input(data, command, spelling, tmp_path, capsys):
+    """-o IN (also spelt ./IN) is refused: IN is never overwritten."""
+    folder = _fresh(tmp_path)
+    inp = _write_input(folder, data, ".npy")
+    out = inp if spelling == "same" else inp.parent / "." / inp.name
+    assert _check([command, str(inp), "-o", str(out)], folder, capsys, None, None, command) == 2
+
+
+@settings(max_examples=40 * LONG, **FUZZ)
+@given(data=st.one_of(good_arrays(), good_arrays(), arrays(), CSV_TEXT), flags=st.fixed_dictionaries({}, optional={
+    "--method": st.sampled_from(["ckd", "analogues", "krr", "ols", "last", "transformer", "magic"]),
+    "--sigma": st.sampled_from(NUM), "--ridge": st.sampled_from(NUM), "--k": st.sampled_from(["1", "3", "0", "-2", "2.5"]),
+    "--depth": st.sampled_from(["1", "inf", "2", "0"])}))
+def test_fuzz_forecast(data, flags, tmp_path, capsys):
+    folder = _fresh(tmp_path)
+    inp = _write_input(folder, data, ".csv" if isinstance(data, str) else ".npy")
+    out = folder / "out.npy"
+    argv = ["forecast", str(inp), "-o", str(out)] + [a for kv in flags.items() for a in kv]
+    _check(argv, folder, capsys, out, _shape_of(inp), "forecast")
+
+
+TRAIN_FLAGS = {  # mostly valid values, so that runs get past validation
+    "--task": st.sampled_from(["linear", "periodic", "rotation-tanh", "periodic", "spiral"]),
+    "--attention": st.sampled_from(["linear", "softmax", "exp", "gaussian", "softmax", "none"]),
+    "--layers": st.sampled_from(["1", "2", "1", "0"]), "--batch": st.sampled_from(["1", "3", "2", "0"]),
+    "--length": st.sampled_from(["4", "6", "8", "1"]), "--dim": st.sampled_from(["1", "2", "2", "0"]),
+    "--lr": st.sampled_from(["1e-3", "1e-2", "1e-3", "0", "nan", "1e300", "1e6"]),
+    "--seed": st.sampled_from(["0", "7", "3", "-1", str(2**70)]), "--warmup": st.sampled_from(["0", "1", "-3"]),
+    "--dtype": st.sampled_from(["float32", "float64"]),
+}
+
+
+@pytest.mark.xfail(reason="found by this suite, fixed on another branch (h12a, issue 12 items 2, 7, 8): "
+                          "--lr 1e300 is a RuntimeError traceback in AdamW; --out D with someone else's "
+                          "metrics.jsonl overwrites it. Remove this mark after the merge.", strict=False)
+@settings(max_examples=8 * LONG, **FUZZ)
+@given(flags=st.fixed_dictionaries({}, optional=TRAIN_FLAGS), steps=st.sampled_from(["1", "2", "2", "0"]),
+       existing=st.booleans())
+def test_fuzz_train(flags, steps, existing, tmp_path, capsys):
+    flags = {"--length": "6", "--batch": "2", "--layers": "1", **flags}  # small unless drawn
+    folder = _fresh(tmp_path)
+    run = folder / "run"
+    if existing:  # a folder with someone else's file: must not be touched
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("theirs\n")
+    argv = ["train", "--out", str(run), "--steps", steps, "--quiet", "--log-every", "1", "--eval-every", "1"]
+    argv += [a for kv in flags.items() for a in kv]
+    rc = _check(argv, folder, capsys, None, None, "train")
+    if existing:
+        assert (run / "metrics.jsonl").read_text() == "theirs\n", "another run's metrics.jsonl was overwritten"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fuzz-eval") / "run"
+    assert main(["train", "--task", "periodic", "--dim", "2", "--length", "8", "--batch", "2", "--steps", "2",
+                 "--layers", "1", "--quiet", "--out", str(run)]) == 0
+    return run / "checkpoint.pt"
+
+
+@settings(max_examples=4 * LONG, **FUZZ)
+@given(sequences=st.sampled_from(["2", "3", "0", "1", "-5", "1000000000"]),
+       seed=st.sampled_from([None, "0", "-1", str(2**70)]), out=st.booleans())
+def test_fuzz_evaluate(checkpoint, sequences, seed, out, tmp_path, capsys):
+    folder = _fresh(tmp_path)
+    argv = ["evaluate", str(checkpoint), "--sequences", sequences] + (["--seed", seed] if seed else [])
+    argv += ["--out", str(folder / "eval")] if out else []
+    _check(argv, folder, capsys, None, None, "evaluate")
+
+
+def test_fuzz_counts_are_reported():
+    """Prints the counts of the runs above (pytest -s shows them)."""
+    print("\nfuzz counts:", dict(sorted(COUNTS.items())))
