@@ -146,3 +146,21 @@ def test_demo_runs(capsys):
     inf = rows[("linear", "linear", "inf")]
     assert inf[max(TIMES)] < 1e-2 * inf[min(TIMES)]  # depth inf learns the orthogonal map in context
     assert rows[("linear", "linear", "16")][max(TIMES)] > 1e3  # finite depth: the non-normal transient
+
+
+def test_cli_descent_edge_values_are_one_line_or_exact(tmp_path, capsys):
+    """issue 12, items 7 and 12: --sigma 1e-300 (2 sigma^2 underflows) runs; --step 1e-400 (0 as a
+    float) and --step 1e400 are refused with one line rather than silently changed."""
+    from ckd.cli import main as cli
+
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "p.npy"
+    assert cli(["predict", str(tmp_path / "x.npy"), "-o", str(out), "--kernel", "gaussian", "--sigma", "1e-300"]) == 0
+    assert np.isfinite(np.load(out)).all()
+    for flag in (["--step", "1e-400"], ["--step", "1e400"], ["--beta", "1e-999"]):
+        out.unlink(missing_ok=True)
+        capsys.readouterr()
+        assert cli(["predict", str(tmp_path / "x.npy"), "-o", str(out), *flag]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "flows" in err[0] and not out.exists()

@@ -256,3 +256,21 @@ def test_raw_token_model_refuses_a_trajectory_longer_than_its_positions(tmp_path
     assert forecast(henon(8), "transformer", checkpoint=tmp_path / "checkpoint.pt").shape == (8, 2)
     with pytest.raises(ValueError, match="positions up to 8"):
         forecast(henon(9), "transformer", checkpoint=tmp_path / "checkpoint.pt")
+
+
+def test_forecast_that_cannot_fit_is_refused(tmp_path, capsys):
+    """T = 20000, d = 1 used 13 GB and crashed (issue 12, item 7): the (T, T) methods estimate their
+    memory first and refuse with one line; the linear-in-T methods still run."""
+    from ckd.forecast import memory_needed
+    from ckd.validation import NotEnoughMemory, available_memory
+
+    x = np.cumsum(np.random.default_rng(0).normal(size=(20000, 1)), 0)
+    assert memory_needed("ckd", 1, 1, 20000, 1) > 5e10
+    free = available_memory()
+    if free is not None and free < memory_needed("ckd", 1, 1, 20000, 1):
+        with pytest.raises(NotEnoughMemory, match="needs about .* GB but .* available; .*smaller T"):
+            forecast(x)
+        np.save(tmp_path / "x.npy", x)
+        assert main(["forecast", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "f.npy").exists()
+    assert forecast(x[:2000], "ols").shape == (2000, 1)

@@ -131,7 +131,8 @@ DEPTHS = ["0", "1", "3", "16", "inf", "-1", "2.5", "deep", "1e3"]
 
 
 @settings(max_examples=60 * LONG, **FUZZ)
-@given(data=st.one_of(good_arrays(), arrays(), arrays(), CSV_TEXT), csv=st.booleans(), out_suffix=st.sampled_from([".npy", ".csv"]),
+@given(data=st.one_of(good_arrays(), arrays(), arrays(), CSV_TEXT), csv=st.booleans(),
+       out_suffix=st.sampled_from([".npy", ".csv"]),
        flags=st.fixed_dictionaries({}, optional={
            "--kernel": st.sampled_from(["linear", "exp", "softmax", "gaussian", "cosine"]),
            "--beta": st.sampled_from(NUM), "--sigma": st.sampled_from(NUM), "--depth": st.sampled_from(DEPTHS),
@@ -164,7 +165,8 @@ def test_fuzz_output_is_input(data, command, spelling, tmp_path, capsys):
 @settings(max_examples=40 * LONG, **FUZZ)
 @given(data=st.one_of(good_arrays(), good_arrays(), arrays(), CSV_TEXT), flags=st.fixed_dictionaries({}, optional={
     "--method": st.sampled_from(["ckd", "analogues", "krr", "ols", "last", "transformer", "magic"]),
-    "--sigma": st.sampled_from(NUM), "--ridge": st.sampled_from(NUM), "--k": st.sampled_from(["1", "3", "0", "-2", "2.5"]),
+    "--sigma": st.sampled_from(NUM), "--ridge": st.sampled_from(NUM),
+    "--k": st.sampled_from(["1", "3", "0", "-2", "2.5"]),
     "--depth": st.sampled_from(["1", "inf", "2", "0"])}))
 def test_fuzz_forecast(data, flags, tmp_path, capsys):
     folder = _fresh(tmp_path)
