@@ -202,7 +202,7 @@ def test_fuzz_train(flags, steps, existing, tmp_path, capsys):
         (run / "metrics.jsonl").write_text("theirs\n")
     argv = ["train", "--out", str(run), "--steps", steps, "--quiet", "--log-every", "1", "--eval-every", "1"]
     argv += [a for kv in flags.items() for a in kv]
-    rc = _check(argv, folder, capsys, None, None, "train")
+    _check(argv, folder, capsys, None, None, "train")
     if existing:
         assert (run / "metrics.jsonl").read_text() == "theirs\n", "another run's metrics.jsonl was overwritten"
 
