@@ -380,3 +380,14 @@ def test_work_that_cannot_fit_is_refused_before_allocating():
     from ckd.descent import memory_needed
 
     assert memory_needed(_x(B=1, T=10), 4, rows=10) == 3 * 10 * 10 * 8 + 8 * 10 * 3 * 8
+
+
+def test_rows_whose_weight_is_below_float_resolution_are_inside_the_region():
+    """exp with beta |x|^2 in the hundreds: most R[t, t] are ~1e-200 of the largest, so
+    eta R[t, t] ~ 1e-236 and 1 - eta R[t, t] rounds to 1; those rows converge (slowly) and used
+    to be reported 'outside the convergence region'. The result is the definition, no warning."""
+    x = _x(B=1, T=8) * torch.linspace(1.0, 24.0, 8, dtype=torch.float64)[None, :, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = descend(x, "exp", depth=3)[0]
+    assert rel_err(out, _stored_definition(x, "exp", 3)) < RTOL

@@ -74,13 +74,27 @@ def default_log_step(mats: CausalMatrices, ridge: float = 0.0) -> float:
     return _default_log_step(diagonal(mats), mats.log_scale, ridge)
 
 
-def _default_log_step(diag: Tensor, log_scale: Tensor, ridge: float) -> float:
-    if diag.numel() == 0:
-        return math.log(0.5 / ridge if ridge > 0 else 0.5)
+def _log_diagonal(diag: Tensor, log_scale: Tensor, ridge: float, exact: Tensor | None = None) -> Tensor:
+    """log (R[t, t] + lambda) in true units, (B, T-1). ``exact``: log R[t, t] computed without
+    exp (beta |x_{t-1}|^2 for the exp kernel), used where the stored weight underflowed to 0."""
     log_diag = diag.log() + log_scale[:, None]
+    if exact is not None:
+        log_diag = torch.where(diag > 0, log_diag, exact)
     if ridge > 0:
         log_diag = torch.logaddexp(log_diag, torch.full_like(log_diag, math.log(ridge)))
-    top = float(log_diag.max())
+    return log_diag
+
+
+def _exact_log_diagonal(x: Tensor, kernel: str, beta: float) -> Tensor | None:
+    """log R[t, t] = beta |x_{t-1}|^2 (t >= 1) for the exp kernel, whose stored diagonal may underflow
+    after the rescaling by the largest weight; None for the other kernels (exact as stored)."""
+    return beta * x[:, :-1].square().sum(-1) if kernel == "exp" else None
+
+
+def _default_log_step(diag: Tensor, log_scale: Tensor, ridge: float, exact: Tensor | None = None) -> float:
+    if diag.numel() == 0:
+        return math.log(0.5 / ridge if ridge > 0 else 0.5)
+    top = float(_log_diagonal(diag, log_scale, ridge, exact).max())
     if top == -math.inf:
         return -math.inf
     eta = 0.5 * math.exp(-top)  # the float the definition gives, when it is one
@@ -113,11 +127,12 @@ def check_step(mats: CausalMatrices, step: float, ridge: float) -> bool:
 def _check_step(diag: Tensor, log_scale: Tensor, log_step: float, ridge: float) -> bool:
     """The convergence test. A row with R[t,t] + lambda = 0 (a zero token with the linear kernel)
     is left out: its column of P and R is 0 too (|k(a, b)|^2 <= k(a, a) k(b, b)), so its residual
-    never reaches a prediction."""
+    never reaches a prediction. A row with eta (R[t,t] + lambda) below the float's resolution
+    converges (slowly): 0 < eta (R[t,t] + lambda) < 2 is tested, not the rounded 1 - eta (...)."""
     eta, lam = _effective(log_scale, log_step, ridge)
     total = diag + lam[:, :, 0]
-    factor = 1.0 - eta[:, :, 0] * total
-    return bool(((factor.abs() < 1) | (total == 0)).all())
+    product = eta[:, :, 0] * total  # |1 - product| < 1 iff 0 < product < 2, without 1 - 1e-300 rounding to 1
+    return bool((((product > 0) & (product < 2)) | (total == 0)).all())
 
 
 def _format_step(log_step: float) -> str:
@@ -140,15 +155,12 @@ def _warn_step(log_step: float) -> None:
     )
 
 
-def _check_tiny_step(diag: Tensor, log_scale: Tensor, step: float, ridge: float) -> None:
+def _check_tiny_step(diag: Tensor, log_scale: Tensor, step: float, ridge: float, exact: Tensor | None = None) -> None:
     """An explicit step so small that eta (R[t,t] + lambda) is below the dtype's smallest normal
     number on every row: the layers would change nothing. A clear error rather than silent zeros."""
     if not step > 0 or diag.numel() == 0:
         return
-    log_diag = (diag.log() + log_scale[:, None])
-    if ridge > 0:
-        log_diag = torch.logaddexp(log_diag, torch.full_like(log_diag, math.log(ridge)))
-    top = float(log_diag.max())
+    top = float(_log_diagonal(diag, log_scale, ridge, exact).max())
     dtype = str(diag.dtype).replace("torch.", "")
     if top > -math.inf and math.log(step) + top < math.log(torch.finfo(diag.dtype).tiny):
         raise ValueError(f"step {step:.4g} underflows: eta * max_t (R[t,t] + ridge) = "
@@ -492,10 +504,11 @@ def descend(
         y = targets(x)
         if infinite:
             return infinite_depth(mats, y, ridge, zero_columns=kernel == "linear")
+        exact = _exact_log_diagonal(x, kernel, beta)
         if step is None:
-            log_step = default_log_step(mats, ridge)
+            log_step = _default_log_step(diagonal(mats), mats.log_scale, ridge, exact)
         else:
-            _check_tiny_step(diagonal(mats), mats.log_scale, float(step), ridge)
+            _check_tiny_step(diagonal(mats), mats.log_scale, float(step), ridge, exact)
             log_step = _log(float(step))
         return _finite(mats, y, depth, log_step, ridge, return_all)
     return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else depth, step, ridge,
@@ -517,10 +530,11 @@ def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: i
             parts.append(torch.diagonal(R, offset=start, dim1=-2, dim2=-1).clone())
             del P, R  # before the next block is built
         diag = torch.cat(parts, 1)[:, 1:]
+        exact = _exact_log_diagonal(x, kernel, beta)
         if step is None:
-            log_step = _default_log_step(diag, log_scale, ridge)
+            log_step = _default_log_step(diag, log_scale, ridge, exact)
         else:
-            _check_tiny_step(diag, log_scale, float(step), ridge)
+            _check_tiny_step(diag, log_scale, float(step), ridge, exact)
         if not _check_step(diag, log_scale, log_step, ridge):
             _warn_step(log_step)
     n_blocks = -(-x.shape[1] // rows)
