@@ -391,3 +391,11 @@ def test_rows_whose_weight_is_below_float_resolution_are_inside_the_region():
         warnings.simplefilter("error")
         out = descend(x, "exp", depth=3)[0]
     assert rel_err(out, _stored_definition(x, "exp", 3)) < RTOL
+
+
+def test_step_that_overflows_the_dtype_is_one_clear_error():
+    """Found by tests/test_fuzz.py: --step 1e300 --dtype float32 was a RuntimeError from torch."""
+    x = _x(B=1, T=4).float()
+    with pytest.raises(ValueError, match="overflows float32; use a smaller step or float64"), \
+            pytest.warns(StabilityWarning, match="outside the convergence region"):
+        descend(x, "exp", depth=2, step=1e300)

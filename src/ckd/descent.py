@@ -225,6 +225,11 @@ def _finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float,
     alpha = float(eta.flatten()[0]) if uniform and B > 0 else 1.0
     step_ridge = math.exp(log_step + math.log(ridge)) if ridge > 0 and log_step > -math.inf else 0.0
     decay = 1.0 - step_ridge  # eta * lambda is the same in stored and true units
+    top = torch.finfo(y.dtype).max
+    if not (abs(alpha) <= top and abs(decay) <= top and bool((eta <= top).all())):
+        dtype = str(y.dtype).replace("torch.", "")
+        raise ValueError(f"step {_format_step(log_step)} (with ridge {ridge:g}) overflows {dtype}; "
+                         "use a smaller step" + (" or float64" if y.dtype != torch.float64 else ""))
     history = y.new_zeros(depth + 1, B, T, d) if return_all else None
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block
