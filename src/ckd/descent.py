@@ -234,7 +234,7 @@ def _finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float,
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block
     r_max = torch.linalg.vector_norm(y, math.inf)  # running max: one fused reduction per layer, no sync
-    bar = _progress(depth * n_blocks, "causal kernel descent", "layer")
+    bar = _progress(depth * n_blocks, "causal kernel descent", "layer", work=2.0 * depth * B * T * T * d / 2)
     for start, stop, P, R in blocks:
         if kept is None and stop < T:
             kept = y.new_empty(depth, B, T, d)
@@ -263,10 +263,13 @@ def _finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float,
 PROGRESS_MIN_STEPS = 1000  # below this many layer-blocks no bar is created at all
 
 
-def _progress(total: int, desc: str, unit: str, min_steps: int = PROGRESS_MIN_STEPS):
+PROGRESS_MIN_WORK = 1e10  # or above this many multiply-adds (about a second or more)
+
+
+def _progress(total: int, desc: str, unit: str, min_steps: int = PROGRESS_MIN_STEPS, work: float = 0.0):
     """A tqdm bar on stderr for long loops: only when stderr is a terminal (``disable=None``) and
     only once the work has lasted 2 s (``delay``); None for short loops (no overhead)."""
-    if total < min_steps:
+    if total < min_steps and work < PROGRESS_MIN_WORK:
         return None
     from tqdm.auto import tqdm
 
@@ -331,7 +334,7 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     if p.numel() == 0:  # no sequence or no coordinate
         return p
     a_maxes = [y.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
-    bar = _progress(n_blocks, "causal kernel descent, depth inf", "block", min_steps=8)
+    bar = _progress(n_blocks, "causal kernel descent, depth inf", "block", min_steps=8, work=B * T * T * d / 2)
     for start, stop, P, R in blocks:
         if bar is not None:
             bar.update()
