@@ -501,6 +501,8 @@ def descend(
         step = None if step is None else float(step) * c * c
         if step is not None and not math.isfinite(step):
             raise ValueError(f"step is too large for inputs of size 2^{k}: eta * max_t R[t,t] overflows")
+        if not math.isfinite(ridge / c / c):
+            raise ValueError(f"ridge {ridge:g} is too large for inputs of size 2^{k}: lambda / |x|^2 overflows")
         out = descend(x / c, kernel, beta=beta, sigma=sigma, depth=depth, step=step, ridge=ridge / c / c,
                       return_all=return_all, memory_budget=memory_budget)
         return out * c
