@@ -95,3 +95,11 @@ def test_float32_streaming_is_close_to_float64():
     x = _unit_x(B=1, T=30, d=3)[0]
     p32 = _stream(x.float(), "gaussian", dtype=torch.float32)
     assert p32.dtype == torch.float32 and rel_err(p32.double(), _batch(x, "gaussian")) < 1e-3
+
+
+def test_token_whose_square_overflows_is_refused_like_the_batch():
+    s = Streaming("linear", dim=2)
+    s.push(np.ones(2))
+    with pytest.raises(ValueError, match="input too large.*rescale it"):
+        s.push(np.array([1e200, 0.0]))
+    assert len(s) == 1  # the bad token was not added

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .kernels import check_kernel, gaussian_scores_
-from .validation import as_dtype, check_number
+from .validation import as_dtype, check_number, check_squares
 
 
 class Streaming:
@@ -163,7 +163,13 @@ class Streaming:
         if x.shape != (self.dim,):
             raise ValueError(f"x_t must have shape ({self.dim},), got {tuple(x.shape)}")
         # numpy's check on a CPU token costs ~1 us, torch's ~25 us (op dispatch): this is the hot path
-        finite = np.isfinite(x.numpy()).all() if x.device.type == "cpu" else torch.isfinite(x).all()
+        if x.device.type == "cpu":
+            a = x.numpy()
+            finite, big = np.isfinite(a).all(), float(np.abs(a).max())
+        else:
+            finite, big = torch.isfinite(x).all(), float(x.abs().max())
         if not bool(finite):
             raise ValueError("x_t contains NaN or inf")
+        if big * big * self.dim >= torch.finfo(self.dtype).max / 4:  # rare: the batch's rule, ckd.validation
+            check_squares(x[None], "x_t")
         return x
