@@ -440,7 +440,11 @@ def _check_memory(x: Tensor, depth: int | str, rows: int, return_all: bool) -> N
 
 
 def _default_budget(x: Tensor) -> float:
-    """``DEFAULT_MEMORY_BUDGET``, or half the memory free on x's device when that is less."""
+    """``DEFAULT_MEMORY_BUDGET``, or half the memory free on x's device when that is less (asked
+    only when the whole (B, T, T) matrices would take more than 256 MB)."""
+    B, T, _ = x.shape
+    if 3 * B * T * T * x.element_size() < 2**28:
+        return DEFAULT_MEMORY_BUDGET
     free = available_memory(x.device)
     return DEFAULT_MEMORY_BUDGET if free is None else max(2**24, min(DEFAULT_MEMORY_BUDGET, free // 2))
 
