@@ -164,3 +164,17 @@ def test_cli_descent_edge_values_are_one_line_or_exact(tmp_path, capsys):
         assert cli(["predict", str(tmp_path / "x.npy"), "-o", str(out), *flag]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "flows" in err[0] and not out.exists()
+
+
+def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    """Behind the memory estimates: if an allocation still fails, one line, exit 2, no OUT."""
+    import ckd.commands.predict as cmd
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes")
+
+    monkeypatch.setattr(cmd, "predict", fail)
+    np.save(tmp_path / "x.npy", np.ones((4, 2)))
+    assert main(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ckd: error: out of memory (80 GB asked)") and not (tmp_path / "p.npy").exists()

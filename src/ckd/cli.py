@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import warnings
 
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, OSError, FloatingPointError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"ckd: error: {message}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # a safety net behind the memory estimates
+        text = str(err)
+        if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text:
+            raise
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked)" if asked else ""
+        print(f"ckd: error: out of memory{size}; use a smaller input (shorter, fewer sequences or layers)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ckd: interrupted", file=sys.stderr)
