@@ -171,10 +171,12 @@ def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
     import ckd.commands.predict as cmd
 
     def fail(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 80000000000 bytes")
 
     monkeypatch.setattr(cmd, "predict", fail)
     np.save(tmp_path / "x.npy", np.ones((4, 2)))
     assert main(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ckd: error: out of memory (80 GB asked)") and not (tmp_path / "p.npy").exists()
+    assert len(err) == 1 and err[0].startswith("ckd: error: out of memory (80 GB asked)")
+    assert not (tmp_path / "p.npy").exists()
