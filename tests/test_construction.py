@@ -201,3 +201,19 @@ def test_cli_transformer_equals_descent(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "depth 'inf' needs the descent backend" in err
     assert not bad.exists()
+
+
+def test_transformer_backend_default_step_is_exact_when_it_underflows():
+    """issue 12, item 12 for the transformer backend: exp with beta = 1e3 on unit vectors, where
+    the default step 0.5 e^-1000 underflows as a float: equal to the descent, without a warning."""
+    import warnings
+
+    import ckd
+
+    x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ckd.predict(x, "exp", beta=1e3, depth=4, backend="transformer")
+    want = descend(x, "exp", beta=1e3, depth=4)
+    assert (want != 0).any() and rel_err(got, want) < 1e-9

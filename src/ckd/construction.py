@@ -55,7 +55,17 @@ import warnings
 import torch
 from torch import Tensor
 
-from .descent import StabilityWarning, _check_growth, check_step, default_step
+from .descent import (
+    StabilityWarning,
+    _check_growth,
+    _check_step,
+    _default_log_step,
+    _exact_log_diagonal,
+    _format_step,
+    check_step,  # noqa: F401 - public names used by callers of this module
+    default_step,  # noqa: F401
+    diagonal,
+)
 from .kernels import causal_matrices, check_kernel
 from .transformer import CausalTransformer, TransformerConfig, sinusoidal_frequencies
 
@@ -82,6 +92,7 @@ def construct(
     dtype: torch.dtype = torch.float64,
     positional: str = "onehot",
     log_scale: float = 0.0,
+    log_step: float | None = None,
 ) -> CausalTransformer:
     """Weights implementing depth-`depth` CKD (two heads per layer: residual head, query x_{t-1};
     prediction head, query x_t; keys x_{s-1}; values r_s; row 0 masked as a key; ridge as a
@@ -89,9 +100,13 @@ def construct(
     on one-hot positions; softmax with inverse temperature prev_beta is approximate).
 
     log_scale c >= 0 (``exp`` only): heads compute exp(beta x.x' - c) and write eta e^c times
-    their output, which avoids overflow for large beta (module doc).
+    their output, which avoids overflow for large beta (module doc). ``log_step``: log eta, in
+    place of ``step`` when eta is below the float range but eta e^c is not (the default step of
+    the exp kernel with a large beta |x|^2).
     """
     check_kernel(kernel)
+    if log_step is not None:
+        step = math.exp(log_step)
     _check(dim, depth, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale, kernel)
     shift, d = log_scale > 0, dim
     config = TransformerConfig(
@@ -103,11 +118,12 @@ def construct(
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale)
+        _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale, log_step)
     return model.to(dtype)
 
 
-def _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale) -> None:
+def _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta, positional, log_scale,
+                   log_step=None) -> None:
     """Fill the zeroed parameters of ``model`` with the layout of the module doc (float64)."""
     config, shift = model.config, log_scale > 0
     S = slots(d)
@@ -115,6 +131,8 @@ def _write_weights(model, kernel, d, step, beta, sigma, ridge, tokens, prev_beta
     a, b = {"linear": (1.0, 1.0), "exp": (beta, 1.0), "softmax": (beta, 1.0),
             "gaussian": (1.0 / sigma, 1.0 / sigma)}[kernel]
     gain = math.exp(math.log(step) + log_scale) if step > 0 and log_scale > 0 else step  # eta e^c
+    if log_step is not None and log_scale > 0:
+        gain = math.exp(log_step + log_scale)
 
     W = model.embed.weight  # (width, d_in)
     if tokens == "augmented":  # input (x_{t-1}, x_t, 1)
@@ -217,17 +235,24 @@ def run_constructed(
         raise ValueError(f"the transformer needs a finite integer depth, got {depth!r}")
     B, T, d = x.shape
     mats = causal_matrices(x, kernel, beta, sigma)
-    eta = default_step(mats, ridge) if step is None else float(step)
-    if depth > 0 and not check_step(mats, eta, ridge):
+    diag = diagonal(mats)
+    if step is None:  # in log units: exact also where eta underflows (ckd.descent.descend)
+        log_step = _default_log_step(diag, mats.log_scale, ridge, _exact_log_diagonal(x, kernel, beta))
+    else:
+        log_step = math.log(step) if step > 0 else -math.inf
+    eta = math.exp(log_step)
+    if depth > 0 and not _check_step(diag, mats.log_scale, log_step, ridge):
         warnings.warn(
-            f"step {eta:.4g} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1 of this input; "
+            f"step {_format_step(log_step)} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1 "
+            "of this input; "
             "the constructed transformer's output diverges as depth grows",
             StabilityWarning,
             stacklevel=3,
         )
     log_scale = float(mats.log_scale.max()) if kernel == "exp" and T > 1 else 0.0
     model = construct(kernel, dim=d, depth=depth, step=eta, beta=beta, sigma=sigma, ridge=ridge, tokens=tokens,
-                      prev_beta=prev_beta, max_len=max(T, 1), dtype=x.dtype, log_scale=log_scale).to(x.device)
+                      prev_beta=prev_beta, max_len=max(T, 1), dtype=x.dtype, log_scale=log_scale,
+                      log_step=log_step if step is None and log_step > -math.inf else None).to(x.device)
     with torch.no_grad():
         pred, hidden = model(x, return_hidden=True)
     # the same overflow error and non-normal growth warning as the descent: max_l |r_l| / |y| (rows >= 1)
