@@ -313,6 +313,9 @@ def descend(
     ridge: float = 0.0,
     return_all: bool = False,
     memory_budget: float | None = None,
+    method: str = "auto",
+    features: int | None = None,
+    feature_seed: int = 0,
 ) -> Tensor:
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
@@ -320,13 +323,27 @@ def descend(
     step None means eta = 0.5 / max_t (R[t,t] + lambda) over the batch.
     memory_budget: bytes of (T, T)-sized working memory (default 4 GiB); above it, rows are
     processed in blocks (same result, each block's kernel rows built once; see module doc).
+    method: "auto" (default) runs the exact linear-time forms of ``ckd.linear_time`` for the
+    linear kernel (O(T d^2), no T x T matrix) and the dense T x T path otherwise; "dense" forces
+    the dense path (the reference); "linear" forces linear time (linear kernel or features only).
+    features: D random features for exp / softmax / gaussian (``ckd.linear_time.features``; an
+    approximation of the kernel, never used unless asked), drawn with ``feature_seed``; with
+    method="dense" the dense path runs on the Gram matrix of the kernel phi.phi (a reference).
     """
+    from . import linear_time
+
+    features = linear_time.check_features(kernel, features, feature_seed, beta)
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
+    if linear_time.uses_linear_time(kernel, method, features) and x.numel():
+        return linear_time.descend(x, kernel, beta=beta, sigma=sigma, depth="inf" if infinite else depth,
+                                   step=step, ridge=ridge, return_all=return_all, features=features,
+                                   feature_seed=feature_seed)
     rows = block_rows(x, memory_budget)
-    if rows >= x.shape[1] or x.numel() == 0:
-        mats = causal_matrices(x, kernel, beta, sigma)
+    if features is not None or rows >= x.shape[1] or x.numel() == 0:  # features: whole matrices (reference)
+        mats = (causal_matrices(x, kernel, beta, sigma) if features is None else
+                linear_time.feature_matrices(x, kernel, features, feature_seed, beta=beta, sigma=sigma))
         y = targets(x)
         if infinite:
             return infinite_depth(mats, y, ridge)
