@@ -285,3 +285,22 @@ def test_float32_feature_sum_is_finite_or_the_clear_error():
             assert "overflow" in str(err) or "ridge" in str(err)
         else:
             assert torch.isfinite(p).all() and not math.isnan(float(p.sum()))
+
+
+# ---------------------------------------------------------------- long contexts (experiment)
+
+def test_context_length_experiment_quick(tmp_path):
+    """``ckd reproduce context-length --quick``: figure and numbers written; on Henon the error of
+    the nearest analogue and of the random-feature delta rule fall as the context grows."""
+    pytest.importorskip("dysts")
+    import json
+
+    from ckd.experiments import load
+
+    load("context-length").run(tmp_path, quick=True, seed=0, device="cpu")
+    for suffix in ("png", "pdf", "json"):
+        assert (tmp_path / f"context-length.{suffix}").stat().st_size > 0
+    r = json.loads((tmp_path / "context-length.json").read_text())["systems"]["map:Henon"]["median_error"]
+    assert r["analogues"][-1] < r["analogues"][0] / 2
+    assert min(r["rff-0.1"][-1], r["rff-0.3"][-1]) < min(r["rff-0.1"][0], r["rff-0.3"][0]) / 2
+    assert r["last"][-1] > 0.5  # the trivial forecaster does not improve with context
