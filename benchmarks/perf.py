@@ -390,38 +390,44 @@ def streaming_linear(T: int, d: int, device: str) -> dict:
 
 
 def section_features(cfg) -> dict:
-    """Random features (``features=D``) against the exact kernel: on periodic sequences (SPEC §5,
-    B sequences, d = 5, unit sphere) the relative difference of the predictions from the exact
-    dense CKD, the next-token errors of both against the truth (median over the last quarter of
-    the rows), and the time of each."""
+    """Random features (``features=D``) against the exact kernel, B sequences, d = 5: periodic
+    sequences on the sphere (SPEC §5, every kernel) and a non-periodic task (rotation-tanh,
+    gaussian kernel with a ridge). Per case: the relative difference of the predictions from
+    the exact dense CKD, the next-token errors of both against the truth (median over the last
+    quarter of the rows), and the wall time of each (one call)."""
     B, T, d = cfg.feat_B, cfg.feat_T, 5
-    task = ckd.make_task("periodic", B, T, d, seed=0, period=cfg.feat_period)
-    x = task.x.to(cfg.device)
-    cases = [("gaussian", {"sigma": 0.5}, "inf"), ("exp", {"beta": 1.0}, "inf"),
-             ("softmax", {"beta": 32.0}, 1), ("softmax", {"beta": 4.0}, "inf")]
+    periodic_x = ckd.make_task("periodic", B, T, d, seed=0, period=cfg.feat_period).x.to(cfg.device)
+    tanh_x = ckd.make_task("rotation-tanh", B, T, d, seed=0).x.to(cfg.device)
+    cases = [("periodic", periodic_x, "gaussian", {"sigma": 0.5}, "inf"),
+             ("periodic", periodic_x, "exp", {"beta": 1.0}, "inf"),
+             ("periodic", periodic_x, "softmax", {"beta": 32.0, "step": 1.0}, 1),
+             ("periodic", periodic_x, "softmax", {"beta": 4.0}, "inf"),
+             ("rotation-tanh", tanh_x, "gaussian", {"sigma": 0.5, "ridge": 1e-3}, "inf")]
     out = {"B": B, "T": T, "d": d, "period": cfg.feat_period, "cases": []}
 
-    def err(p):
-        e = ckd.next_token_error(p, x)[:, 3 * T // 4:]
-        return float(e.median())
+    def timed(fn):
+        sync(cfg.device)
+        start = time.perf_counter()
+        value = fn()
+        sync(cfg.device)
+        return value, time.perf_counter() - start
 
-    for kernel, opts, depth in cases:
-        step = 1.0 if depth == 1 else None
-        res = interleaved({"exact": lambda: ckd.predict(x, kernel, depth=depth, step=step, **opts)}, 1, cfg.device)
-        exact = ckd.predict(x, kernel, depth=depth, step=step, **opts)
-        case = {"kernel": kernel, "opts": opts, "depth": depth, "exact_time": res["exact"]["wall_median"],
+    for task, x, kernel, opts, depth in cases:
+        def err(p, x=x):
+            return float(ckd.next_token_error(p, x)[:, 3 * T // 4:].median())
+
+        exact, t_exact = timed(lambda: ckd.predict(x, kernel, depth=depth, **opts))
+        case = {"task": task, "kernel": kernel, "opts": opts, "depth": depth, "exact_time": t_exact,
                 "exact_err": err(exact), "D": [], "rel_diff": [], "err": [], "time": []}
         for D in cfg.feat_D:
-            res = interleaved({"f": lambda D=D: ckd.predict(x, kernel, depth=depth, step=step, features=D,
-                                                            **opts)}, 1, cfg.device)
-            p = ckd.predict(x, kernel, depth=depth, step=step, features=D, **opts)
+            p, t_feat = timed(lambda D=D: ckd.predict(x, kernel, depth=depth, features=D, **opts))
             case["D"].append(D)
             case["rel_diff"].append(float((p - exact).norm() / exact.norm()))
             case["err"].append(err(p))
-            case["time"].append(res["f"]["wall_median"])
+            case["time"].append(t_feat)
         out["cases"].append(case)
-        print(f"  {kernel} {opts} depth {depth}: exact err {case['exact_err']:.2e}, features err {case['err']}",
-              file=sys.stderr, flush=True)
+        print(f"  {task} {kernel} {opts} depth {depth}: exact err {case['exact_err']:.2e}, features err "
+              f"{case['err']}", file=sys.stderr, flush=True)
     return out
 
 
@@ -501,6 +507,10 @@ def main(argv=None) -> int:
         print(f"[{name}] {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "results.json"
+    if args.only and previous.exists():  # --only: keep the other sections of an earlier run in this folder
+        kept = json.loads(previous.read_text())
+        results = {**{k: v for k, v in kept.items() if k in SECTIONS and k not in results}, **results}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(report(results))
     figures(results, args.out)
@@ -619,15 +629,16 @@ def report(r: dict) -> str:
             zip(st["t"], st["push_wall"], st["push"])) + f"; last / first {st['ratio_last_first']:.2f}.", ""]
     if "features" in r:
         f = r["features"]
-        lines += [f"### Random features vs the exact kernel (periodic, B={f['B']}, T={f['T']}, d={f['d']}, "
-                  f"period {f['period']})", "",
-                  "| kernel | depth | exact: error (time s) | " + " | ".join(
+        lines += [f"### Random features vs the exact kernel (B={f['B']}, T={f['T']}, d={f['d']}, "
+                  f"period {f['period']} for the periodic task)", "",
+                  "| task: kernel | depth | exact: error (time s) | " + " | ".join(
                       f"D={D}: rel. diff / error / time s" for D in f["cases"][0]["D"]) + " |",
                   "|---|---|---|" + "---|" * len(f["cases"][0]["D"])]
         for c in f["cases"]:
             opts = ", ".join(f"{k}={v:g}" for k, v in c["opts"].items())
             cells = [f"{a:.2g} / {e:.2g} / {t:.2f}" for a, e, t in zip(c["rel_diff"], c["err"], c["time"])]
-            lines.append(f"| {c['kernel']} ({opts}) | {c['depth']} | {c['exact_err']:.2g} ({c['exact_time']:.2f}) | "
+            lines.append(f"| {c.get('task', 'periodic')}: {c['kernel']} ({opts}) | {c['depth']} | "
+                         f"{c['exact_err']:.2g} ({c['exact_time']:.2f}) | "
                          + " | ".join(cells) + " |")
         lines += ["", "rel. diff = |p_features - p_exact| / |p_exact| over all rows; error = median next-token "
                   "error over the last quarter of the rows (the exact kernel's in the third column).", ""]
@@ -697,7 +708,8 @@ def figures(r: dict, out: Path) -> None:
         f = r["features"]
         fig, ax = plt.subplots(figsize=(5, 4))
         for c in f["cases"]:
-            line, = ax.loglog(c["D"], c["err"], "o-", label=f"{c['kernel']} depth {c['depth']} {c['opts']}")
+            label = f"{c.get('task', '')} {c['kernel']} depth {c['depth']} {c['opts']}"
+            line, = ax.loglog(c["D"], c["err"], "o-", label=label)
             ax.axhline(c["exact_err"], color=line.get_color(), ls=":")
         ax.set(xlabel="features D", ylabel="median next-token error", title="random features (dotted: exact kernel)")
         ax.legend(fontsize=6)
