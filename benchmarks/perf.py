@@ -23,13 +23,13 @@ Sections:
   dtypes      float32 vs float64
   long        T = 16384, d = 8 in a fresh process: time and peak resident memory (default budget)
   linear_time the linear kernel's linear-time paths (issue 11): time vs T (512 .. 2^20, B = 1),
-              dense / linear at T = 8192 (B = 16), peak memory at T = 2^20 (fresh processes),
-              ckd.Streaming("linear") push cost at t = 1e3, 1e4, 1e5
+              dense / linear at T = 8192 (B = 16), ckd.Streaming("linear") push cost at t = 1e3, 1e4, 1e5
+  linear_memory  peak memory and time of one call at T = 2^20 (fresh processes)
   features    random features vs the exact kernel: error and time vs D (exp, softmax, gaussian)
 
 The linear-time sections write next to the others with their own --out, e.g.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/perf.py --threads 2 --only linear_time features \
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/perf.py --threads 2 --only linear_time linear_memory features \
         --out docs/figures/performance/linear_time
 """
 
@@ -337,30 +337,42 @@ def section_linear_time(cfg) -> dict:
                              "ratio_wall": res["dense"]["wall_median"] / res["linear"]["wall_median"]}
         print(f"  ratio depth {depth}: {ratio[str(depth)]['ratio']:.1f}", file=sys.stderr, flush=True)
     out["ratio"] = ratio
-    out["memory"] = []
+    out["streaming"] = streaming_linear(cfg.lt_stream, d, cfg.device)
+    return out
+
+
+def section_linear_memory(cfg) -> dict:
+    """Issue 11: one linear-kernel call at T = max(lt_lengths), B = 1, d = 8, each in a fresh process:
+    time and the process's peak resident memory (VmHWM, which a fresh process starts afresh)."""
+    runs = []
     for depth in ("inf", "16"):
         cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()),
                "--lt-worker", depth, str(cfg.lt_lengths[-1]), cfg.device]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out["memory"].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    out["streaming"] = streaming_linear(cfg.lt_stream, d, cfg.device)
-    return out
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return {"runs": runs}
+
+
+def _proc_status_gib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux; VmHWM = peak resident, VmRSS = now) in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20  # kB -> GiB
+    return math.nan
 
 
 def lt_worker(depth: str, T: int, device: str) -> None:
     """One linear-kernel call at length T in a fresh process: wall and CPU time, peak memory, and the
     peak of an empty process (the torch import) for reference."""
-    import resource
-
     warnings.simplefilter("ignore")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     x = data(1, T, 8, device)
+    base = _proc_status_gib("VmRSS")  # torch imported, x made
     sync(device)
     start, cpu = time.perf_counter(), time.process_time()
     p = descend(x, "linear", depth=depth)
     sync(device)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = _proc_status_gib("VmHWM")  # ru_maxrss would carry the parent's peak across fork + exec
     gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     print(json.dumps({"depth": depth, "T": T, "time_s": elapsed, "cpu_s": cpu, "peak_rss_gib": peak,
                       "rss_before_gib": base, "x_gib": x.numel() * 8 / 2**30, "peak_gpu_gib": gpu,
@@ -442,6 +454,7 @@ SECTIONS = {
     "dtypes": section_dtypes,
     "long": section_long,
     "linear_time": section_linear_time,
+    "linear_memory": section_linear_memory,
     "features": section_features,
 }
 
@@ -617,16 +630,18 @@ def report(r: dict) -> str:
             v = ra[depth]
             lines.append(f"| {depth} | {v['dense']['wall_median']:.2f} | {v['linear']['wall_median']:.3f} | "
                          f"{v['ratio_wall']:.0f}x | {v['ratio']:.0f}x |")
-        lines += ["", "Memory, one call in a fresh process (B=1, d=8, float64):", "",
-                  "| depth | T | wall (s) | CPU (s) | peak RSS (GiB) | RSS after importing torch (GiB) | x (GiB) |",
-                  "|---|---|---|---|---|---|---|"]
-        for m_ in lt["memory"]:
-            lines.append(f"| {m_['depth']} | {m_['T']} | {m_['time_s']:.2f} | {m_['cpu_s']:.2f} | "
-                         f"{m_['peak_rss_gib']:.2f} | {m_['rss_before_gib']:.2f} | {m_['x_gib']:.3f} |")
         st = lt["streaming"]
         lines += ["", "`ckd.Streaming(\"linear\")` push (median of 400 pushes around t, d=8): " + ", ".join(
             f"t={t}: {w * 1e6:.1f} us wall ({c * 1e6:.1f} us CPU)" for t, w, c in
             zip(st["t"], st["push_wall"], st["push"])) + f"; last / first {st['ratio_last_first']:.2f}.", ""]
+    if "linear_memory" in r:
+        lines += ["Memory, one linear-kernel call in a fresh process (B=1, d=8, float64):", "",
+                  "| depth | T | wall (s) | CPU (s) | peak RSS (GiB) | RSS before the call (torch, x) (GiB) | x (GiB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for m_ in r["linear_memory"]["runs"]:
+            lines.append(f"| {m_['depth']} | {m_['T']} | {m_['time_s']:.2f} | {m_['cpu_s']:.2f} | "
+                         f"{m_['peak_rss_gib']:.2f} | {m_['rss_before_gib']:.2f} | {m_['x_gib']:.3f} |")
+        lines.append("")
     if "features" in r:
         f = r["features"]
         lines += [f"### Random features vs the exact kernel (B={f['B']}, T={f['T']}, d={f['d']}, "
