@@ -636,7 +636,7 @@ def report(r: dict) -> str:
             zip(st["t"], st["push_wall"], st["push"])) + f"; last / first {st['ratio_last_first']:.2f}.", ""]
     if "linear_memory" in r:
         lines += ["Memory, one linear-kernel call in a fresh process (B=1, d=8, float64):", "",
-                  "| depth | T | wall (s) | CPU (s) | peak RSS (GiB) | RSS before the call (torch, x) (GiB) | x (GiB) |",
+                  "| depth | T | wall (s) | CPU (s) | peak RSS (GiB) | RSS before (torch, x) (GiB) | x (GiB) |",
                   "|---|---|---|---|---|---|---|"]
         for m_ in r["linear_memory"]["runs"]:
             lines.append(f"| {m_['depth']} | {m_['T']} | {m_['time_s']:.2f} | {m_['cpu_s']:.2f} | "
