@@ -162,12 +162,24 @@ def delta_rule_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, ridge: float 
         ac = torch.empty_like(ytil)
         states = y.new_empty(G + 1, B, D, dv)
         states[0] = S
-        for c in range(G):
-            torch.baddbmm(ytil[c], wtil[c], states[c], alpha=-1.0, out=ac[c])
-            torch.baddbmm(states[c], kT[c], ac[c], out=states[c + 1])
+        _sequential(ytil, wtil, kT, ac, states)
         S = states[G]
         ac = ac.transpose(0, 1)  # (B, G, C, dv)
         pc = (qc @ kc.transpose(-1, -2)).tril_() @ ac + qc @ states[:G].transpose(0, 1)
         a[:, start:stop] = ac.flatten(1, 2)[:, :stop - start]
         p[:, start:stop] = pc.flatten(1, 2)[:, :stop - start]
     return p, a
+
+
+def _sequential(ytil: Tensor, wtil: Tensor, kT: Tensor, a: Tensor, states: Tensor) -> None:
+    """The sequential part of the chunked delta rule, chunk by chunk (chunk-major (G, B, ...) inputs):
+    a_c = Ytil_c - Wtil_c S_c, S_{c+1} = S_c + K_c^T a_c, written into ``a`` and ``states[1:]``.
+    Views are split once (``unbind``); one sequence uses 2-d ``addmm`` (cheaper per call)."""
+    if ytil.shape[1] == 1:
+        mm, ytil, wtil, kT, a, states = torch.addmm, ytil[:, 0], wtil[:, 0], kT[:, 0], a[:, 0], states[:, 0]
+    else:
+        mm = torch.baddbmm
+    Y, W, K, A, S = ytil.unbind(0), wtil.unbind(0), kT.unbind(0), a.unbind(0), states.unbind(0)
+    for c in range(len(Y)):
+        mm(Y[c], W[c], S[c], alpha=-1.0, out=A[c])
+        mm(S[c], K[c], A[c], out=S[c + 1])
