@@ -266,6 +266,8 @@ def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float =
 
     Computed without inverting M: exp([[-tau M, tau y], [0, 0]]) has upper-right block
     M^{-1} (I - exp(-tau M)) y (the phi_1 function), exact even for singular M.
+    Quadratic (cubic in T) for every kernel, the linear one included: no fixed-size state carries
+    alpha(tau) from token to token (``ckd.linear_time`` module doc).
     """
     if tau < 0 or not math.isfinite(tau):
         raise ValueError(f"tau must be a finite number >= 0, got {tau}")
