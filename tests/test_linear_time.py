@@ -262,6 +262,8 @@ def test_features_are_never_used_unless_asked():
     (dict(kernel="exp", features=16, beta=-1.0), ValueError, "beta >= 0"),
     (dict(kernel="exp", features=16, feature_seed="1"), TypeError, "feature_seed must be an integer"),
     (dict(kernel="exp", features=16, feature_seed=1.0), TypeError, "feature_seed must be an integer"),
+    (dict(kernel="exp", features=16, feature_seed=-1), ValueError, "feature_seed must be an integer in"),
+    (dict(kernel="exp", features=16, feature_seed=2**70), ValueError, "feature_seed must be an integer in"),
     (dict(kernel="exp", method="fast"), ValueError, "unknown method 'fast'"),
     (dict(kernel="exp", method=None), ValueError, "unknown method"),
     (dict(kernel="exp", method="linear"), ValueError, "method 'linear' needs the linear kernel or features"),

@@ -43,10 +43,12 @@ FEATURE_KERNELS = ("exp", "softmax", "gaussian")
 
 def check_features(kernel: str, features, feature_seed, beta: float) -> int | None:
     """Validate ``features`` (None, or an integer D >= 1 for exp / softmax / gaussian; even for
-    gaussian) and ``feature_seed`` (an integer); return D or None. One clear ``ValueError`` /
+    gaussian) and ``feature_seed`` (an integer in [0, 2^63)); return D or None. One clear ``ValueError`` /
     ``TypeError`` per mistake."""
     if isinstance(feature_seed, bool) or not isinstance(feature_seed, int) and not _is_np_int(feature_seed):
         raise TypeError(f"feature_seed must be an integer, got {feature_seed!r}")
+    if not 0 <= int(feature_seed) < 2**63:
+        raise ValueError(f"feature_seed must be an integer in [0, 2**63), got {feature_seed!r}")
     if features is None:
         return None
     if isinstance(features, bool) or not (isinstance(features, int) or _is_np_int(features)):
