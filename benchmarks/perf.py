@@ -22,6 +22,15 @@ Sections:
   backends    transformer vs descent backend, same depth, every kernel (+ a profile of the transformer)
   dtypes      float32 vs float64
   long        T = 16384, d = 8 in a fresh process: time and peak resident memory (default budget)
+  linear_time the linear kernel's linear-time paths (issue 11): time vs T (512 .. 2^20, B = 1),
+              dense / linear at T = 8192 (B = 16), ckd.Streaming("linear") push cost at t = 1e3, 1e4, 1e5
+  linear_memory  peak memory and time of one call at T = 2^20 (fresh processes)
+  features    random features vs the exact kernel: error and time vs D (exp, softmax, gaussian)
+
+The linear-time sections write next to the others with their own --out, e.g.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/perf.py --threads 2 --only linear_time linear_memory features \
+        --out docs/figures/performance/linear_time
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ def section_floor(cfg) -> dict:
         r = x.clone()
         res = interleaved({
             "floor": floor_fn(x, kernel, N),
-            "predict": lambda k=kernel: ckd.predict(x, k, depth=N),
+            "predict": lambda k=kernel: ckd.predict(x, k, depth=N, method="dense"),  # the T x T path
             "build": lambda k=kernel: causal_matrices(x, k),
             "bmm": lambda m=mats: torch.bmm(m.P, r),
         }, cfg.reps, cfg.device)
@@ -261,8 +270,8 @@ def section_dtypes(cfg) -> dict:
     for kernel in KERNELS:
         x32 = x.float()
         res = interleaved({
-            "float64": lambda k=kernel: ckd.predict(x, k, depth=16),
-            "float32": lambda k=kernel: ckd.predict(x32, k, depth=16, dtype=torch.float32),
+            "float64": lambda k=kernel: ckd.predict(x, k, depth=16, method="dense"),
+            "float32": lambda k=kernel: ckd.predict(x32, k, depth=16, dtype=torch.float32, method="dense"),
         }, max(3, cfg.reps // 3), cfg.device)
         row = _medians(res)
         row["ratio_median"] = res["float64"]["median"] / res["float32"]["median"]
@@ -299,6 +308,141 @@ def long_worker(kernel: str, depth: str, T: int, device: str) -> None:
                       "finite": bool(torch.isfinite(p).all())}))
 
 
+def section_linear_time(cfg) -> dict:
+    """Issue 11: the linear kernel in linear time (``ckd.linear_time``), d = 8, float64."""
+    d = 8
+    out = {"d": d, "lengths": {"B": 1, "T": [], "inf": [], "depth16": [], "inf_wall": [], "depth16_wall": []}}
+    L = out["lengths"]
+    for T in cfg.lt_lengths:
+        x = data(1, T, d, cfg.device)
+        res = interleaved({"inf": lambda: descend(x, "linear", depth="inf"),
+                           "depth16": lambda: descend(x, "linear", depth=16)},
+                          3 if T <= 2**16 else 1, cfg.device, warmup=1 if T <= 2**16 else 0)
+        L["T"].append(T)
+        for name in ("inf", "depth16"):
+            L[name].append(res[name]["median"])
+            L[name + "_wall"].append(res[name]["wall_median"])
+        print(f"  T={T}: inf {res['inf']['wall_median']:.3f} s, depth16 {res['depth16']['wall_median']:.3f} s (wall)",
+              file=sys.stderr, flush=True)
+    for name in ("inf", "depth16", "inf_wall", "depth16_wall"):
+        L["slope_" + name] = _slope(L["T"], L[name])
+    B, T = cfg.lt_ratio
+    x = data(B, T, d, cfg.device)
+    ratio = {"B": B, "T": T}
+    for depth in ("inf", 16):
+        res = interleaved({"linear": lambda dp=depth: descend(x, "linear", depth=dp),
+                           "dense": lambda dp=depth: descend(x, "linear", depth=dp, method="dense")},
+                          cfg.lt_ratio_reps, cfg.device, warmup=0)
+        ratio[str(depth)] = {**_medians(res), "ratio": res["dense"]["median"] / res["linear"]["median"],
+                             "ratio_wall": res["dense"]["wall_median"] / res["linear"]["wall_median"]}
+        print(f"  ratio depth {depth}: {ratio[str(depth)]['ratio']:.1f}", file=sys.stderr, flush=True)
+    out["ratio"] = ratio
+    out["streaming"] = streaming_linear(cfg.lt_stream, d, cfg.device)
+    return out
+
+
+def section_linear_memory(cfg) -> dict:
+    """Issue 11: one linear-kernel call at T = max(lt_lengths), B = 1, d = 8, each in a fresh process:
+    time and the process's peak resident memory (VmHWM, which a fresh process starts afresh)."""
+    runs = []
+    for depth in ("inf", "16"):
+        cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()),
+               "--lt-worker", depth, str(cfg.lt_lengths[-1]), cfg.device]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return {"runs": runs}
+
+
+def _proc_status_gib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux; VmHWM = peak resident, VmRSS = now) in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20  # kB -> GiB
+    return math.nan
+
+
+def lt_worker(depth: str, T: int, device: str) -> None:
+    """One linear-kernel call at length T in a fresh process: wall and CPU time, peak memory, and the
+    peak of an empty process (the torch import) for reference."""
+    warnings.simplefilter("ignore")
+    x = data(1, T, 8, device)
+    base = _proc_status_gib("VmRSS")  # torch imported, x made
+    sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    p = descend(x, "linear", depth=depth)
+    sync(device)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = _proc_status_gib("VmHWM")  # ru_maxrss would carry the parent's peak across fork + exec
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    print(json.dumps({"depth": depth, "T": T, "time_s": elapsed, "cpu_s": cpu, "peak_rss_gib": peak,
+                      "rss_before_gib": base, "x_gib": x.numel() * 8 / 2**30, "peak_gpu_gib": gpu,
+                      "finite": bool(torch.isfinite(p).all())}))
+
+
+def streaming_linear(T: int, d: int, device: str) -> dict:
+    """Push cost of ckd.Streaming("linear") (d x d state) at t = 1e3, 1e4, 1e5: median of the pushes
+    t - 200 .. t + 200 (each push timed alone, on the chosen clock)."""
+    x = data(1, T, d, device)[0]
+    s = ckd.Streaming("linear", dim=d, device=device)
+    clock = time.process_time if CLOCK["clock"] == "cpu" else time.perf_counter
+    wall = time.perf_counter
+    push, push_wall = [], []
+    for t in range(T):
+        sync(device)
+        c, w = clock(), wall()
+        s.push(x[t])
+        sync(device)
+        push.append(clock() - c)
+        push_wall.append(wall() - w)
+    ts = [t for t in (1000, 10_000, 100_000) if t < T]
+    row = {"t": ts, "push": [statistics.median(push[t - 200:t + 200]) for t in ts],
+           "push_wall": [statistics.median(push_wall[t - 200:t + 200]) for t in ts]}
+    row["ratio_last_first"] = row["push_wall"][-1] / row["push_wall"][0]
+    return row
+
+
+def section_features(cfg) -> dict:
+    """Random features (``features=D``) against the exact kernel, B sequences, d = 5: periodic
+    sequences on the sphere (SPEC §5, every kernel) and a non-periodic task (rotation-tanh,
+    gaussian kernel with a ridge). Per case: the relative difference of the predictions from
+    the exact dense CKD, the next-token errors of both against the truth (median over the last
+    quarter of the rows), and the wall time of each (one call)."""
+    B, T, d = cfg.feat_B, cfg.feat_T, 5
+    periodic_x = ckd.make_task("periodic", B, T, d, seed=0, period=cfg.feat_period).x.to(cfg.device)
+    tanh_x = ckd.make_task("rotation-tanh", B, T, d, seed=0).x.to(cfg.device)
+    cases = [("periodic", periodic_x, "gaussian", {"sigma": 0.5}, "inf"),
+             ("periodic", periodic_x, "exp", {"beta": 1.0}, "inf"),
+             ("periodic", periodic_x, "softmax", {"beta": 32.0, "step": 1.0}, 1),
+             ("periodic", periodic_x, "softmax", {"beta": 4.0}, "inf"),
+             ("rotation-tanh", tanh_x, "gaussian", {"sigma": 0.5, "ridge": 1e-3}, "inf")]
+    out = {"B": B, "T": T, "d": d, "period": cfg.feat_period, "cases": []}
+
+    def timed(fn):
+        sync(cfg.device)
+        start = time.perf_counter()
+        value = fn()
+        sync(cfg.device)
+        return value, time.perf_counter() - start
+
+    for task, x, kernel, opts, depth in cases:
+        def err(p, x=x):
+            return float(ckd.next_token_error(p, x)[:, 3 * T // 4:].median())
+
+        exact, t_exact = timed(lambda: ckd.predict(x, kernel, depth=depth, **opts))
+        case = {"task": task, "kernel": kernel, "opts": opts, "depth": depth, "exact_time": t_exact,
+                "exact_err": err(exact), "D": [], "rel_diff": [], "err": [], "time": []}
+        for D in cfg.feat_D:
+            p, t_feat = timed(lambda D=D: ckd.predict(x, kernel, depth=depth, features=D, **opts))
+            case["D"].append(D)
+            case["rel_diff"].append(float((p - exact).norm() / exact.norm()))
+            case["err"].append(err(p))
+            case["time"].append(t_feat)
+        out["cases"].append(case)
+        print(f"  {task} {kernel} {opts} depth {depth}: exact err {case['exact_err']:.2e}, features err "
+              f"{case['err']}", file=sys.stderr, flush=True)
+    return out
+
+
 SECTIONS = {
     "floor": section_floor,
     "return_all": section_return_all,
@@ -309,6 +453,9 @@ SECTIONS = {
     "backends": section_backends,
     "dtypes": section_dtypes,
     "long": section_long,
+    "linear_time": section_linear_time,
+    "linear_memory": section_linear_memory,
+    "features": section_features,
 }
 
 
@@ -332,6 +479,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run these sections only")
     parser.add_argument("--replot", action="store_true", help="redraw results.md and the figures from results.json")
     parser.add_argument("--long-worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--lt-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.replot:
         results = json.loads((args.out / "results.json").read_text())
@@ -340,6 +488,10 @@ def main(argv=None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lt_worker:
+        depth, T, device = args.lt_worker
+        lt_worker(depth, int(T), device)
+        return 0
     if args.long_worker:
         kernel, depth, T, device = args.long_worker
         long_worker(kernel, depth, int(T), device)
@@ -348,11 +500,16 @@ def main(argv=None) -> int:
     cfg = argparse.Namespace(device=args.device, profile=True, clock=CLOCK["clock"])
     if args.quick:
         cfg.__dict__.update(B=4, T=128, reps=3, lengths=[64, 128, 256], depths=[1, 2, 4, 8],
-                            batches=[1, 2, 4, 8], stream_len=300, long_len=2048)
+                            batches=[1, 2, 4, 8], stream_len=300, long_len=2048,
+                            lt_lengths=[512, 2048, 8192], lt_ratio=(2, 512), lt_ratio_reps=1, lt_stream=1300,
+                            feat_B=2, feat_T=256, feat_period=8, feat_D=[16, 64])
     else:
         cfg.__dict__.update(B=16, T=512, reps=15, lengths=[128, 256, 512, 1024, 2048, 4096],
                             depths=[1, 2, 4, 8, 16, 32, 64], batches=[1, 2, 4, 8, 16, 32],
-                            stream_len=4200, long_len=16384)
+                            stream_len=4200, long_len=16384,
+                            lt_lengths=[2**k for k in range(9, 21)], lt_ratio=(16, 8192), lt_ratio_reps=1,
+                            lt_stream=100_300, feat_B=4, feat_T=2048, feat_period=16,
+                            feat_D=[64, 256, 1024, 4096])
     warnings.simplefilter("ignore", ckd.StabilityWarning)  # long periodic prompts: transient growth is expected
     results = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
                "machine": machine(args.device), "config": {k: v for k, v in vars(cfg).items()}}
@@ -363,6 +520,10 @@ def main(argv=None) -> int:
         print(f"[{name}] {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "results.json"
+    if args.only and previous.exists():  # --only: keep the other sections of an earlier run in this folder
+        kept = json.loads(previous.read_text())
+        results = {**{k: v for k, v in kept.items() if k in SECTIONS and k not in results}, **results}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(report(results))
     figures(results, args.out)
@@ -450,6 +611,52 @@ def report(r: dict) -> str:
             lines.append(f"| {run['kernel']} | {run['depth']} | {run['time_s']:.1f} | {run['cpu_s']:.1f} | "
                          f"{run['peak_rss_gib']:.2f} | {run['median_err_last_1000']:.2e} |")
         lines.append("")
+    if "linear_time" in r:
+        lt = r["linear_time"]
+        L = lt["lengths"]
+        lines += [f"### Linear kernel in linear time: time vs T (B={L['B']}, d={lt['d']}, float64)", "",
+                  "| T | depth inf wall (s) | depth inf CPU (s) | depth 16 wall (s) | depth 16 CPU (s) |",
+                  "|---|---|---|---|---|"]
+        for i, T in enumerate(L["T"]):
+            lines.append(f"| {T} | {L['inf_wall'][i]:.4f} | {L['inf'][i]:.4f} | {L['depth16_wall'][i]:.4f} | "
+                         f"{L['depth16'][i]:.4f} |")
+        lines += ["", f"log-log slope over all T: depth inf {L['slope_inf_wall']:.2f} (wall) / "
+                  f"{L['slope_inf']:.2f} (CPU), depth 16 {L['slope_depth16_wall']:.2f} (wall) / "
+                  f"{L['slope_depth16']:.2f} (CPU); linear = 1.", ""]
+        ra = lt["ratio"]
+        lines += [f"Dense / linear-time at B={ra['B']}, T={ra['T']}, d={lt['d']}:", "",
+                  "| depth | dense wall (s) | linear wall (s) | ratio (wall) | ratio (CPU) |", "|---|---|---|---|---|"]
+        for depth in ("inf", "16"):
+            v = ra[depth]
+            lines.append(f"| {depth} | {v['dense']['wall_median']:.2f} | {v['linear']['wall_median']:.3f} | "
+                         f"{v['ratio_wall']:.0f}x | {v['ratio']:.0f}x |")
+        st = lt["streaming"]
+        lines += ["", "`ckd.Streaming(\"linear\")` push (median of 400 pushes around t, d=8): " + ", ".join(
+            f"t={t}: {w * 1e6:.1f} us wall ({c * 1e6:.1f} us CPU)" for t, w, c in
+            zip(st["t"], st["push_wall"], st["push"])) + f"; last / first {st['ratio_last_first']:.2f}.", ""]
+    if "linear_memory" in r:
+        lines += ["Memory, one linear-kernel call in a fresh process (B=1, d=8, float64):", "",
+                  "| depth | T | wall (s) | CPU (s) | peak RSS (GiB) | RSS before (torch, x) (GiB) | x (GiB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for m_ in r["linear_memory"]["runs"]:
+            lines.append(f"| {m_['depth']} | {m_['T']} | {m_['time_s']:.2f} | {m_['cpu_s']:.2f} | "
+                         f"{m_['peak_rss_gib']:.2f} | {m_['rss_before_gib']:.2f} | {m_['x_gib']:.3f} |")
+        lines.append("")
+    if "features" in r:
+        f = r["features"]
+        lines += [f"### Random features vs the exact kernel (B={f['B']}, T={f['T']}, d={f['d']}, "
+                  f"period {f['period']} for the periodic task)", "",
+                  "| task: kernel | depth | exact: error (time s) | " + " | ".join(
+                      f"D={D}: rel. diff / error / time s" for D in f["cases"][0]["D"]) + " |",
+                  "|---|---|---|" + "---|" * len(f["cases"][0]["D"])]
+        for c in f["cases"]:
+            opts = ", ".join(f"{k}={v:g}" for k, v in c["opts"].items())
+            cells = [f"{a:.2g} / {e:.2g} / {t:.2f}" for a, e, t in zip(c["rel_diff"], c["err"], c["time"])]
+            lines.append(f"| {c.get('task', 'periodic')}: {c['kernel']} ({opts}) | {c['depth']} | "
+                         f"{c['exact_err']:.2g} ({c['exact_time']:.2f}) | "
+                         + " | ".join(cells) + " |")
+        lines += ["", "rel. diff = |p_features - p_exact| / |p_exact| over all rows; error = median next-token "
+                  "error over the last quarter of the rows (the exact kernel's in the third column).", ""]
     return "\n".join(lines)
 
 
@@ -502,6 +709,26 @@ def figures(r: dict, out: Path) -> None:
         plain_ticks(ax, next(iter(s["kernels"].values()))["t"])
         ax.legend(fontsize=7)
         save(fig, "streaming")
+    if "linear_time" in r:
+        L = r["linear_time"]["lengths"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name, label in (("inf_wall", "depth inf (delta rule)"), ("depth16_wall", "depth 16 (linear attention)")):
+            ax.loglog(L["T"], L[name], "o-", label=f"{label}, slope {L['slope_' + name]:.2f}")
+        ref = [L["inf_wall"][-1] * T / L["T"][-1] for T in L["T"]]
+        ax.loglog(L["T"], ref, "k:", label="T")
+        ax.set(xlabel="T", ylabel="seconds (wall)", title=f"linear kernel, linear time (B={L['B']}, d=8)")
+        ax.legend(fontsize=8)
+        save(fig, "linear_time_vs_T")
+    if "features" in r:
+        f = r["features"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for c in f["cases"]:
+            label = f"{c.get('task', '')} {c['kernel']} depth {c['depth']} {c['opts']}"
+            line, = ax.loglog(c["D"], c["err"], "o-", label=label)
+            ax.axhline(c["exact_err"], color=line.get_color(), ls=":")
+        ax.set(xlabel="features D", ylabel="median next-token error", title="random features (dotted: exact kernel)")
+        ax.legend(fontsize=6)
+        save(fig, "features_vs_D")
     if "backends" in r or "dtypes" in r or "floor" in r:
         panels = [k for k in ("floor", "backends", "dtypes") if k in r]
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)

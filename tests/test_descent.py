@@ -356,15 +356,16 @@ def test_layers_accumulate_no_memory():
     import tracemalloc
 
     x = _x(B=1, T=3, d=1)
-    descend(x, "linear", depth=20)
-    tracemalloc.start()
-    descend(x, "linear", depth=20)
-    small = tracemalloc.get_traced_memory()[1]
-    tracemalloc.reset_peak()
-    descend(x, "linear", depth=20000)
-    large = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert large < small + 100_000
+    for method in ("dense", "auto"):
+        descend(x, "linear", depth=20, method=method)
+        tracemalloc.start()
+        descend(x, "linear", depth=20, method=method)
+        small = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        descend(x, "linear", depth=20000, method=method)
+        large = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert large < small + 100_000, method
 
 
 def test_work_that_cannot_fit_is_refused_before_allocating():
@@ -374,9 +375,12 @@ def test_work_that_cannot_fit_is_refused_before_allocating():
 
     x = torch.zeros(1, 200_000, 1, dtype=torch.float64)
     with pytest.raises(NotEnoughMemory, match=r"needs about .* are available; .*smaller T.*fewer layers"):
-        descend(x, "linear", depth=10**9, memory_budget=1e6)
-    with pytest.raises(NotEnoughMemory, match="return_all=False"):
-        descend(x, "linear", depth=10**8, return_all=True)
+        descend(x, "linear", depth=10**9, memory_budget=1e6, method="dense")
+    for method in ("dense", "auto"):  # auto: the linear-time path of the linear kernel
+        with pytest.raises(NotEnoughMemory, match="return_all=False"):
+            descend(x, "linear", depth=10**8, return_all=True, method=method)
+    with pytest.raises(NotEnoughMemory, match="linear-time .*fewer layers"):  # one d x d state per layer
+        descend(x, "linear", depth=10**12)
     from ckd.descent import memory_needed
 
     assert memory_needed(_x(B=1, T=10), 4, rows=10) == 3 * 10 * 10 * 8 + 8 * 10 * 3 * 8

@@ -39,6 +39,9 @@ def predict(
     tokens: str = "augmented",
     dtype: Any = torch.float64,
     memory_budget: float | None = None,
+    method: str = "auto",
+    features: int | None = None,
+    feature_seed: int = 0,
 ) -> Any:
     """Next-token predictions of causal kernel descent. Row t predicts x_{t+1}.
 
@@ -49,6 +52,11 @@ def predict(
     batch; backend: descent | transformer; tokens: augmented | raw (transformer).
     memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
     above it rows are processed in blocks, with the same result (``ckd.descent.descend``).
+    method: auto | dense | linear (descent backend): "auto" runs the linear kernel in linear time
+    (``ckd.linear_time``, exact; O(T d^2) instead of O(T^2 d)) and every other kernel densely;
+    "dense" forces the T x T path. features=D, feature_seed: random features for exp / softmax /
+    gaussian, run in linear time (exact CKD for the kernel phi.phi, an approximation of the
+    kernel: ``docs/performance.md``); off unless given.
 
     Raises ``ValueError``/``TypeError`` with a one-line message on bad input and
     warns ``ckd.StabilityWarning`` for a step outside the convergence region.
@@ -56,9 +64,10 @@ def predict(
     dtype = as_dtype(dtype)
     opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens)
     memory_budget = check_memory_budget(memory_budget)
+    linear_opts = _linear_time_options(opts, backend, method, features, feature_seed)
     batch, unbatched = as_batch(x, dtype)
     if backend == "descent":
-        out = descend(batch, memory_budget=memory_budget, **opts)
+        out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
     else:
         out = _transformer_backend(batch, tokens=tokens, **opts)
     out = out[0] if unbatched else out
@@ -73,3 +82,14 @@ def _transformer_backend(x: Tensor, *, kernel: str, beta: float, sigma: float, d
         raise ValueError("the transformer backend is not available yet; use backend='descent'") from None
     return run_constructed(x, kernel=kernel, beta=beta, sigma=sigma, depth=depth, step=step,
                            ridge=ridge, tokens=tokens)
+
+
+def _linear_time_options(opts: dict, backend: str, method: Any, features: Any, feature_seed: Any) -> dict:
+    """Validate method / features / feature_seed (``ckd.linear_time``); they apply to the descent backend."""
+    from .linear_time import check_features, uses_linear_time
+
+    features = check_features(opts["kernel"], features, feature_seed, opts["beta"])
+    uses_linear_time(opts["kernel"], method, features)
+    if backend != "descent" and (method != "auto" or features is not None):
+        raise ValueError("method and features apply to the descent backend only")
+    return dict(method=method, features=features, feature_seed=int(feature_seed))

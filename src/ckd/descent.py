@@ -382,6 +382,8 @@ def continuous_depth(mats: CausalMatrices, y: Tensor, tau: float, ridge: float =
 
     Computed without inverting M: exp([[-tau M, tau y], [0, 0]]) has upper-right block
     M^{-1} (I - exp(-tau M)) y (the phi_1 function), exact even for singular M.
+    Quadratic (cubic in T) for every kernel, the linear one included: no fixed-size state carries
+    alpha(tau) from token to token (``ckd.linear_time`` module doc).
     """
     if tau < 0 or not math.isfinite(tau):
         raise ValueError(f"tau must be a finite number >= 0, got {tau}")
@@ -480,6 +482,9 @@ def descend(
     ridge: float = 0.0,
     return_all: bool = False,
     memory_budget: float | None = None,
+    method: str = "auto",
+    features: int | None = None,
+    feature_seed: int = 0,
 ) -> Tensor:
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
@@ -490,10 +495,19 @@ def descend(
     when less); above it, rows are processed in blocks (same result, each block's kernel rows
     built once; see module doc). The memory the call needs is estimated first (``memory_needed``)
     and a call that cannot fit is refused with one line (``ckd.validation.NotEnoughMemory``).
+    method: "auto" (default) runs the exact linear-time forms of ``ckd.linear_time`` for the
+    linear kernel (O(T d^2), no T x T matrix) and the dense T x T path otherwise; "dense" forces
+    the dense path (the reference); "linear" forces linear time (linear kernel or features only).
+    features: D random features for exp / softmax / gaussian (``ckd.linear_time.features``; an
+    approximation of the kernel, never used unless asked), drawn with ``feature_seed``; with
+    method="dense" the dense path runs on the Gram matrix of the kernel phi.phi (a reference).
 
     Linear kernel: inputs beyond 2^+-64 are scaled by an exact power of two (``_power_of_two_scale``);
     a zero token x_{t-1} (R[t,t] = 0) carries no information: the all-zero input predicts 0.
     """
+    from . import linear_time
+
+    features = linear_time.check_features(kernel, features, feature_seed, beta)
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
@@ -508,17 +522,28 @@ def descend(
         if not math.isfinite(ridge / c / c):
             raise ValueError(f"ridge {ridge:g} is too large for inputs of size 2^{k}: lambda / |x|^2 overflows")
         out = descend(x / c, kernel, beta=beta, sigma=sigma, depth=depth, step=step, ridge=ridge / c / c,
-                      return_all=return_all, memory_budget=memory_budget)
-        return out * c
+                      return_all=return_all, memory_budget=memory_budget, method=method)
+        out = out * c
+        if not torch.isfinite(out).all():  # finite in scaled units, beyond the dtype in true units
+            dtype = str(out.dtype).replace("torch.", "")
+            raise FloatingPointError(f"causal kernel descent overflowed in {dtype} (the predictions exceed its range "
+                                     f"for inputs of size 2^{k}); use a smaller step or depth inf"
+                                     + (", or float64" if out.dtype != torch.float64 else ""))
+        return out
+    if linear_time.uses_linear_time(kernel, method, features) and x.numel():
+        return linear_time.descend(x, kernel, beta=beta, sigma=sigma, depth="inf" if infinite else depth,
+                                   step=step, ridge=ridge, return_all=return_all, features=features,
+                                   feature_seed=feature_seed)
     budget = _default_budget(x) if memory_budget is None else check_memory_budget(memory_budget)
     rows = block_rows(x, budget)
     _check_memory(x, "inf" if infinite else depth, rows, return_all)
-    if rows >= x.shape[1] or x.numel() == 0:
-        mats = causal_matrices(x, kernel, beta, sigma)
+    if features is not None or rows >= x.shape[1] or x.numel() == 0:  # features: whole matrices (reference)
+        mats = (causal_matrices(x, kernel, beta, sigma) if features is None else
+                linear_time.feature_matrices(x, kernel, features, feature_seed, beta=beta, sigma=sigma))
         y = targets(x)
         if infinite:
             return infinite_depth(mats, y, ridge, zero_columns=kernel == "linear")
-        exact = _exact_log_diagonal(x, kernel, beta)
+        exact = None if features is not None else _exact_log_diagonal(x, kernel, beta)
         if step is None:
             log_step = _default_log_step(diagonal(mats), mats.log_scale, ridge, exact)
         else:

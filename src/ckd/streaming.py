@@ -1,4 +1,5 @@
-"""Streaming next-token prediction with infinite-depth CKD, O(t d) per token (SPEC §2).
+"""Streaming next-token prediction with infinite-depth CKD, O(t d) per token (SPEC §2);
+O(d^2) per token for the linear kernel (SPEC §9).
 
 Depth inf solves (R + lambda I) alpha = y on rows 1..T-1 and predicts p = P alpha. R is lower
 triangular and row t of R and P only involve x_0..x_t, so the solve is forward substitution:
@@ -11,6 +12,14 @@ token t adds one coefficient and one prediction,
 k(x_t, x_t), so each token needs one kernel row k(x_t, x_0..x_t): O(t d) time, and the state is
 the keys and the alphas (amortised doubling buffers). The result equals the rows of
 ``ckd.predict(x, kernel, depth="inf", ...)`` (``tests/test_streaming.py``).
+
+``linear``: the same solve is the normalised delta rule (``ckd.linear_time``), with a d x d state
+W_t = sum_{s<=t} alpha_s x_{s-1}^T instead of the keys and alphas:
+
+    alpha_t = (x_t - W_{t-1} x_{t-1}) / (|x_{t-1}|^2 + lambda),  W_t = W_{t-1} + alpha_t x_{t-1}^T,
+    p_t = W_t x_t
+
+so a push costs O(d^2) whatever t is (``docs/performance.md``).
 
 ``softmax`` normalises each row of R and P over s = 1..t, as the batch does. ``exp`` weights can
 overflow: as in ``ckd.kernels``, once the largest log-weight seen exceeds half the log of the
@@ -66,6 +75,8 @@ class Streaming:
         self._prev = None  # scores of x_{t-1} against x_0..x_{t-1}: row t of R, in log space
         self._prev_w = None  # its weights (normalised for softmax), computed when it was the P row
         self._shift = 0.0  # exp kernel: weights stored divided by exp(shift), alphas times exp(shift)
+        self._W = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)  # linear: the state
+        self._last = None  # linear: x_{t-1}
 
     def __len__(self) -> int:
         return self.t
@@ -74,6 +85,10 @@ class Streaming:
         """Add token x_t (d,); return the prediction of x_{t+1} (zeros for the first token)."""
         x = self._as_token(x_t)
         t = self.t
+        if self.kernel == "linear":
+            pred = self._push_linear(x)
+            self.t = t + 1
+            return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
         if t + 1 > self._keys.shape[0]:
             self._grow()
         self._keys[t] = x  # overwritten by the next push if this one raises
@@ -82,6 +97,18 @@ class Streaming:
         self._prev = row
         self.t = t + 1
         return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
+
+    def _push_linear(self, x: Tensor) -> Tensor:
+        """One step of the delta rule (module doc): O(d^2); the state is unchanged if it raises."""
+        prev, self._last = self._last, x.clone()
+        if prev is None:
+            return torch.zeros_like(x)
+        diag = float(prev @ prev) + self.ridge
+        if diag == 0:  # a zero token x_{t-1}: no information, coefficient 0 (as the batch paths)
+            return self._W @ x
+        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(diag)
+        self._W.addr_(alpha, prev)
+        return self._W @ x
 
     def _scores(self, x: Tensor, t: int) -> Tensor:
         """``ckd.kernels.scores`` of x_t against the keys x_0..x_t, with the keys' squared norms

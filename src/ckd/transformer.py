@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear_time.chunk import causal_linear_attention
+
 ATTENTION = ("linear", "exp", "softmax", "gaussian")
 TOKENS = ("augmented", "raw")
 POSITIONAL = ("onehot", "sinusoidal")
@@ -159,23 +161,22 @@ def attend(q: Tensor, k: Tensor, v: Tensor, kind: str) -> Tensor:
     """Causal attention o_t = sum_{s <= t} a[t, s] v_s with the score function ``kind`` (module doc).
 
     q, k: (B, H, T, E); v: (B, H, T, Ev). Returns (B, H, T, Ev). Exact (no approximation);
-    no (T, T) matrix is stored except for linear attention with E * Ev > T:
+    no (T, T) matrix is stored:
 
-    linear    o_t = q_t^T C_t with C_t = sum_{s <= t} k_s v_s^T (a cumulative sum, O(T E Ev);
-              Katharopoulos et al. 2020), or (q k^T masked) v when E * Ev > T.
+    linear    o_t = q_t^T C_t with C_t = sum_{s <= t} k_s v_s^T: chunked prefix sums,
+              O(T (C + E) Ev) time with chunks of C = 16 tokens and O(T (E + Ev)) memory
+              (``ckd.linear_time.causal_linear_attention``; Katharopoulos et al. 2020).
     softmax   ``scaled_dot_product_attention`` (flash kernel on CPU, float64 included).
     exp       softmax attention over the keys plus one "sink" key of score 0 whose value is a unit
               vector in an extra channel: that channel returns 1 / (Z_t + 1), Z_t = sum_s exp(q_t.k_s),
               and the other channels sum_s exp(q_t.k_s) v_s / (Z_t + 1); their ratio is o_t.
     gaussian  exp attention with q' = (q, -|q|^2/2, 1), k' = (k, 1, -|k|^2/2): q'.k' = -|q - k|^2/2.
     """
-    T, E, Ev = q.shape[-2], q.shape[-1], v.shape[-1]
+    T, Ev = q.shape[-2], v.shape[-1]
     if T == 0:
         return v.new_zeros(v.shape)
     if kind == "linear":
-        if E * Ev <= T:
-            return torch.einsum("bhte,bhtef->bhtf", q, torch.einsum("bhse,bhsf->bhsef", k, v).cumsum(2))
-        return (q @ k.transpose(-2, -1)).tril() @ v
+        return causal_linear_attention(q, k, v)
     if kind == "softmax":
         return _sdpa(q, k, v)
     if kind == "gaussian":
