@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     x = load_array(args.input)
-    out_path = check_output_path(args.output, x.ndim)
+    out_path = check_output_path(args.output, x.ndim, inputs=[args.input, *([args.checkpoint] if args.checkpoint else [])])
     pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth,
                     checkpoint=args.checkpoint)
     save_array(out_path, pred)

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     x = load_array(args.input)
-    out_path = check_output_path(args.output, x.ndim)
+    out_path = check_output_path(args.output, x.ndim, inputs=[args.input])
     pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
                    ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype)
     save_array(out_path, pred)
