@@ -101,16 +101,16 @@ def test_cli_resume_refuses_another_config_and_corrupted_checkpoints(tmp_path, c
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--layers", "0"], "layers must be an integer >= 1"),
+    (["--layers", "0"], "--layers: must be an integer in 1 .. 2**63 - 1, got 0"),
     (["--task", "nope"], "invalid choice: 'nope'"),
     (["--attention", "cosine"], "invalid choice: 'cosine'"),
     (["--lr", "-1"], "lr must be > 0"),
     (["--lr", "nan"], "lr must be finite"),
-    (["--length", "2"], "length must be an integer >= 3"),
-    (["--batch", "0"], "batch must be an integer >= 1"),
+    (["--length", "2"], "--length: must be an integer in 3 .."),
+    (["--batch", "0"], "--batch: must be an integer in 1 .."),
     (["--init", "construction", "--heads", "3"], "--init construction fixes the architecture"),
     (["--init", "construction", "--layernorm"], "--init construction fixes the architecture"),
-    (["--stop-after", "-1"], "--stop-after must be >= 0"),
+    (["--stop-after", "-1"], "--stop-after: must be an integer in 0 .."),
     (["--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_bad_flags_one_line_nothing_written(tmp_path, capsys, args, words):

@@ -327,3 +327,46 @@ class CausalTransformer(nn.Module):
             hidden.append(h)
         pred = self.readout(self.ln_out(h))
         return (pred, hidden) if return_hidden else pred
+
+
+# --------------------------------------------------------------------------- memory, before building
+
+LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its weights (measured ~19-23 KiB)
+
+
+def parameter_count(c: TransformerConfig) -> int:
+    """Number of weights of ``CausalTransformer(c)``, computed from the config without building it
+    (biases and LayerNorm weights included as upper bounds of a few per width)."""
+    w, H, E, Ev = c.d_model, c.n_heads, c.d_head, c.d_value
+    extra = (2 if c.layernorm else 0) * w + (3 * H * E + H * Ev + 2 * w if c.bias else 0)
+    block = H * (2 * E + Ev) * w + H * Ev * w + (2 * w * c.d_mlp if c.mlp else 0) + extra
+    n = c.d_in * w + c.n_layers * block + w * c.dim + 2 * w
+    if c.tokens == "raw":  # the previous-token block: one head, queries/keys of d_pos, values of dim
+        n += w * (2 * c.d_pos + c.dim) + c.dim * w + 2 * w
+    return n
+
+
+def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, training: bool = False,
+                 hidden: bool = False) -> int:
+    """A floor of the bytes ``CausalTransformer(c)`` needs on x (batch, T, dim) in a dtype of ``itemsize``:
+
+        weights            P itemsize (x 4 when training: gradients and two AdamW moments)
+        objects            (L + 1) ``LAYER_OBJECTS``
+        positional table   max_len pos_dim 8 (raw tokens)
+        activations        per layer B T (2 width + H (2 E + 2 Ev) [+ mlp width]) itemsize, (+ B H T^2 for
+                           linear attention with E Ev > T), kept for every layer when training;
+                           the residual stream of every layer when ``hidden``.
+    """
+    raw = c.tokens == "raw"
+    layers = c.n_layers + raw
+    w = c.d_model
+    weights = parameter_count(c) * itemsize * (4 if training else 1)
+    objects = (layers + 1) * LAYER_OBJECTS
+    table = c.max_len * c.d_pos * 8 if raw else 0
+    per_layer = batch * T * (2 * w + c.n_heads * (2 * c.d_head + 2 * c.d_value) + (c.d_mlp if c.mlp else 0))
+    if c.attention == "linear" and c.d_head * c.d_value > T:
+        per_layer += batch * c.n_heads * T * T
+    acts = per_layer * (layers if training else 1) + batch * T * (c.d_in + w)
+    if hidden:
+        acts += batch * T * w * (layers + 1)
+    return weights + objects + table + acts * itemsize
