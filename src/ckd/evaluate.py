@@ -112,8 +112,9 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     Returns {"x" (test prompts), "x_fit" (probe prompts), "settings", "errors", "summary"} for CKD
     (``ckd_settings``), the baselines and the oracle. ``seed`` defaults to the run's seed.
     """
-    if sequences < 2:
-        raise ValueError(f"--sequences must be >= 2, got {sequences}")
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
+        raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
+    check_memory(cfg, sequences)
     seed = cfg.seed if seed is None else seed
 
     def prompts(stream: int):
@@ -128,6 +129,19 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     errors = {name: next_token_error(p, x) for name, p in preds.items()}
     return dict(x=x, x_fit=prompts(PROBE).x, settings=settings, errors=errors, sequences=sequences, seed=seed,
                 summary={name: summarize(errors[name], p, x) for name, p in preds.items()})
+
+
+def check_memory(cfg: TrainConfig, sequences: int) -> None:
+    """Refuse (one line) an evaluation that cannot fit in memory, before allocating: the (B, T, T)
+    kernel matrices of CKD and the kernel baselines (4 at once, float64) and the model's residual
+    streams of every layer on the test and probe prompts."""
+    from .memory import require
+    from .train import transformer_config
+    from .transformer import memory_bytes
+
+    T = cfg.length
+    need = 4 * sequences * T * T * 8 + 2 * memory_bytes(transformer_config(cfg), sequences, T, 8, hidden=True)
+    require(need, f"evaluating on {sequences} prompts of length {T}", "use fewer --sequences")
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, ref: dict) -> dict:

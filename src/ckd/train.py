@@ -669,10 +669,11 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     saved = start if state else None  # step of the checkpoint on disk
 
     def diverged(step: int, what: str) -> FloatingPointError:
+        bar.close()
         kept = (f"{out / 'checkpoint.pt'} keeps the last good model (step {saved})" if saved is not None
-                else "no checkpoint was written (rerun the same command with a smaller --lr to start again)")
-        return FloatingPointError(f"training diverged: {what} at step {step} is not finite; stopped. {kept}; "
-                                  f"lower --lr (now {cfg.lr:g}) or use --dtype float64")
+                else "no checkpoint was written")
+        return FloatingPointError(f"training diverged: {what} at step {step} is not finite; {kept}; "
+                                  f"lower --lr (now {cfg.lr:g}) and train again")
 
     def checkpoint(step: int) -> None:
         nonlocal saved
@@ -700,7 +701,6 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             value /= d.world
         value = float(value)
         if not math.isfinite(value):
-            bar.close()
             raise diverged(step, f"the loss ({value})")
         running = value if running is None else 0.9 * running + 0.1 * value
         evaluate = step % cfg.eval_every == 0 or step == cfg.steps
@@ -717,16 +717,19 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             # the loss logged at `step` is measured on fresh prompts after `step` updates
             x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank).to(d.device, dtype)
             loss = next_token_loss(net(x), x)
+            log(step, loss)  # stops at a non-finite loss
+            if step > start and step % cfg.checkpoint_every == 0:
+                checkpoint(step)  # a good model: its loss was just measured finite
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            log(step, loss)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # e.g. an lr beyond the dtype's range
+                raise diverged(step, f"the update ({err})".splitlines()[0]) from None
             scheduler.step()
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3g}")
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
-                checkpoint(step + 1)
         if end == cfg.steps:  # the final model, measured on fresh prompts too
             x = sample(cfg, cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
             with torch.no_grad():

@@ -335,14 +335,19 @@ LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its
 
 
 def parameter_count(c: TransformerConfig) -> int:
-    """Number of weights of ``CausalTransformer(c)``, computed from the config without building it
-    (biases and LayerNorm weights included as upper bounds of a few per width)."""
-    w, H, E, Ev = c.d_model, c.n_heads, c.d_head, c.d_value
-    extra = (2 if c.layernorm else 0) * w + (3 * H * E + H * Ev + 2 * w if c.bias else 0)
-    block = H * (2 * E + Ev) * w + H * Ev * w + (2 * w * c.d_mlp if c.mlp else 0) + extra
-    n = c.d_in * w + c.n_layers * block + w * c.dim + 2 * w
-    if c.tokens == "raw":  # the previous-token block: one head, queries/keys of d_pos, values of dim
-        n += w * (2 * c.d_pos + c.dim) + c.dim * w + 2 * w
+    """Number of weights of ``CausalTransformer(c)``, from the config alone (nothing is built)."""
+    w, b, ln = c.d_model, int(c.bias), int(c.layernorm)
+
+    def block(heads: int, E: int, Ev: int, mlp: bool) -> int:
+        n = heads * (2 * E + Ev) * w + heads * Ev * w + b * (heads * (2 * E + Ev) + w) + ln * (1 + b) * w
+        if mlp:
+            n += 2 * w * c.d_mlp + b * (c.d_mlp + w) + ln * (1 + b) * w
+        return n
+
+    n = (c.d_in + b) * w + (w + b) * c.dim + ln * (1 + b) * w
+    n += c.n_layers * block(c.n_heads, c.d_head, c.d_value, c.mlp)
+    if c.tokens == "raw":  # the previous-token block: one head, queries/keys of pos_dim, values of dim
+        n += block(1, c.d_pos, c.dim, False)
     return n
 
 
