@@ -247,3 +247,14 @@ def test_ci_run_fails_when_pytest_collects_nothing(tmp_path, status, ok):
     """Item 20: .ci/run passes only when pytest passes: "no tests collected" (exit 5) is a failure."""
     done = _fake_ci(tmp_path, status)
     assert (done.returncode == 0) == ok, (done.returncode, done.stdout, done.stderr)
+
+
+def test_reproduce_refuses_a_pipe_among_its_files(tmp_path, capsys):
+    """Item 5 for folder outputs: a named pipe where reproduce would write is refused at the start
+    (writing into it would block forever), nothing run."""
+    out = tmp_path / "rep"
+    out.mkdir()
+    os.mkfifo(out / "summary.md")
+    assert main(["reproduce", "kaczmarz-limit", "--quick", "--out", str(out)]) == 2
+    one_error(capsys, "summary.md", "named pipe")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import integer
-from ..io import check_output_dir
+from ..io import check_file_target, check_output_dir
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,9 @@ def run(args) -> int:
     if path.is_dir():
         path = path / "checkpoint.pt"
     if args.out is not None:
-        check_output_dir(args.out)
+        if check_output_dir(args.out).exists():  # its files: never through a pipe, never onto a folder
+            for suffix in (".json", ".png", ".pdf"):
+                check_file_target(Path(args.out) / f"evaluation{suffix}", [path])
         require_matplotlib("ckd evaluate --out")
     result = evaluate(path, sequences=args.sequences, seed=args.seed)
     print(report(result))

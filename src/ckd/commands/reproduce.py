@@ -25,7 +25,7 @@ import torch
 
 from ..cli import integer
 from ..experiments import EXPERIMENTS, load
-from ..io import atomic_write, check_output_dir
+from ..io import atomic_write, check_file_target, check_output_dir
 
 
 def add_parser(sub) -> None:
@@ -54,6 +54,9 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
     out = check_output_dir(args.out)
+    if out.exists():  # files it will write: never through a pipe, never onto a folder
+        for file in ["summary.json", "summary.md", *(f"{n}.{ext}" for n in names for ext in ("json", "png", "pdf"))]:
+            check_file_target(out / file)
     require_matplotlib("ckd reproduce")
     return names, out
 
