@@ -617,13 +617,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
             created = True
         except FileExistsError:  # another run made it meanwhile: the lock decides
             pass
-    try:
-        with FolderLock(out) if d.main else contextlib.nullcontext():
+    with FolderLock(out) if d.main else contextlib.nullcontext():  # refused: another run owns the folder
+        try:
             return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting)
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing was written: leave no folder behind
-        raise
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # nothing was written: leave no folder behind
+            raise
 
 
 def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: bool, stop_after: int | None,
