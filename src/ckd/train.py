@@ -324,8 +324,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a checkpoint of ``ckd train``; a clear ``ValueError`` if it is missing or corrupted."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such checkpoint")
+    if not path.is_file():
+        raise ValueError(f"{path}: is not a regular file (a folder, pipe or device), not a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
