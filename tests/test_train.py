@@ -471,3 +471,21 @@ def test_transformer_backend_huge_depth_refused(capsys, tmp_path):
     assert main(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy"), "--backend", "transformer",
                  "--depth", str(10**8)]) == 2
     one_error(capsys, "transformer backend at depth 100000000", "needs about", "backend='descent'")
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_pipes_in_the_run_folder_never_opened(tmp_path, capsys, name):
+    """A named pipe where the run keeps its files: refused with one line, never opened (no hang)."""
+    out = tmp_path / "run"
+    assert main(["train", *cli_flags(tiny(steps=2)), "--stop-after", "1", "--out", str(out)]) == 0
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    capsys.readouterr()
+    assert main(["train", *cli_flags(tiny(steps=2)), "--resume", "--out", str(out)]) == 2
+    one_error(capsys, name, "not a regular file")
+    assert (out / "checkpoint.pt").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    os.mkfifo(fresh / name)
+    assert main(["train", *cli_flags(tiny(steps=2)), "--out", str(fresh)]) == 2
+    one_error(capsys, "not a ckd training run")

@@ -388,6 +388,8 @@ def read_metrics(path: Path, before: int | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (those with step < ``before``; a torn last line is dropped)."""
     if not path.exists():
         return []
+    if not path.is_file():  # never open a pipe: it would block
+        raise ValueError(f"{path}: is not a regular file; remove it or choose another --out")
     records = []
     for line in path.read_text().splitlines():
         try:
@@ -441,6 +443,8 @@ def setup(device: str) -> Dist:
 
 def _is_our_config(path: Path) -> bool:
     """``path`` is a config.json written by ``ckd train`` (a dict of TrainConfig fields and ``setting``)."""
+    if not path.is_file():  # never open a pipe: it would block
+        return False
     try:
         data = json.loads(path.read_text())
         TrainConfig.from_dict({k: v for k, v in data.items() if k != "setting"})
