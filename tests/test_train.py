@@ -354,6 +354,10 @@ def test_nothing_created_when_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="seed must be an integer in 0 .. 2\\*\\*63 - 1, got -1"):
         train(tiny(seed=-1), tmp_path / "api", progress=False)
     assert not (tmp_path / "api").exists()
+    from ckd.evaluate import reference
+
+    with pytest.raises(ValueError, match="seed must be an integer in 0 .. 2\\*\\*63 - 1, got 1180591620717411303424"):
+        reference(tiny(), sequences=4, seed=2**70)
 
 
 def test_interrupted_before_first_checkpoint_starts_again(tmp_path, monkeypatch, capsys):

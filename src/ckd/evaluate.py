@@ -114,8 +114,10 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     """
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
         raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
-    check_memory(cfg, sequences)
     seed = cfg.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")
+    check_memory(cfg, sequences)
 
     def prompts(stream: int):
         return make_task(cfg.task, sequences, cfg.length, cfg.dim, seed=seed_for(seed, stream))
