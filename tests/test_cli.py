@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -180,3 +181,114 @@ def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ckd: error: out of memory (80 GB asked)")
     assert not (tmp_path / "p.npy").exists()
+
+
+# --------------------------------------------------------------------------- hardening (issue 12)
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+BIG = str(2**70)
+
+
+def one_error(capsys, *words):
+    err = capsys.readouterr().err
+    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.mark.parametrize("command, flag, value, low", [
+    *[("train", f, v, lo) for f, lo in [("--seed", 0), ("--steps", 0), ("--batch", 1), ("--length", 3),
+                                         ("--dim", 1), ("--layers", 1), ("--heads", 1), ("--width", 1),
+                                         ("--warmup", 0), ("--log-every", 1), ("--eval-every", 1),
+                                         ("--checkpoint-every", 1), ("--stop-after", 0)]
+      for v in (str(lo - 1), BIG)],
+    ("evaluate", "--seed", "-1", 0), ("evaluate", "--seed", BIG, 0), ("evaluate", "--sequences", "1", 2),
+    ("evaluate", "--sequences", BIG, 2), ("demo", "--seed", "-1", 0), ("demo", "--seed", BIG, 0),
+    ("demo", "--sequences", "0", 1), ("demo", "--dim", "0", 1), ("reproduce", "--seed", "-1", 0),
+    ("reproduce", "--seed", BIG, 0), ("reproduce", "--threads", "0", 1), ("reproduce", "--threads", BIG, 1),
+    ("forecast", "--k", "0", 1), ("forecast", "--k", BIG, 1),
+])
+def test_integer_flags_range_checked_and_named(tmp_path, seqs, capsys, command, flag, value, low):
+    """Item 9: every integer flag of every command is range-checked, the flag named, nothing written."""
+    first = {"train": ["--out", str(tmp_path / "run")], "evaluate": [str(tmp_path / "nope.pt")], "demo": [],
+             "reproduce": ["--out", str(tmp_path / "rep")],
+             "forecast": [str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy")]}[command]
+    assert main([command, *first, flag, value]) == 2
+    one_error(capsys, f"argument {flag}: must be an integer in {low} ..", f"got {value}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "one.npy", "x.npy"]
+
+
+def test_predict_depth_beyond_int64_refused(tmp_path, seqs, capsys):
+    assert main(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy"), "--depth", BIG]) == 2
+    one_error(capsys, "--depth must be an integer in 0 .. 2**63 - 1")
+
+
+@pytest.mark.parametrize("command", ["reproduce", "evaluate"])
+def test_figures_without_matplotlib_one_line(tmp_path, capsys, monkeypatch, command):
+    """Item 19: without the plot extra, one line naming pip install 'ckd[plot]', before any work."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "out"
+    argv = ["reproduce", "--quick", "--out", str(out)] if command == "reproduce" else \
+        ["evaluate", str(tmp_path / "run"), "--out", str(out)]
+    assert main(argv) == 2
+    one_error(capsys, "matplotlib", "pip install 'ckd[plot]'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["reproduce", "evaluate"])
+def test_folder_outputs_checked_at_start(tmp_path, capsys, command):
+    """Item 10 for folder outputs: --out naming a file or a pipe is refused before any work, untouched."""
+    for name, make in [("file", lambda p: p.write_text("keep")), ("pipe", os.mkfifo)]:
+        out = tmp_path / name
+        make(out)
+        argv = ["reproduce", "kaczmarz-limit", "--quick", "--out", str(out)] if command == "reproduce" else \
+            ["evaluate", str(tmp_path / "missing.pt"), "--out", str(out)]
+        assert main(argv) == 2
+        one_error(capsys, str(out), "not a folder")
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def _fake_ci(tmp_path, pytest_status: int) -> subprocess.CompletedProcess:
+    """Run .ci/run with stand-ins for python3.11, pip, ruff and pytest (no network, no install)."""
+    import shutil
+
+    repo, fake = tmp_path / "repo", tmp_path / "bin"
+    (repo / ".ci").mkdir(parents=True)
+    fake.mkdir()
+    shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
+    venv_python = f"#!/bin/sh\n[ \"$1 $2\" = \"-m pytest\" ] && exit {pytest_status}\nexit 0\n"
+    scripts = {
+        "python3.11": ("#!/bin/sh\n# python3.11 -m venv DIR\nmkdir -p \"$3/bin\"\n"
+                       "printf 'export PATH=\"%s/bin:$PATH\"\\n' \"$PWD/$3\" > \"$3/bin/activate\"\n"
+                       f"printf '%s' '{venv_python}' > \"$3/bin/python\"\nchmod +x \"$3/bin/python\"\n"
+                       "printf '#!/bin/sh\\nexit 0\\n' > \"$3/bin/pip\"\nchmod +x \"$3/bin/pip\"\n"),
+        "ruff": "#!/bin/sh\nexit 0\n",
+    }
+    for name, text in scripts.items():
+        (fake / name).write_text(text)
+        os.chmod(fake / name, 0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(["bash", str(repo / ".ci" / "run")], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("status, ok", [(0, True), (1, False), (5, False)])
+def test_ci_run_fails_when_pytest_collects_nothing(tmp_path, status, ok):
+    """Item 20: .ci/run passes only when pytest passes: "no tests collected" (exit 5) is a failure."""
+    done = _fake_ci(tmp_path, status)
+    assert (done.returncode == 0) == ok, (done.returncode, done.stdout, done.stderr)
+
+
+def test_reproduce_refuses_a_pipe_among_its_files(tmp_path, capsys):
+    """Item 5 for folder outputs: a named pipe where reproduce would write is refused at the start
+    (writing into it would block forever), nothing run."""
+    out = tmp_path / "rep"
+    out.mkdir()
+    os.mkfifo(out / "summary.md")
+    assert main(["reproduce", "kaczmarz-limit", "--quick", "--out", str(out)]) == 2
+    one_error(capsys, "summary.md", "named pipe")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]

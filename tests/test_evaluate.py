@@ -87,7 +87,7 @@ def test_cli_bad_input_one_line(constructed, tmp_path, capsys):
     afile = tmp_path / "file"
     afile.write_text("x")
     fails([str(constructed), "--out", str(afile)], "not a folder")
-    fails([str(constructed), "--sequences", "1"], "--sequences must be >= 2")
+    fails([str(constructed), "--sequences", "1"], "--sequences: must be an integer in 2 ..")
 
 
 def test_training_experiment_quick(tmp_path):

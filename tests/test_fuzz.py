@@ -150,8 +150,6 @@ def test_fuzz_predict(data, csv, out_suffix, flags, tmp_path, capsys):
     _check(argv, folder, capsys, out, _shape_of(inp), "predict")
 
 
-@pytest.mark.xfail(reason="issue 12 item 1 (-o IN) is fixed on another branch (h12a); remove after the merge",
-                   strict=False)
 @settings(max_examples=10 * LONG, **FUZZ)
 @given(data=arrays(), command=st.sampled_from(["predict", "forecast"]), spelling=st.sampled_from(["same", "dot"]))
 def test_fuzz_output_is_input(data, command, spelling, tmp_path, capsys):
@@ -187,9 +185,6 @@ TRAIN_FLAGS = {  # mostly valid values, so that runs get past validation
 }
 
 
-@pytest.mark.xfail(reason="found by this suite, fixed on another branch (h12a, issue 12 items 2, 7, 8): "
-                          "--lr 1e300 is a RuntimeError traceback in AdamW; --out D with someone else's "
-                          "metrics.jsonl overwrites it. Remove this mark after the merge.", strict=False)
 @settings(max_examples=8 * LONG, **FUZZ)
 @given(flags=st.fixed_dictionaries({}, optional=TRAIN_FLAGS), steps=st.sampled_from(["1", "2", "2", "0"]),
        existing=st.booleans())
@@ -215,9 +210,6 @@ def checkpoint(tmp_path_factory):
     return run / "checkpoint.pt"
 
 
-@pytest.mark.xfail(reason="found by this suite (--fuzz-long), fixed on another branch (h12a, issue 12 item 7): "
-                          "evaluate --sequences 1000000000 is an allocation RuntimeError. Remove after the merge.",
-                   strict=False)
 @settings(max_examples=4 * LONG, **FUZZ)
 @given(sequences=st.sampled_from(["2", "3", "0", "1", "-5", "1000000000"]),
        seed=st.sampled_from([None, "0", "-1", str(2**70)]), out=st.booleans())

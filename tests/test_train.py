@@ -1,11 +1,13 @@
 """``ckd train``: exact resume, refusals, corrupted checkpoints, DDP, learning, construction init."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import rel_err
@@ -101,16 +103,16 @@ def test_cli_resume_refuses_another_config_and_corrupted_checkpoints(tmp_path, c
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--layers", "0"], "layers must be an integer >= 1"),
+    (["--layers", "0"], "--layers: must be an integer in 1 .. 2**63 - 1, got 0"),
     (["--task", "nope"], "invalid choice: 'nope'"),
     (["--attention", "cosine"], "invalid choice: 'cosine'"),
     (["--lr", "-1"], "lr must be > 0"),
     (["--lr", "nan"], "lr must be finite"),
-    (["--length", "2"], "length must be an integer >= 3"),
-    (["--batch", "0"], "batch must be an integer >= 1"),
+    (["--length", "2"], "--length: must be an integer in 3 .."),
+    (["--batch", "0"], "--batch: must be an integer in 1 .."),
     (["--init", "construction", "--heads", "3"], "--init construction fixes the architecture"),
     (["--init", "construction", "--layernorm"], "--init construction fixes the architecture"),
-    (["--stop-after", "-1"], "--stop-after must be >= 0"),
+    (["--stop-after", "-1"], "--stop-after: must be an integer in 0 .."),
     (["--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_bad_flags_one_line_nothing_written(tmp_path, capsys, args, words):
@@ -228,3 +230,266 @@ def test_two_process_ddp_gives_finite_decreasing_loss(tmp_path):
     assert rec[-1]["eval_loss"] < 0.9 * rec[0]["eval_loss"], rec
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 40
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+# --------------------------------------------------------------------------- hardening (issue 12)
+
+
+def one_error(capsys, *words) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("files", [{"metrics.jsonl": b"my own log\n"}, {"notes.txt": b"keep me"},
+                                   {"config.json": b'{"not": "ours"}', "metrics.jsonl": b"x\n"}])
+def test_folder_of_someone_else_refused_untouched(tmp_path, capsys, files):
+    """Item 2: a folder that holds files but no run of ours is refused; its files keep their bytes."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    assert main(["train", *cli_flags(tiny(steps=2)), "--out", str(out)]) == 2
+    one_error(capsys, "not a ckd training run", "choose a new or empty --out")
+    assert snapshot(out) == files
+
+
+def test_empty_folder_and_extra_files_of_a_run_accepted(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    train(tiny(steps=2), out, progress=False)
+    (out / "notes.txt").write_text("mine")  # a file of the user's beside a run: resume never touches it
+    train(tiny(steps=2), out, resume=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_second_run_on_a_locked_folder_refused(tmp_path, capsys):
+    """Item 3: while a run holds the folder's lock, a second ckd train on it is refused with one line."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    assert main(["train", *cli_flags(tiny(steps=2)), "--stop-after", "1", "--out", str(out)]) == 0
+    before = snapshot(out)
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running ckd train holds it
+    try:
+        assert main(["train", *cli_flags(tiny(steps=2)), "--resume", "--out", str(out)]) == 2
+        one_error(capsys, "another ckd train is running")
+        assert snapshot(out) == before
+    finally:
+        os.close(fd)
+    assert main(["train", *cli_flags(tiny(steps=2)), "--resume", "--out", str(out)]) == 0  # lock released
+
+
+def test_two_processes_one_folder(tmp_path):
+    """Item 3, for real: two ckd train on one new folder at once: one runs, the other is refused
+    (or finds the finished run); metrics.jsonl is one run's, never interleaved."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ckd.cli", "train", *cli_flags(tiny(steps=40, checkpoint_every=50)),
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for rc, e in results if rc == 2)
+    assert err.count("\n") == 1 and ("another ckd train" in err or "already holds" in err), err
+    assert [r["step"] for r in metrics(out)] == list(range(41))
+
+
+CORRUPTIONS = {
+    "step -5": (lambda s: s | {"step": -5}, "'step'"),
+    "step string": (lambda s: s | {"step": "2"}, "'step'"),
+    "step past the end": (lambda s: s | {"step": 99}, "'step'"),
+    "config not a dict": (lambda s: s | {"config": [1, 2]}, "'config'"),
+    "setting for random init": (lambda s: s | {"setting": {"step": 1.0}}, "'setting'"),
+    "model missing key": (lambda s: s | {"model": {k: v for k, v in s["model"].items() if "query" not in k}},
+                          "'model'"),
+    "model wrong shape": (lambda s: s | {"model": s["model"] | {"readout.weight": torch.zeros(5, 5)}}, "'model'"),
+    "model not tensors": (lambda s: s | {"model": {"a": 1}}, "'model'"),
+    "model NaN": (lambda s: s | {"model": {k: v * math.nan for k, v in s["model"].items()}}, "not finite"),
+    "optimizer not a dict": (lambda s: s | {"optimizer": "adam"}, "'optimizer'"),
+    "optimizer wrong shape": (lambda s: s | {"optimizer": {**s["optimizer"], "state": {
+        0: {**s["optimizer"]["state"][0], "exp_avg": torch.zeros(1)}}}}, "'optimizer'"),
+    "optimizer lr string": (lambda s: s | {"optimizer": {**s["optimizer"], "param_groups": [
+        {**s["optimizer"]["param_groups"][0], "lr": "fast"}]}}, "'optimizer'"),
+    "scheduler not a dict": (lambda s: s | {"scheduler": 3}, "'scheduler'"),
+    "scheduler other step": (lambda s: s | {"scheduler": {**s["scheduler"], "last_epoch": 7}}, "'scheduler'"),
+    "rng missing numpy": (lambda s: s | {"rng": {"torch": s["rng"]["torch"]}}, "'rng'"),
+    "rng bad torch state": (lambda s: s | {"rng": {**s["rng"], "torch": torch.zeros(3, dtype=torch.uint8)}},
+                            "'rng'"),
+    "not a dict": (lambda s: [s], "not a ckd training checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_resume_checks_every_checkpoint_field_before_writing(tmp_path, capsys, name):
+    """Item 4: an inconsistent checkpoint: one line naming the field; config.json, metrics.jsonl and
+    the checkpoint keep their bytes (nothing rewritten, nothing emptied)."""
+    cfg, out = tiny(steps=4), tmp_path / "run"
+    assert main(["train", *cli_flags(cfg), "--stop-after", "2", "--out", str(out)]) == 0
+    corrupt, words = CORRUPTIONS[name]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save(corrupt(state), out / "checkpoint.pt")
+    before = snapshot(out)
+    torch_rng = torch.get_rng_state()
+    assert main(["train", *cli_flags(cfg), "--resume", "--out", str(out)]) == 2
+    one_error(capsys, words)
+    assert snapshot(out) == before
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+
+
+def test_nothing_created_when_a_run_is_refused(tmp_path, capsys):
+    """Item 6: validation (seed, sizes, memory) happens before the folder exists."""
+    for args in (["--seed", "-1"], ["--seed", str(2**70)], ["--dim", str(10**7)], ["--batch", str(10**12)]):
+        out = tmp_path / "run"
+        assert main(["train", *cli_flags(tiny()), *args, "--out", str(out)]) == 2
+        capsys.readouterr()
+        assert not out.exists(), args
+    with pytest.raises(ValueError, match="seed must be an integer in 0 .. 2\\*\\*63 - 1, got -1"):
+        train(tiny(seed=-1), tmp_path / "api", progress=False)
+    assert not (tmp_path / "api").exists()
+    from ckd.evaluate import reference
+
+    with pytest.raises(ValueError, match="seed must be an integer in 0 .. 2\\*\\*63 - 1, got 1180591620717411303424"):
+        reference(tiny(), sequences=4, seed=2**70)
+
+
+def test_interrupted_before_first_checkpoint_starts_again(tmp_path, monkeypatch, capsys):
+    """Item 6: Ctrl-C before the first checkpoint leaves config.json and metrics.jsonl only; the same
+    command starts the run again (and --resume says so instead of failing obscurely)."""
+    import ckd.train as T
+
+    cfg, out = tiny(steps=6, checkpoint_every=5), tmp_path / "run"
+    real = T.sample
+
+    def interrupted(c, batch, *stream):
+        if stream[:2] == (T.TRAIN, 3):
+            raise KeyboardInterrupt
+        return real(c, batch, *stream)
+
+    monkeypatch.setattr(T, "sample", interrupted)
+    assert main(["train", *cli_flags(cfg), "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl"]
+    capsys.readouterr()
+    assert main(["train", *cli_flags(cfg), "--resume", "--out", str(out)]) == 2
+    one_error(capsys, "nothing to resume", "run without --resume to start it again")
+    assert main(["train", *cli_flags(cfg), "--out", str(out)]) == 0
+    assert main(["train", *cli_flags(cfg), "--out", str(tmp_path / "full")]) == 0
+    assert metrics(out) == metrics(tmp_path / "full")
+
+
+def test_non_finite_loss_stops_keeps_last_good_checkpoint(tmp_path, capsys):
+    """Items 8 and 16: a too large --lr stops at the first non-finite loss, exit 2, one line; the
+    checkpoint on disk is the last one whose loss was measured finite; no NaN in metrics.jsonl."""
+    cfg, out = tiny(steps=30, checkpoint_every=1), tmp_path / "run"
+    assert main(["train", *cli_flags(cfg), "--lr", "1e4", "--warmup", "5", "--out", str(out)]) == 2
+    err = one_error(capsys, "training diverged", "is not finite", "keeps the last good model (step 4)", "lower --lr")
+    recs = metrics(out)
+    assert all(math.isfinite(r["loss"]) for r in recs) and recs[-1]["step"] == 4, recs  # measured: inf at step 5
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values()), err
+    for lr in ("1e6", "1e300"):  # diverges before the first checkpoint: nothing kept, the folder restarts
+        out = tmp_path / f"r{lr}"
+        assert main(["train", *cli_flags(cfg), "--lr", lr, "--out", str(out)]) == 2
+        one_error(capsys, "training diverged", "no checkpoint was written")
+        assert not (out / "checkpoint.pt").exists()
+        assert main(["train", *cli_flags(tiny(steps=2)), "--out", str(out)]) == 0
+
+
+def test_nan_model_refused_by_evaluate_and_forecast(tmp_path, capsys):
+    """Item 8: evaluate and forecast --method transformer refuse non-finite weights naming the checkpoint."""
+    out = tmp_path / "run"
+    train(tiny(steps=2), out, progress=False)
+    state = load_checkpoint(out / "checkpoint.pt")
+    state["model"]["readout.weight"][0, 0] = math.nan
+    bad = tmp_path / "nan.pt"
+    save_checkpoint(bad, state)
+    assert main(["evaluate", str(bad), "--sequences", "4"]) == 2
+    one_error(capsys, "nan.pt", "not finite", "readout.weight")
+    x = sample(tiny(), 1, EVAL)[0].numpy()
+    np.save(tmp_path / "x.npy", x)
+    assert main(["forecast", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"), "--method", "transformer",
+                 "--checkpoint", str(bad)]) == 2
+    one_error(capsys, "nan.pt", "not finite")
+    assert not (tmp_path / "f.npy").exists()
+
+
+@pytest.mark.parametrize("args", [["--dim", str(10**6)], ["--batch", str(10**9)], ["--width", str(10**9)],
+                                  ["--heads", str(10**9)], ["--length", str(10**9)], ["--layers", str(10**9)],
+                                  ["--length", str(10**6), "--tokens", "raw"]])
+def test_absurd_sizes_refused_before_allocating(tmp_path, capsys, args):
+    """Item 7: sizes that cannot fit are refused with one line saying how much and what to do."""
+    out = tmp_path / "run"
+    assert main(["train", *cli_flags(tiny()), *args, "--out", str(out)]) == 2
+    one_error(capsys, "needs about", "are available", "use smaller")
+    assert not out.exists()
+
+
+def test_checkpoints_claiming_huge_models_refused(tmp_path, capsys, monkeypatch):
+    """Item 7: a config claiming dim 1e6 or 1e6 layers is refused before building; evaluate
+    --sequences 1e9 too; and a model larger than memory (memory made small here)."""
+    out = tmp_path / "run"
+    train(tiny(steps=2), out, progress=False)
+    for change, words in [({"dim": 10**6}, "config (dim 1000000) needs"),
+                          ({"layers": 10**6}, "its config says 1000000")]:
+        state = load_checkpoint(out / "checkpoint.pt")
+        state["config"] |= change
+        save_checkpoint(tmp_path / "big.pt", state)
+        assert main(["evaluate", str(tmp_path / "big.pt"), "--sequences", "4"]) == 2
+        one_error(capsys, "big.pt", words)
+    assert main(["evaluate", str(out), "--sequences", str(10**9)]) == 2
+    one_error(capsys, "needs about", "use fewer --sequences")
+    import ckd.validation
+
+    monkeypatch.setattr(ckd.validation, "available_memory", lambda device="cpu": 1000)
+    with pytest.raises(ValueError, match="needs about .* but 1 kB are available"):
+        load_model(out / "checkpoint.pt")
+
+
+def test_memory_estimate_is_a_floor_of_the_weights():
+    """parameter_count equals the built model's, for every architecture option."""
+    import itertools
+
+    from ckd.transformer import CausalTransformer, TransformerConfig, parameter_count
+
+    for tokens, mlp, ln, bias, heads in itertools.product(TOKENS_ALL, [False, True], [False, True], [False, True],
+                                                         [1, 3]):
+        c = TransformerConfig(dim=2, n_layers=2, tokens=tokens, max_len=7, mlp=mlp, layernorm=ln, bias=bias,
+                              n_heads=heads)
+        assert parameter_count(c) == sum(p.numel() for p in CausalTransformer(c).parameters())
+
+
+TOKENS_ALL = ("augmented", "raw")
+
+
+def test_transformer_backend_huge_depth_refused(capsys, tmp_path):
+    """Item 7: predict --backend transformer --depth 1e8 is refused before building 1e8 layers."""
+    np.save(tmp_path / "x.npy", sample(tiny(), 1, EVAL)[0].numpy())
+    assert main(["predict", str(tmp_path / "x.npy"), "-o", str(tmp_path / "p.npy"), "--backend", "transformer",
+                 "--depth", str(10**8)]) == 2
+    one_error(capsys, "transformer backend at depth 100000000", "needs about", "backend='descent'")
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_pipes_in_the_run_folder_never_opened(tmp_path, capsys, name):
+    """A named pipe where the run keeps its files: refused with one line, never opened (no hang)."""
+    out = tmp_path / "run"
+    assert main(["train", *cli_flags(tiny(steps=2)), "--stop-after", "1", "--out", str(out)]) == 0
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    capsys.readouterr()
+    assert main(["train", *cli_flags(tiny(steps=2)), "--resume", "--out", str(out)]) == 2
+    one_error(capsys, name, "not a regular file")
+    assert (out / "checkpoint.pt").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    os.mkfifo(fresh / name)
+    assert main(["train", *cli_flags(tiny(steps=2)), "--out", str(fresh)]) == 2
+    one_error(capsys, "not a ckd training run")

@@ -80,6 +80,7 @@ def _transformer_backend(x: Tensor, *, kernel: str, beta: float, sigma: float, d
         from .construction import run_constructed  # the Transformer issue provides it
     except ImportError:
         raise ValueError("the transformer backend is not available yet; use backend='descent'") from None
+    check_transformer_memory(x, kernel=kernel, depth=depth, ridge=ridge, tokens=tokens)
     return run_constructed(x, kernel=kernel, beta=beta, sigma=sigma, depth=depth, step=step,
                            ridge=ridge, tokens=tokens)
 
@@ -93,3 +94,18 @@ def _linear_time_options(opts: dict, backend: str, method: Any, features: Any, f
     if backend != "descent" and (method != "auto" or features is not None):
         raise ValueError("method and features apply to the descent backend only")
     return dict(method=method, features=features, feature_seed=int(feature_seed))
+
+
+def check_transformer_memory(x: Tensor, *, kernel: str, depth: int, ridge: float, tokens: str) -> None:
+    """Refuse (one line) a constructed transformer that cannot fit in memory, before building it:
+    its layers, weights and the residual stream of every layer (``ckd.transformer.memory_bytes``)
+    plus the (B, T, T) kernel matrices the step is computed from."""
+    from .transformer import TransformerConfig, memory_bytes
+    from .validation import check_fits
+
+    B, T, d = x.shape
+    config = TransformerConfig(dim=d, n_layers=depth, n_heads=2, value_dim=d, attention=kernel, tokens=tokens,
+                               max_len=max(T, 1), mlp=ridge > 0, mlp_width=2 * d, prev_attention="linear")
+    need = memory_bytes(config, B, T, x.element_size(), hidden=True) + 2 * B * T * T * x.element_size()
+    check_fits(need, f"the transformer backend at depth {depth} on x of shape {tuple(x.shape)}",
+            "use a smaller depth, or backend='descent' (same predictions, no per-layer weights)", x.device)

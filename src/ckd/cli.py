@@ -13,6 +13,26 @@ import warnings
 COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast"]
 
 
+MAX_INT = 2**63 - 1  # every integer flag fits a torch int64 / numpy seed
+
+
+def integer(minimum: int = 0, maximum: int = MAX_INT):
+    """argparse ``type`` for an integer flag in [minimum, maximum]: argparse names the flag in
+    its one-line error ("argument --seed: must be an integer in 0 .. 2**63 - 1, got -1")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(text) from None  # argparse: "invalid int value: 'text'"
+        if not minimum <= value <= maximum:
+            top = "2**63 - 1" if maximum == MAX_INT else str(maximum)
+            raise argparse.ArgumentTypeError(f"must be an integer in {minimum} .. {top}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 class UsageError(Exception):
     """A user mistake: reported as one line, no traceback."""
 

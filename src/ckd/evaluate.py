@@ -112,9 +112,12 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     Returns {"x" (test prompts), "x_fit" (probe prompts), "settings", "errors", "summary"} for CKD
     (``ckd_settings``), the baselines and the oracle. ``seed`` defaults to the run's seed.
     """
-    if sequences < 2:
-        raise ValueError(f"--sequences must be >= 2, got {sequences}")
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
+        raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
     seed = cfg.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")
+    check_memory(cfg, sequences)
 
     def prompts(stream: int):
         return make_task(cfg.task, sequences, cfg.length, cfg.dim, seed=seed_for(seed, stream))
@@ -128,6 +131,19 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     errors = {name: next_token_error(p, x) for name, p in preds.items()}
     return dict(x=x, x_fit=prompts(PROBE).x, settings=settings, errors=errors, sequences=sequences, seed=seed,
                 summary={name: summarize(errors[name], p, x) for name, p in preds.items()})
+
+
+def check_memory(cfg: TrainConfig, sequences: int) -> None:
+    """Refuse (one line) an evaluation that cannot fit in memory, before allocating: the (B, T, T)
+    kernel matrices of CKD and the kernel baselines (4 at once, float64) and the model's residual
+    streams of every layer on the test and probe prompts."""
+    from .train import transformer_config
+    from .transformer import memory_bytes
+    from .validation import check_fits
+
+    T = cfg.length
+    need = 4 * sequences * T * T * 8 + 2 * memory_bytes(transformer_config(cfg), sequences, T, 8, hidden=True)
+    check_fits(need, f"evaluating on {sequences} prompts of length {T}", "use fewer --sequences")
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, ref: dict) -> dict:

@@ -1,11 +1,23 @@
-"""Reading and writing arrays for the CLI: .npy and .csv, atomic writes."""
+"""Reading and writing arrays for the CLI: .npy and .csv; every OUT is checked before any work
+and written atomically (``check_output_path``, ``check_output_dir``, ``atomic_write``).
+
+Rules for OUT, shared by every command that writes files (predict, forecast, evaluate, train,
+reproduce): OUT is never one of the inputs (same file through a link or another spelling
+included); an existing OUT that is not a regular file (folder, named pipe, device, socket) is
+refused, never replaced; a symbolic link OUT is written through (the file it points to is
+replaced, the link stays); a new file gets mode 0666 minus the umask, a replaced file keeps
+its mode; a failure leaves no OUT and no temp file.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -13,16 +25,20 @@ SUFFIXES = (".npy", ".csv")
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
-    """Load a numeric array from ``.npy`` or ``.csv`` (comma-separated, optional header row).
+    """Load a real numeric array from ``.npy`` or ``.csv`` (comma-separated, optional header row).
 
-    Raises ``ValueError`` with a one-line message for a missing, unreadable or
-    non-numeric file.
+    A ``.npy`` of any byte order holding bool, integers or floats (float16 to float128) is
+    returned in native byte order; float128 is converted to float64 (values beyond its range
+    refused). Raises ``ValueError`` with a one-line message naming the file for a missing,
+    unreadable or non-numeric file, or another dtype.
     """
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such file")
     if p.is_dir():
         raise ValueError(f"{p}: is a directory, not an array file")
+    if not p.is_file():
+        raise ValueError(f"{p}: is not a regular file (a named pipe, device or socket); save the array to a file")
     suffix = p.suffix.lower()
     if suffix == ".csv":
         return _load_csv(p)
@@ -32,8 +48,22 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{p}: not a readable .npy array ({type(err).__name__}: {err})".splitlines()[0]) from None
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"{p}: holds an archive of arrays, expected one array")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
-        raise ValueError(f"{p}: not a real numeric array (dtype {arr.dtype})")
+    return _native_real(arr, p)
+
+
+def _native_real(arr: np.ndarray, p: Path) -> np.ndarray:
+    """``arr`` in native byte order; float types torch lacks (float128) as float64."""
+    kind = arr.dtype.kind
+    if kind not in "biuf" or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
+        raise ValueError(f"{p}: dtype {arr.dtype} is not a real number type; save bool, integers or floats")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if kind == "f" and arr.dtype.itemsize > 8:  # float128 / longdouble: torch has no such type
+        with np.errstate(over="ignore"):
+            wide = arr
+            arr = wide.astype(np.float64)
+        if (np.isfinite(wide) & ~np.isfinite(arr)).any():
+            raise ValueError(f"{p}: dtype {wide.dtype} holds values beyond float64's range (~1.8e308); rescale them")
     return arr
 
 
@@ -68,30 +98,117 @@ def _load_csv(p: Path) -> np.ndarray:
         raise ValueError(f"{p}: cannot read ({err})") from None
 
 
-def check_output_path(path: str | os.PathLike, ndim: int) -> Path:
-    """Check OUT before any work: known suffix, existing folder, csv only for (T, d)."""
+def _kind(mode: int) -> str:
+    """A name for a file type that is not a regular file."""
+    for test, name in [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_file_target(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check that a file may be written at ``path`` before any work; return the path to write
+    (``path`` with symbolic links resolved: a link OUT is written through, the link kept).
+
+    Refused with a one-line ``ValueError``: ``path`` is one of ``inputs`` (same file through a
+    link, a hard link or another spelling); it exists and is not a regular file; its folder does
+    not exist or is not writable.
+    """
+    p = Path(path)
+    for inp in inputs:
+        try:
+            same = os.path.samefile(p, inp)
+        except OSError:
+            same = False
+        if same:
+            raise ValueError(f"{p}: is the input {inp}; choose another output (the input is never overwritten)")
+    target = Path(os.path.realpath(p))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise ValueError(f"{p}: cannot check the output ({err.strerror})") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValueError(f"{p}: exists and is {_kind(mode)}, not a regular file; choose a file name "
+                         "(it is never replaced)")
+    if not target.parent.is_dir():
+        raise ValueError(f"{p.parent}: output folder does not exist")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{target.parent}: no permission to write in this folder")
+    return target
+
+
+def check_output_path(path: str | os.PathLike, ndim: int, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check an array OUT before any work: known suffix, csv only for (T, d), and
+    ``check_file_target`` (not an input, not a folder/pipe/device, writable folder)."""
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise ValueError(f"{p}: output must end in .npy or .csv")
     if p.suffix.lower() == ".csv" and ndim != 2:
         raise ValueError(f"{p}: a .csv output holds a (T, d) array; use .npy for (B, T, d)")
-    if not p.parent.resolve().is_dir():
-        raise ValueError(f"{p.parent}: output folder does not exist")
+    check_file_target(p, inputs)
     return p
 
 
-def save_array(path: str | os.PathLike, arr: np.ndarray) -> None:
-    """Write atomically (temp file in the same folder, then rename): a failure leaves no OUT."""
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check an output folder before any work: it is a folder (or does not exist yet) and the
+    first existing folder on its path is writable. Returns it; creates nothing."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent.resolve(), prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        mode = os.stat(p).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as err:
+        raise ValueError(f"{p}: cannot check the output folder ({err.strerror})") from None
+    if mode is not None and not stat.S_ISDIR(mode):
+        raise ValueError(f"{p}: exists and is {_kind(mode) if not stat.S_ISREG(mode) else 'a file'}, not a folder")
+    existing = p
+    while not (existing.exists() or existing == existing.parent):
+        if existing.is_symlink():
+            raise ValueError(f"{existing}: a link to nothing; choose another output folder")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: exists and is not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing}: no permission to write in this folder")
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(file)`` on a temp file in the folder of ``path``, then rename it onto ``path``:
+    never a half-written file. Symbolic links are written through; a new file gets mode
+    0666 & ~umask (as files opened normally), a replaced file keeps its mode; an existing
+    ``path`` that is not a regular file is refused (``ValueError``), never replaced."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: exists and is {_kind(st.st_mode)}, not a regular file; it is never replaced")
+    if st is not None:
+        mode = stat.S_IMODE(st.st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            if p.suffix.lower() == ".csv":
-                np.savetxt(fh, arr, delimiter=",", fmt="%.17g")
-            else:
-                np.save(fh, arr)
-        os.replace(tmp, p)
+            write(fh)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_array(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write ``arr`` as .npy or .csv (by suffix) with ``atomic_write``: a failure leaves no OUT."""
+    if Path(path).suffix.lower() == ".csv":
+        atomic_write(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt="%.17g"))
+    else:
+        atomic_write(path, lambda fh: np.save(fh, arr))

@@ -28,11 +28,11 @@ Usage: ``ckd train --task periodic --attention softmax --layers 2 --out runs/p2`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -44,15 +44,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
+from .io import atomic_write, check_output_dir
 from .kernels import causal_matrices
 from .sequences import TASKS, make_task
-from .validation import check_number
+from .validation import check_fits, check_number
 
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
 INITS = ("random", "construction")
 TOKENS = ("augmented", "raw")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FORMAT = "ckd-train-1"
+MAX_INT = 2**63 - 1  # every integer field: a torch int64 / numpy seed
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")  # what a run writes in its folder
 
 # Seed streams (the second entry of ``seed_for``): training batches, CKD tuning, eval during training,
 # fresh sequences of ``ckd evaluate``. Distinct streams never share sequences.
@@ -108,12 +111,15 @@ class TrainConfig:
         for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
                           ("log_every", 1), ("eval_every", 1), ("eval_batch", 1), ("checkpoint_every", 1)]:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+                raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
         for name in ("heads", "width"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_INT):
+                raise ValueError(f"{name} must be an integer >= 1 (and < 2**63), got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_INT:
+            raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {self.seed!r}")
         check_number(self.lr, "lr", minimum=0.0, strict=True)
         check_number(self.min_lr, "min_lr", minimum=0.0)
         check_number(self.weight_decay, "weight_decay", minimum=0.0)
@@ -127,6 +133,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Fields missing from ``d`` (a run older than them) take their defaults; unknown ones are refused."""
+        if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+            raise ValueError(f"config is not a dict of fields (got {type(d).__name__})")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -209,6 +217,20 @@ def construction_setting(cfg: TrainConfig) -> dict:
 # --------------------------------------------------------------------------- model
 
 
+def transformer_config(cfg: TrainConfig, setting: dict | None = None):
+    """The ``TransformerConfig`` of the run's model (the construction's for ``init='construction'``:
+    two heads, head_dim d, no MLP), without building it."""
+    from .transformer import TransformerConfig
+
+    if cfg.init == "construction":
+        return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=2, head_dim=cfg.dim,
+                                 value_dim=cfg.dim, attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length,
+                                 mlp_width=2 * cfg.dim, prev_attention="linear")
+    return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width,
+                             attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp,
+                             layernorm=cfg.layernorm)
+
+
 def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
     """The run's ``CausalTransformer`` (float64 construction cast to ``cfg.dtype``, or random init
     from the global torch RNG). ``setting`` (from ``construction_setting``) is needed for the
@@ -220,12 +242,33 @@ def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
                           beta=setting["beta"], sigma=setting["sigma"], tokens=cfg.tokens,
                           max_len=cfg.length, dtype=torch.float64)
     else:
-        from .transformer import CausalTransformer, TransformerConfig
+        from .transformer import CausalTransformer
 
-        model = CausalTransformer(TransformerConfig(
-            dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width, attention=cfg.attention,
-            tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp, layernorm=cfg.layernorm))
+        model = CausalTransformer(transformer_config(cfg))
     return model.to(DTYPES[cfg.dtype])
+
+
+def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: int = 1, *,
+                 training: bool = True, batch: int | None = None) -> None:
+    """Refuse (one-line ``ValueError``) a run or model that cannot fit in memory, before allocating.
+
+    Floor of the bytes (``ckd.transformer.memory_bytes``): the model with gradients and AdamW
+    moments and a batch's activations (``training``; else the model and one forward of ``batch``
+    prompts), the prompts and their maps f ((B, d, d) for the linear and nonlinear families),
+    the held-out prompts, and the construction's tuning matrices (64 T^2)."""
+    from .transformer import memory_bytes
+
+    item = 8 if cfg.dtype == "float64" else 4
+    T, d = cfg.length, cfg.dim
+    B = (cfg.batch // world) if batch is None else batch
+    model = memory_bytes(transformer_config(cfg), B, T, item, training=training)
+    maps = 3 * d * d * 8 if cfg.task not in ("periodic", "periodic-gaussian") else 0
+    data = max(B, cfg.eval_batch if training else 0) * (T * d * 8 * 2 + maps)
+    tune = TUNE_SEQUENCES * T * T * 8 * 3 if (training and cfg.init == "construction") else 0
+    what = (f"training (layers {cfg.layers}, width {transformer_config(cfg).d_model}, batch {B}, length {T}, dim {d})"
+            if training else f"the model of layers {cfg.layers}, dim {d}, length {T}")
+    check_fits(model + data + tune, what, "use smaller --layers, --width, --heads, --batch, --length or --dim"
+            if training else "use fewer sequences, or check that the checkpoint is the one you meant", device)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -272,23 +315,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file in path's folder, then os.replace it onto path
-    (readable by all, as files opened normally): never a half-written file at ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save, atomically: a crash never leaves a half-written checkpoint."""
     atomic_write(path, lambda fh: torch.save(state, fh))
@@ -297,8 +323,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a checkpoint of ``ckd train``; a clear ``ValueError`` if it is missing or corrupted."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such checkpoint")
+    if not path.is_file():
+        raise ValueError(f"{path}: is not a regular file (a folder, pipe or device), not a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -310,10 +338,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def check_model_state(path, cfg: TrainConfig, model_state) -> None:
+    """Before building the model: ``model_state`` is a dict of finite tensors whose layer count and
+    embedding / read-out shapes are those the config describes (a config claiming a huge model is
+    refused here, not allocated)."""
+    if not isinstance(model_state, dict) or not all(isinstance(v, Tensor) for v in model_state.values()):
+        raise ValueError(f"{path}: checkpoint field 'model' is not a dict of tensors")
+    tc = transformer_config(cfg)
+    layers = {int(k.split(".")[1]) for k in model_state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if layers != set(range(cfg.layers)):
+        raise ValueError(f"{path}: checkpoint field 'model' holds {len(layers)} layers, its config says {cfg.layers}")
+    for key, shape in [("embed.weight", (tc.d_model, tc.d_in)), ("readout.weight", (cfg.dim, tc.d_model))]:
+        if key not in model_state or tuple(model_state[key].shape) != shape:
+            got = tuple(model_state[key].shape) if key in model_state else "nothing"
+            raise ValueError(f"{path}: checkpoint field 'model' does not fit its config: {key} is {got}, "
+                             f"the config (dim {cfg.dim}) needs {shape}")
+    for key, value in model_state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: the model's weights are not finite (NaN or inf in {key}): the run diverged; "
+                             "train again with a smaller --lr")
+
+
 def load_model(path: str | os.PathLike) -> tuple[TrainConfig, nn.Module, dict]:
-    """(config, trained model in eval mode, checkpoint) from a ``checkpoint.pt`` of ``ckd train``."""
+    """(config, trained model in eval mode, checkpoint) from a ``checkpoint.pt`` of ``ckd train``.
+    Refuses (one-line ``ValueError`` naming the checkpoint) weights that are not finite, or that do
+    not fit the config, or a model that cannot fit in memory, before building it."""
     state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"]).validate()
+    try:
+        cfg = TrainConfig.from_dict(state["config"]).validate()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: checkpoint field 'config': {err}".splitlines()[0]) from None
+    check_model_state(path, cfg, state["model"])
+    check_memory(cfg, training=False, batch=1)
     model = build_model(cfg, state["setting"])
     try:
         model.load_state_dict(state["model"])
@@ -331,12 +387,16 @@ def read_metrics(path: Path, before: int | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (those with step < ``before``; a torn last line is dropped)."""
     if not path.exists():
         return []
+    if not path.is_file():  # never open a pipe: it would block
+        raise ValueError(f"{path}: is not a regular file; remove it or choose another --out")
     records = []
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             break  # a line torn by a crash: everything after it is stale too
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            break
         if before is None or rec["step"] < before:
             records.append(rec)
     return records
@@ -380,26 +440,155 @@ def setup(device: str) -> Dist:
 # --------------------------------------------------------------------------- training
 
 
-def prepare_out(cfg: TrainConfig, out: Path, resume: bool, d: Dist) -> dict | None:
-    """Check ``out`` before any work; return the checkpoint to resume from (or None)."""
-    ckpt_path, cfg_path = out / "checkpoint.pt", out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    if not resume:
-        if ckpt_path.exists() or cfg_path.exists():
-            raise ValueError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out")
-        if d.main:
-            out.mkdir(parents=True, exist_ok=True)
-        return None
-    if not ckpt_path.exists():
-        raise ValueError(f"--resume: {ckpt_path} does not exist (nothing to resume)")
-    state = load_checkpoint(ckpt_path)
-    old, new = asdict(TrainConfig.from_dict(state["config"])), asdict(cfg)  # older runs: missing fields default
+def _is_our_config(path: Path) -> bool:
+    """``path`` is a config.json written by ``ckd train`` (a dict of TrainConfig fields and ``setting``)."""
+    if not path.is_file():  # never open a pipe: it would block
+        return False
+    try:
+        data = json.loads(path.read_text())
+        TrainConfig.from_dict({k: v for k, v in data.items() if k != "setting"})
+        return "setting" in data and "task" in data
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def inspect_out(out: Path, resume: bool) -> bool:
+    """Read-only check of the run folder; True when a run starts from step 0 (False: resume).
+
+    A folder that does not exist, is empty, or holds a run of ours stopped before its first
+    checkpoint (our config.json, no checkpoint.pt) starts a new run. A run with a checkpoint needs
+    ``resume``. A folder holding files but no run of ours is refused: its files are never touched.
+    """
+    check_output_dir(out)
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        if not ckpt.exists():
+            hint = (" (the run stopped before its first checkpoint: run without --resume to start it again)"
+                    if _is_our_config(out / "config.json") else "")
+            raise ValueError(f"--resume: {ckpt} does not exist (nothing to resume){hint}")
+        return False
+    if not out.exists():
+        return True
+    if ckpt.exists():
+        raise ValueError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out")
+    if _is_our_config(out / "config.json"):
+        return True  # stopped before its first checkpoint: start again
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        raise ValueError(f"{out} holds files that are not a ckd training run ({others[0]}"
+                         f"{', ...' if len(others) > 1 else ''}); choose a new or empty --out")
+    return True
+
+
+class FolderLock:
+    """An exclusive ``fcntl.flock`` on the run folder for the run's whole life: a second ``ckd train``
+    on the same folder is refused with one line (no file is created for the lock)."""
+
+    def __init__(self, out: Path):
+        self.out, self.fd = out, None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise ValueError(f"{self.out}: another ckd train is running in this folder; wait for it or choose "
+                             "another --out") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def _field(path: Path, name: str, why: str) -> ValueError:
+    return ValueError(f"--resume: {path}: checkpoint field '{name}' {why}; it was left as is")
+
+
+def check_resume_state(state: dict, cfg: TrainConfig, path: Path) -> None:
+    """Every field of a checkpoint to resume, checked before anything is written: config (the run's),
+    setting, step, model (finite, fits the config), optimizer, scheduler, RNG states."""
+    try:
+        old = TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as err:
+        raise _field(path, "config", f"is not a run config ({err})") from None
+    old, new = asdict(old), asdict(cfg)  # older runs: missing fields default
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        raise ValueError(f"--resume: {out} was trained with a different config ({'; '.join(diff)}); "
+        raise ValueError(f"--resume: {path.parent} was trained with a different config ({'; '.join(diff)}); "
                          "rerun with the same flags or choose a new --out")
-    return state
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= cfg.steps:
+        raise _field(path, "step", f"must be an integer in 0 .. {cfg.steps}, got {step!r}")
+    setting = state["setting"]
+    if cfg.init == "construction":
+        numbers = isinstance(setting, dict) and all(isinstance(setting.get(k), (int, float))
+                                                    and math.isfinite(setting[k]) for k in ("step", "beta", "sigma"))
+        if not numbers:
+            raise _field(path, "setting", "must hold the construction's finite step, beta and sigma")
+    elif setting is not None:
+        raise _field(path, "setting", f"must be None for init {cfg.init}, got {type(setting).__name__}")
+    try:
+        check_model_state(path, cfg, state["model"])
+    except ValueError as err:
+        raise ValueError(f"--resume: {err}; it was left as is") from None
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not {"torch", "numpy", "python"} <= set(rng):
+        raise _field(path, "rng", "must hold the torch, numpy and python RNG states")
+    saved = rng_state()
+    try:
+        set_rng_state(rng)
+    except Exception as err:
+        raise _field(path, "rng", f"is not a valid RNG state ({type(err).__name__}: {err})".splitlines()[0]) from None
+    finally:
+        set_rng_state(saved)
+
+
+def load_states(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> None:
+    """Load model, optimizer and scheduler states, each checked (one line naming the field)."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError, AttributeError) as err:
+        raise _field(path, "model", f"does not fit the model ({err})".splitlines()[0]) from None
+    opt = state["optimizer"]
+    params = list(model.parameters())
+    try:
+        groups = opt["param_groups"]
+        if not isinstance(opt["state"], dict) or len(groups) != 1 or groups[0]["params"] != list(range(len(params))):
+            raise ValueError("its parameter groups are not the model's")
+        g = groups[0]
+        if not (tuple(g["betas"]) == (0.9, 0.99) and g["weight_decay"] == optimizer.defaults["weight_decay"]
+                and all(math.isfinite(g[k]) and g[k] >= 0 for k in ("lr", "eps"))):
+            raise ValueError("its hyper-parameters (lr, betas, eps, weight decay) are not the run's")
+        for i, st in opt["state"].items():
+            if not (isinstance(i, int) and 0 <= i < len(params)) or not isinstance(st, dict):
+                raise ValueError(f"it has a state for parameter {i!r}, which the model does not have")
+            p = params[i]
+            for key in ("exp_avg", "exp_avg_sq"):
+                if not isinstance(st[key], Tensor) or st[key].shape != p.shape or not torch.isfinite(st[key]).all():
+                    raise ValueError(f"state {key} of parameter {i} is not a finite tensor of shape {tuple(p.shape)}")
+            if not torch.isfinite(torch.as_tensor(st["step"], dtype=torch.float64)).all():
+                raise ValueError(f"step of parameter {i} is not finite")
+        optimizer.load_state_dict(opt)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+        raise _field(path, "optimizer", f"is not this run's AdamW state ({err})".splitlines()[0]) from None
+    sch = state["scheduler"]
+    try:
+        if not isinstance(sch, dict) or sch.get("last_epoch") != state["step"]:
+            raise ValueError(f"last_epoch {sch.get('last_epoch') if isinstance(sch, dict) else sch!r} "
+                             f"is not the step {state['step']}")
+        if list(sch.get("base_lrs", ())) != [optimizer.defaults["lr"]]:
+            raise ValueError(f"base_lrs {sch.get('base_lrs')!r} are not [{optimizer.defaults['lr']}]")
+        scheduler.load_state_dict(sch)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+        raise _field(path, "scheduler", f"is not this run's schedule ({err})".splitlines()[0]) from None
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
@@ -408,13 +597,55 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
 
     ``stop_after``: stop once ``stop_after`` updates are done, leaving a checkpoint that
     ``resume=True`` continues exactly (the schedule still spans ``cfg.steps``).
+
+    Everything (config, memory, folder, checkpoint) is checked before anything is written; the
+    folder is locked while the run writes; a non-finite loss stops the run with a
+    ``FloatingPointError``, the last checkpoint (finite weights) kept.
     """
     cfg.validate()
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or not 0 <= stop_after <= MAX_INT):
+        raise ValueError(f"--stop-after must be an integer >= 0, got {stop_after!r}")
     out = Path(out)
     d = setup(device)
     if cfg.batch % d.world:
         raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes {d.world}")
-    state = prepare_out(cfg, out, resume, d)
+    check_memory(cfg, d.device, d.world)
+    fresh = inspect_out(out, resume)
+    setting = None
+    if fresh and d.main and cfg.init == "construction":  # before creating anything: it can fail
+        setting = construction_setting(cfg)
+    created = False
+    if d.main and not out.exists():
+        try:
+            out.mkdir(parents=True)
+            created = True
+        except FileExistsError:  # another run made it meanwhile: the lock decides
+            pass
+    with FolderLock(out) if d.main else contextlib.nullcontext():  # refused: another run owns the folder
+        try:
+            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting)
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # nothing was written: leave no folder behind
+            raise
+
+
+def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: bool, stop_after: int | None,
+                  progress: bool, setting: dict | None) -> list[dict]:
+    """``train`` once the folder is checked and locked."""
+    if inspect_out(out, resume) != fresh:  # another run changed the folder before the lock
+        raise ValueError(f"{out}: changed by another ckd train while this one started; choose another --out")
+    state = None
+    if not fresh:
+        ckpt = out / "checkpoint.pt"
+        state = load_checkpoint(ckpt)
+        check_resume_state(state, cfg, ckpt)
+        setting = state["setting"]
+        if stop_after is not None and stop_after < state["step"]:
+            raise ValueError(f"--stop-after {stop_after} is before the checkpoint's step {state['step']}")
+    elif cfg.init == "construction" and setting is None:  # other ranks
+        setting = construction_setting(cfg)
     if d.world > 1:
         dist.barrier()  # every rank has checked DIR before rank 0 writes into it
     dtype = DTYPES[cfg.dtype]
@@ -422,37 +653,43 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    setting = state["setting"] if state else (construction_setting(cfg) if cfg.init == "construction" else None)
     model = build_model(cfg, setting).to(d.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     start = 0
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_states(out / "checkpoint.pt", state, model, optimizer, scheduler)
         set_rng_state(state["rng"])
         start = int(state["step"])
-        if stop_after is not None and stop_after < start:
-            raise ValueError(f"--stop-after {stop_after} is before the checkpoint's step {start}")
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     model.train()
 
     metrics_path = out / "metrics.jsonl"
-    records = read_metrics(metrics_path, before=start) if d.main else []
+    records = read_metrics(metrics_path, before=start) if d.main and state else []
     if d.main:
         write_json(out / "config.json", {**asdict(cfg), "setting": setting})
-        with open(metrics_path, "w") as fh:  # drop lines logged after the checkpoint we resume from
-            fh.writelines(json.dumps(r) + "\n" for r in records)
+        atomic_write(metrics_path, lambda fh: fh.writelines((json.dumps(r) + "\n").encode() for r in records))
     x_eval = sample(cfg, cfg.eval_batch, EVAL).to(d.device, dtype) if d.main else None
+    saved = start if state else None  # step of the checkpoint on disk
+
+    def diverged(step: int, what: str) -> FloatingPointError:
+        bar.close()
+        kept = (f"{out / 'checkpoint.pt'} keeps the last good model (step {saved})" if saved is not None
+                else "no checkpoint was written")
+        return FloatingPointError(f"training diverged: {what} at step {step} is not finite; {kept}; "
+                                  f"lower --lr (now {cfg.lr:g}) and train again")
 
     def checkpoint(step: int) -> None:
+        nonlocal saved
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise diverged(step, "the model's weights")
         if d.main:
             save_checkpoint(out / "checkpoint.pt", dict(
                 format=CHECKPOINT_FORMAT, config=asdict(cfg), setting=setting, step=step,
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 rng=rng_state()))
+        saved = step
 
     from tqdm.auto import tqdm
 
@@ -468,6 +705,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
             dist.all_reduce(value)
             value /= d.world
         value = float(value)
+        if not math.isfinite(value):
+            raise diverged(step, f"the loss ({value})")
         running = value if running is None else 0.9 * running + 0.1 * value
         evaluate = step % cfg.eval_every == 0 or step == cfg.steps
         if d.main and (evaluate or step % cfg.log_every == 0):
@@ -483,16 +722,19 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
             # the loss logged at `step` is measured on fresh prompts after `step` updates
             x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank).to(d.device, dtype)
             loss = next_token_loss(net(x), x)
+            log(step, loss)  # stops at a non-finite loss
+            if step > start and step % cfg.checkpoint_every == 0:
+                checkpoint(step)  # a good model: its loss was just measured finite
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            log(step, loss)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # e.g. an lr beyond the dtype's range
+                raise diverged(step, f"the update ({err})".splitlines()[0]) from None
             scheduler.step()
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3g}")
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < end:
-                checkpoint(step + 1)
         if end == cfg.steps:  # the final model, measured on fresh prompts too
             x = sample(cfg, cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
             with torch.no_grad():

@@ -328,3 +328,51 @@ class CausalTransformer(nn.Module):
             hidden.append(h)
         pred = self.readout(self.ln_out(h))
         return (pred, hidden) if return_hidden else pred
+
+
+# --------------------------------------------------------------------------- memory, before building
+
+LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its weights (measured ~19-23 KiB)
+
+
+def parameter_count(c: TransformerConfig) -> int:
+    """Number of weights of ``CausalTransformer(c)``, from the config alone (nothing is built)."""
+    w, b, ln = c.d_model, int(c.bias), int(c.layernorm)
+
+    def block(heads: int, E: int, Ev: int, mlp: bool) -> int:
+        n = heads * (2 * E + Ev) * w + heads * Ev * w + b * (heads * (2 * E + Ev) + w) + ln * (1 + b) * w
+        if mlp:
+            n += 2 * w * c.d_mlp + b * (c.d_mlp + w) + ln * (1 + b) * w
+        return n
+
+    n = (c.d_in + b) * w + (w + b) * c.dim + ln * (1 + b) * w
+    n += c.n_layers * block(c.n_heads, c.d_head, c.d_value, c.mlp)
+    if c.tokens == "raw":  # the previous-token block: one head, queries/keys of pos_dim, values of dim
+        n += block(1, c.d_pos, c.dim, False)
+    return n
+
+
+def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, training: bool = False,
+                 hidden: bool = False) -> int:
+    """A floor of the bytes ``CausalTransformer(c)`` needs on x (batch, T, dim) in a dtype of ``itemsize``:
+
+        weights            P itemsize (x 4 when training: gradients and two AdamW moments)
+        objects            (L + 1) ``LAYER_OBJECTS``
+        positional table   max_len pos_dim 8 (raw tokens)
+        activations        per layer B T (2 width + H (2 E + 2 Ev) [+ mlp width]) itemsize, (+ B H T^2 for
+                           linear attention with E Ev > T), kept for every layer when training;
+                           the residual stream of every layer when ``hidden``.
+    """
+    raw = c.tokens == "raw"
+    layers = c.n_layers + raw
+    w = c.d_model
+    weights = parameter_count(c) * itemsize * (4 if training else 1)
+    objects = (layers + 1) * LAYER_OBJECTS
+    table = c.max_len * c.d_pos * 8 if raw else 0
+    per_layer = batch * T * (2 * w + c.n_heads * (2 * c.d_head + 2 * c.d_value) + (c.d_mlp if c.mlp else 0))
+    if c.attention == "linear" and c.d_head * c.d_value > T:
+        per_layer += batch * c.n_heads * T * T
+    acts = per_layer * (layers if training else 1) + batch * T * (c.d_in + w)
+    if hidden:
+        acts += batch * T * w * (layers + 1)
+    return weights + objects + table + acts * itemsize

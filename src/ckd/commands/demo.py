@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from ..cli import integer
 from ..descent import descend
 from ..metrics import next_token_error
 from ..sequences import make_task
@@ -27,9 +28,9 @@ TIMES = (10, 50, 100, 200)
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="a short tour: CKD error vs t and depth on every family and kernel")
-    p.add_argument("--sequences", type=int, default=16, help="sequences per setting (default 16)")
-    p.add_argument("--dim", type=int, default=3, help="token dimension d (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", type=integer(1), default=16, help="sequences per setting (default 16)")
+    p.add_argument("--dim", type=integer(1), default=3, help="token dimension d (default 3)")
+    p.add_argument("--seed", type=integer(0), default=0)
     p.set_defaults(run=run)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cli import integer
+from ..io import check_file_target, check_output_dir
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="compare a trained Transformer with CKD and the baselines on fresh prompts",
@@ -12,19 +15,23 @@ def add_parser(sub) -> None:
                                    "and a least-squares probe of each layer's residual stream against CKD.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by ckd train (or its run folder)")
     p.add_argument("--out", metavar="DIR", default=None, help="write DIR/evaluation.json, .png and .pdf")
-    p.add_argument("--sequences", type=int, default=64, help="fresh prompts (default 64)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the fresh prompts (default: the run's seed)")
+    p.add_argument("--sequences", type=integer(2), default=64, help="fresh prompts (default 64)")
+    p.add_argument("--seed", type=integer(0), default=None, help="seed of the fresh prompts (default: the run's seed)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..evaluate import evaluate, report, save
+    from .reproduce import require_matplotlib
 
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"{args.out}: exists and is not a folder")
+    if args.out is not None:
+        if check_output_dir(args.out).exists():  # its files: never through a pipe, never onto a folder
+            for suffix in (".json", ".png", ".pdf"):
+                check_file_target(Path(args.out) / f"evaluation{suffix}", [path])
+        require_matplotlib("ckd evaluate --out")
     result = evaluate(path, sequences=args.sequences, seed=args.seed)
     print(report(result))
     if args.out is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..cli import integer
 from ..forecast import METHODS, forecast
 from ..io import check_output_path, load_array, save_array
 
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma", type=float, default=None,
                    help="gaussian bandwidth in standardised units (ckd, krr; default: chosen causally)")
     p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen causally)")
-    p.add_argument("--k", type=int, default=1, help="neighbours of the analogues method (default 1)")
+    p.add_argument("--k", type=integer(1), default=1, help="neighbours of the analogues method (default 1)")
     p.add_argument("--depth", default="1", help="ckd depth: 1 (local linear read-out, default) or inf")
     p.add_argument("--checkpoint", default=None, metavar="PT",
                    help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     x = load_array(args.input)
-    out_path = check_output_path(args.output, x.ndim)
+    out_path = check_output_path(args.output, x.ndim, inputs=[args.input, args.checkpoint or args.input])
     pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth,
                     checkpoint=args.checkpoint)
     save_array(out_path, pred)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..api import BACKENDS, DTYPES, TOKENS, predict
+from ..cli import MAX_INT
 from ..io import check_output_path, load_array, save_array
 from ..kernels import KERNELS
 from ..validation import parse_float
@@ -26,8 +27,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.depth.strip().isdigit() and int(args.depth) > MAX_INT:
+        raise ValueError(f"--depth must be an integer in 0 .. 2**63 - 1 or inf, got {args.depth}")
     x = load_array(args.input)
-    out_path = check_output_path(args.output, x.ndim)
+    out_path = check_output_path(args.output, x.ndim, inputs=[args.input])
     pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
                    ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype)
     save_array(out_path, pred)

@@ -11,6 +11,7 @@ is rendered from it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import shlex
@@ -22,7 +23,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..cli import integer
 from ..experiments import EXPERIMENTS, load
+from ..io import atomic_write, check_file_target, check_output_dir
 
 
 def add_parser(sub) -> None:
@@ -32,9 +35,9 @@ def add_parser(sub) -> None:
                    help=f"experiments to run (default: all): {', '.join(EXPERIMENTS)}")
     p.add_argument("--quick", action="store_true", help="few sequences, short prompts (everything < 60 s)")
     p.add_argument("--out", default="ckd-results", help="output folder (default: ckd-results/)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=integer(0), default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=integer(1, 4096), default=1,
                    help="torch CPU threads (default 1: the experiments are many small operations, for which "
                         "extra threads cost more than they give, ten times more on a busy machine)")
     p.set_defaults(run=run)
@@ -50,10 +53,22 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+    out = check_output_dir(args.out)
+    if out.exists():  # files it will write: never through a pipe, never onto a folder
+        for file in ["summary.json", "summary.md", *(f"{n}.{ext}" for n in names for ext in ("json", "png", "pdf"))]:
+            check_file_target(out / file)
+    require_matplotlib("ckd reproduce")
     return names, out
+
+
+def require_matplotlib(what: str) -> None:
+    """Figures need matplotlib, an optional extra (``ckd[plot]``): without it, one line before any work.
+
+    matplotlib stays optional: predict, forecast, train and evaluate without --out run without it,
+    and it is the heaviest dependency after torch."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(f"{what} draws figures with matplotlib, which is not installed: "
+                         "pip install 'ckd[plot]'")
 
 
 def run(args) -> int:
@@ -85,8 +100,8 @@ def run(args) -> int:
                              seed=args.seed, quick=args.quick, device=args.device,
                              date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
         tqdm.write(f"{name}: {status} in {seconds:.1f} s")
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
-        (out / "summary.md").write_text(render_summary(summary, out))
+        atomic_write(summary_path, lambda fh: fh.write((json.dumps(summary, indent=1) + "\n").encode()))
+        atomic_write(out / "summary.md", lambda fh: fh.write(render_summary(summary, out).encode()))
     total = time.perf_counter() - start
     print(f"{len(names)} experiment(s) in {total:.1f} s; figures, numbers and summary.md in {out}/")
     if failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import integer
 from ..sequences import TASKS
 from ..train import ATTENTIONS, DTYPES, INITS, TOKENS, TrainConfig, train
 
@@ -18,32 +19,37 @@ def add_parser(sub) -> None:
     p.add_argument("--task", default=DEFAULTS.task, choices=list(TASKS), help=f"task family (default {DEFAULTS.task})")
     p.add_argument("--attention", default=DEFAULTS.attention, choices=ATTENTIONS,
                    help=f"attention score function (default {DEFAULTS.attention})")
-    p.add_argument("--layers", type=int, default=DEFAULTS.layers, help=f"layers (default {DEFAULTS.layers})")
-    p.add_argument("--heads", type=int, default=None, help="heads per layer (default 2)")
-    p.add_argument("--width", type=int, default=None, help="residual width (default: the Transformer's)")
+    p.add_argument("--layers", type=integer(1), default=DEFAULTS.layers, help=f"layers (default {DEFAULTS.layers})")
+    p.add_argument("--heads", type=integer(1), default=None, help="heads per layer (default 2)")
+    p.add_argument("--width", type=integer(1), default=None, help="residual width (default: the Transformer's)")
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="add MLPs (default no)")
     p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
                    help="LayerNorm before attention, MLP and read-out (default no)")
     p.add_argument("--init", default=DEFAULTS.init, choices=INITS,
                    help="random, or the construction running CKD (step and kernel chosen on separate prompts)")
     p.add_argument("--tokens", default=DEFAULTS.tokens, choices=TOKENS, help="input tokens (default augmented)")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"optimizer steps (default {DEFAULTS.steps})")
-    p.add_argument("--batch", type=int, default=DEFAULTS.batch, help=f"prompts per step (default {DEFAULTS.batch})")
-    p.add_argument("--length", type=int, default=DEFAULTS.length, help=f"tokens per prompt (default {DEFAULTS.length})")
-    p.add_argument("--dim", type=int, default=DEFAULTS.dim, help=f"token dimension d (default {DEFAULTS.dim})")
+    p.add_argument("--steps", type=integer(0), default=DEFAULTS.steps,
+                   help=f"optimizer steps (default {DEFAULTS.steps})")
+    p.add_argument("--batch", type=integer(1), default=DEFAULTS.batch,
+                   help=f"prompts per step (default {DEFAULTS.batch})")
+    p.add_argument("--length", type=integer(3), default=DEFAULTS.length,
+                   help=f"tokens per prompt (default {DEFAULTS.length})")
+    p.add_argument("--dim", type=integer(1), default=DEFAULTS.dim, help=f"token dimension d (default {DEFAULTS.dim})")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"peak AdamW learning rate (default {DEFAULTS.lr})")
-    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup, help=f"warm-up steps (default {DEFAULTS.warmup})")
+    p.add_argument("--warmup", type=integer(0), default=DEFAULTS.warmup,
+                   help=f"warm-up steps (default {DEFAULTS.warmup})")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay (default 0)")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of init and prompts (default 0)")
+    p.add_argument("--seed", type=integer(0), default=DEFAULTS.seed, help="seed of init and prompts (default 0)")
     p.add_argument("--dtype", default=DEFAULTS.dtype, choices=list(DTYPES), help="training dtype (default float32)")
-    p.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="log the loss every N steps")
-    p.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every,
+    p.add_argument("--log-every", type=integer(1), default=DEFAULTS.log_every, help="log the loss every N steps")
+    p.add_argument("--eval-every", type=integer(1), default=DEFAULTS.eval_every,
                    help="evaluate on fixed held-out prompts every N steps")
-    p.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every, help="checkpoint every N steps")
+    p.add_argument("--checkpoint-every", type=integer(1), default=DEFAULTS.checkpoint_every,
+                   help="checkpoint every N steps")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+    p.add_argument("--stop-after", type=integer(0), default=None, metavar="K",
                    help="stop after K steps, leaving a checkpoint that --resume continues exactly")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -56,7 +62,5 @@ def run(args) -> int:
                       batch=args.batch, length=args.length, dim=args.dim, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
-    if args.stop_after is not None and args.stop_after < 0:
-        raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
     train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet)
     return 0
