@@ -256,3 +256,55 @@ def test_raw_token_model_refuses_a_trajectory_longer_than_its_positions(tmp_path
     assert forecast(henon(8), "transformer", checkpoint=tmp_path / "checkpoint.pt").shape == (8, 2)
     with pytest.raises(ValueError, match="positions up to 8"):
         forecast(henon(9), "transformer", checkpoint=tmp_path / "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- multi-step rollouts
+
+def parrot_loop(u, H, D):
+    """Context parroting of one series written as a plain loop (SPEC §8)."""
+    T = len(u)
+    last = u[T - D:]
+    best, best_j = None, None
+    for j in range(D - 1, T - 1):
+        dist = sum((u[j - D + 1 + i] - last[i]) ** 2 for i in range(D))
+        if best is None or dist < best:
+            best, best_j = dist, j
+    copy = list(u[best_j + 1:])
+    out = []
+    while len(out) < H:
+        out.extend(copy)
+    return np.array(out[:H])
+
+
+@pytest.mark.parametrize("T,H,D", [(30, 7, 1), (40, 50, 3), (25, 5, 5), (6, 9, 5)])
+def test_parrot_equals_an_independent_loop(T, H, D):
+    x = np.random.default_rng(T + D).normal(size=(T, 3)).round(1)  # rounding makes ties
+    got = forecast(x, "parrot", horizon=H, embed=D)
+    ref = np.stack([parrot_loop(x[:, i], H, D) for i in range(3)], 1)
+    assert got.shape == (H, 3) and np.array_equal(got, ref)
+
+
+def test_parrot_copies_a_periodic_series_exactly():
+    x = np.tile(np.array([[0.0], [1.0], [4.0], [2.0], [3.0]]), (8, 1))
+    assert np.array_equal(forecast(x, "parrot", horizon=12), np.tile(x[:5], (3, 1))[:12])
+
+
+@pytest.mark.parametrize("method", ["last", "mean", "parrot", "analogues"])
+def test_rollout_shapes_types_and_units(method):
+    x = henon(200) * np.array([3.0, 0.5]) + np.array([10.0, -2.0])
+    out = forecast(x, method, horizon=6)
+    assert out.shape == (6, 2) and isinstance(out, np.ndarray) and out.dtype == np.float64
+    batch = np.stack([x, henon(200, x0=(0.2, 0.1))])
+    outb = forecast(batch, method, horizon=6)
+    assert outb.shape == (2, 6, 2) and np.allclose(outb[0], out, rtol=1e-10, atol=1e-10)
+    t = forecast(torch.tensor(x), method, horizon=6)
+    assert isinstance(t, torch.Tensor) and np.allclose(t.numpy(), out)
+    scale, shift = np.array([1e3, 1e-2]), np.array([-7.0, 40.0])
+    moved = forecast(x * scale + shift, method, horizon=6)
+    assert np.allclose(moved, out * scale + shift, rtol=1e-7, atol=1e-7 * np.abs(out * scale + shift).max())
+
+
+def test_last_and_mean():
+    x = henon(20)
+    assert np.array_equal(forecast(x, "last", horizon=3), np.tile(x[-1], (3, 1)))
+    assert np.allclose(forecast(x, "mean", horizon=3), np.tile(x.mean(0), (3, 1)))

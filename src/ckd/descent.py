@@ -253,6 +253,33 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     return p
 
 
+def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all: bool = False) -> Tensor:
+    """K forward Gauss-Seidel sweeps from beta = 0 on the symmetric system (G + lambda I) beta = Y
+    (SPEC §7). Sweep k + 1 updates, for s = 1..n in order (new values for s' < s),
+
+        beta_s <- beta_s + (Y_s - (G beta)_s - lambda beta_s) / (G[s, s] + lambda),
+
+    i.e. (L + D + lambda I) beta^{k+1} = Y - U beta^k with G = L + D + U (strict lower, diagonal,
+    strict upper): one triangular solve per sweep. One sweep is depth-inf CKD's forward
+    substitution (R + lambda I) alpha = y; K -> inf gives kernel ridge (G + lambda I)^{-1} Y.
+
+    G: (..., n, n), Y: (..., n, c). Returns beta^K (..., n, c), or (K, ..., n, c) with every sweep.
+    """
+    if isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1:
+        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    lower = torch.tril(G)
+    if ridge > 0:
+        lower = lower + ridge * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    upper = torch.triu(G, 1)
+    beta = torch.zeros_like(Y)
+    out = []
+    for _ in range(int(sweeps)):
+        beta = torch.linalg.solve_triangular(lower, Y - upper @ beta, upper=False)
+        if return_all:
+            out.append(beta)
+    return torch.stack(out) if return_all else beta
+
+
 def _pair_system(mats: CausalMatrices, ridge: float) -> Tensor:
     """(R + lambda I) restricted to rows/columns 1..T-1, stored units, (B, T-1, T-1)."""
     _, lam = effective(mats, 1.0, ridge)
