@@ -74,7 +74,7 @@ GRIDS = {
     "krr": {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (None,), "embed": (1, 2),
             "stride": (1,)},
 }
-ORIGINS = (96, 160)  # held-out ends of the context used to score a setting (steps)
+ORIGINS = (0.1875, 0.3125)  # held-out ends of the context scoring a setting (fractions of T: 96, 160 of 512)
 CLIP = 1.0
 
 
@@ -109,12 +109,14 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
     """The shortest context each method can forecast from."""
     if method in ("last", "mean"):
         return 1
+    if method == "transformer":
+        return 2
     if method == "parrot":
         return embed + 1
-    D = embed if univariate else 1
-    if method in ("ckd", "krr") and not univariate:
-        return 3 + max(ORIGINS)  # a fit on a prefix held out before every origin
-    return D + 2 if method in ("ckd", "krr") else D + 1
+    D = embed if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"])
+    if method in ("ckd", "krr"):
+        return 2 * (D + 3)  # pairs left after holding out the longest origin
+    return D + 1
 
 
 def standardise(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,9 +204,7 @@ def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int
 def _select(z: Tensor, grid: dict) -> dict:
     """The setting of ``grid`` with the smallest clipped held-out rollout error (module doc)."""
     T, c = z.shape
-    origins = [o for o in ORIGINS if T - o >= 3 + max(grid["embed"])]
-    if not origins:
-        return {k: v[0] for k, v in grid.items()}
+    origins = sorted({max(1, round(f * T)) for f in ORIGINS})
     scores: dict[tuple, float] = {}
     for D in grid["embed"]:
         for o in origins:
@@ -222,7 +222,7 @@ def _select(z: Tensor, grid: dict) -> dict:
 
 
 def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
-                   embed=None) -> tuple[Tensor, dict]:
+                   embed=None, stride=None) -> tuple[Tensor, dict]:
     """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c)."""
     grid = dict(GRIDS[method])
     if sweeps is not None and method == "ckd":
@@ -233,6 +233,8 @@ def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sw
         grid["ridge"] = (ridge,)
     if embed is not None:
         grid["embed"] = (embed,)
+    if stride is not None:
+        grid["stride"] = (stride,)
     chosen = _select(z, grid) if any(len(v) > 1 for v in grid.values()) else {k: v[0] for k, v in grid.items()}
     D = chosen["embed"]
     keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"])
