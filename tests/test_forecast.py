@@ -451,3 +451,47 @@ def test_one_step_fallbacks_are_counted_and_warned():
     with pytest.warns(RuntimeWarning, match=r"^(\d+) of 39 forecasts .* replaced by x_t") as rec:
         f = forecast_details(torch.tensor(x)[None], "krr")
     assert f.fallbacks > 0 and str(rec[0].message).startswith(f"{f.fallbacks} of 39")
+
+
+def test_cli_horizon_writes_the_rollout_and_a_plot(tmp_path):
+    x = henon(60)
+    np.save(tmp_path / "in.npy", x)
+    np.save(tmp_path / "truth.npy", np.zeros((7, 2)))
+    out, fig = tmp_path / "out.csv", tmp_path / "fig.png"
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), "--horizon", "7", "--method", "parrot",
+                 "--embed", "3", "--plot", str(fig), "--truth", str(tmp_path / "truth.npy")]) == 0
+    assert np.array_equal(np.loadtxt(out, delimiter=","), forecast(x, "parrot", horizon=7, embed=3))
+    assert fig.stat().st_size > 1000
+    np.save(tmp_path / "b.npy", np.stack([x, x]))
+    assert main(["forecast", str(tmp_path / "b.npy"), "-o", str(tmp_path / "b_out.npy"), "--horizon", "4",
+                 "--univariate", "--method", "analogues"]) == 0
+    assert np.load(tmp_path / "b_out.npy").shape == (2, 4, 2)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--horizon", "0"], "horizon"), (["--horizon", "2.5"], "horizon"), (["--horizon", "x"], "horizon"),
+    (["--horizon", "3", "--embed", "0"], "embed"), (["--horizon", "3", "--method", "parrot", "--embed", "40"],
+                                                    "at least 41 rows"),
+    (["--horizon", "3", "--plot", "FIG", "--truth", "BADTRUTH"], "truth has shape"),
+    (["--horizon", "3", "--truth", "BADTRUTH"], "--plot"), (["--plot", "FIG"], "--horizon"),
+    (["--method", "parrot"], "horizon"), (["--univariate"], "horizon"),
+])
+def test_cli_horizon_bad_input_one_line_nothing_written(tmp_path, capsys, args, match):
+    np.save(tmp_path / "in.npy", henon(30))
+    np.save(tmp_path / "truth.npy", np.zeros((4, 2)))
+    args = [str(tmp_path / "truth.npy") if a == "BADTRUTH" else str(tmp_path / "f.png") if a == "FIG" else a
+            for a in args]
+    out = tmp_path / "out.npy"
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ckd: error:") and match in err[0], err
+    assert not out.exists() and not (tmp_path / "f.png").exists()
+
+
+def test_cli_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    np.save(tmp_path / "in.npy", henon(30))
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--horizon", "3",
+                 "--plot", str(tmp_path / "f.png")]) == 2
+    assert "pip install 'ckd[plot]'" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
