@@ -495,3 +495,26 @@ def test_cli_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypat
     assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--horizon", "3",
                  "--plot", str(tmp_path / "f.png")]) == 2
     assert "pip install 'ckd[plot]'" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
+
+
+def test_transformer_rollout_is_the_literal_loop(checkpoint):
+    """The model runs on the standardised context + generated tokens; its last row is appended."""
+    _, _, state = load_model(checkpoint)
+    x = torch.tensor(henon(30), dtype=torch.float64)[None]
+    got = forecast_details(x, "transformer", horizon=4, checkpoint=checkpoint)
+    mean, std = x.mean(1, keepdim=True), x.std(1, unbiased=False, keepdim=True)
+    seq = (x - mean) / std
+    for _ in range(4):
+        seq = torch.cat([seq, run_ckd(seq, state["setting"])[:, -1:]], 1)
+    assert rel_err(got.pred, seq[:, 30:] * std + mean) < RTOL
+    with pytest.raises(ValueError, match="dim=2"):
+        forecast(henon(30), "transformer", horizon=3, univariate=True, checkpoint=checkpoint)
+
+
+def test_rollout_constant_coordinate_stays_exact():
+    x = np.concatenate([henon(60), np.full((60, 1), 3.25)], axis=1)
+    for method in ("ckd", "krr", "analogues", "parrot", "last", "mean"):
+        out = forecast(x, method, horizon=5)
+        assert np.all(out[:, 2] == 3.25), method
+    with pytest.raises(ValueError, match="depth applies to one-step"):
+        forecast(x, horizon=5, depth="inf")
