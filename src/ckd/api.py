@@ -42,6 +42,7 @@ def predict(
     method: str = "auto",
     features: int | None = None,
     feature_seed: int = 0,
+    sweeps: int = 1,
 ) -> Any:
     """Next-token predictions of causal kernel descent. Row t predicts x_{t+1}.
 
@@ -57,18 +58,21 @@ def predict(
     "dense" forces the T x T path. features=D, feature_seed: random features for exp / softmax /
     gaussian, run in linear time (exact CKD for the kernel phi.phi, an approximation of the
     kernel: ``docs/performance.md``); off unless given.
+    sweeps: K >= 1 sweeps over the prompt at depth "inf" (SPEC §7, ``ckd.descent.swept``):
+    1 is depth inf; K -> inf tends to kernel ridge regression on the pairs.
 
     Raises ``ValueError``/``TypeError`` with a one-line message on bad input and
     warns ``ckd.StabilityWarning`` for a step outside the convergence region.
     """
     dtype = as_dtype(dtype)
-    opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens)
+    opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens, sweeps)
     memory_budget = check_memory_budget(memory_budget)
     linear_opts = _linear_time_options(opts, backend, method, features, feature_seed)
     batch, unbatched = as_batch(x, dtype)
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
     else:
+        opts.pop("sweeps")  # 1: checked above
         out = _transformer_backend(batch, tokens=tokens, **opts)
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

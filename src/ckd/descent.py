@@ -37,7 +37,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale
+from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale, kernel_matrix
 from .validation import available_memory, check_fits, check_memory_budget
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of (T, T)-sized working memory before row blocks are used
@@ -369,6 +369,68 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     return p
 
 
+def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all: bool = False) -> Tensor:
+    """K forward Gauss-Seidel sweeps from beta = 0 on the symmetric system (G + lambda I) beta = Y
+    (SPEC §7). Sweep k + 1 updates, for s = 1..n in order (new values for s' < s),
+
+        beta_s <- beta_s + (Y_s - (G beta)_s - lambda beta_s) / (G[s, s] + lambda),
+
+    i.e. (L + D + lambda I) beta^{k+1} = Y - U beta^k with G = L + D + U (strict lower, diagonal,
+    strict upper): one triangular solve per sweep. One sweep is depth-inf CKD's forward
+    substitution (R + lambda I) alpha = y; K -> inf gives kernel ridge (G + lambda I)^{-1} Y.
+
+    G: (..., n, n), Y: (..., n, c). Returns beta^K (..., n, c), or (K, ..., n, c) with every sweep.
+    """
+    if isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1:
+        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    lower = torch.tril(G)
+    if ridge > 0:
+        lower = lower + ridge * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    upper = torch.triu(G, 1)
+    beta = torch.zeros_like(Y)
+    out = []
+    for _ in range(int(sweeps)):
+        beta = torch.linalg.solve_triangular(lower, Y - upper @ beta, upper=False)
+        if return_all:
+            out.append(beta)
+    return torch.stack(out) if return_all else beta
+
+
+def gauss_seidel_doubling(G: Tensor, Y: Tensor, ridge: float, sweeps: int) -> dict[int, Tensor]:
+    """``gauss_seidel`` by repeated squaring, for many sweeps on a small system.
+
+    With M = (L + D + lambda I)^{-1}, A = M U and b = M Y, a sweep is beta <- b - A beta, so
+    beta^K = F_K b with F_K = sum_{j<K} (-A)^j, and F_{2m} = F_m + (-A)^m F_m: K sweeps cost
+    about (4 + 2 log2 K) n^3 flops instead of 2 K n^2 c. Returns {K: beta^K} for K = sweeps
+    and every power of two below it (the same numbers as ``gauss_seidel`` up to rounding,
+    ``tests/test_sweeps.py``). G: (..., n, n), Y: (..., n, c).
+    """
+    if isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1:
+        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    n = G.shape[-1]
+    eye = torch.eye(n, dtype=G.dtype, device=G.device)
+    lower = torch.tril(G) + ridge * eye
+    M = torch.linalg.solve_triangular(lower, eye.expand_as(G), upper=False)
+    P = -(M @ torch.triu(G, 1))  # (-A)^m, m = 1, 2, 4, ...
+    F = M @ Y  # F_m b, m = 1
+    out, m = {1: F}, 1
+    acc, acc_P, acc_m = None, None, 0  # the product over the set bits of K seen so far
+    K = int(sweeps)
+    while True:
+        if K & m:
+            acc = F if acc is None else acc + acc_P @ F
+            acc_P = P if acc_P is None else acc_P @ P
+            acc_m += m
+        if 2 * m > K:
+            break
+        F = F + P @ F
+        P = P @ P
+        m *= 2
+        out[m] = F
+    out[K] = acc
+    return out
+
+
 def _pair_system(mats: CausalMatrices, ridge: float) -> Tensor:
     """(R + lambda I) restricted to rows/columns 1..T-1, stored units, (B, T-1, T-1)."""
     _, lam = effective(mats, 1.0, ridge)
@@ -485,6 +547,7 @@ def descend(
     method: str = "auto",
     features: int | None = None,
     feature_seed: int = 0,
+    sweeps: int = 1,
 ) -> Tensor:
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
@@ -504,6 +567,7 @@ def descend(
 
     Linear kernel: inputs beyond 2^+-64 are scaled by an exact power of two (``_power_of_two_scale``);
     a zero token x_{t-1} (R[t,t] = 0) carries no information: the all-zero input predicts 0.
+    sweeps: K >= 1 Gauss-Seidel sweeps at depth inf (SPEC §7, ``swept``); 1 is depth inf.
     """
     from . import linear_time
 
@@ -511,6 +575,10 @@ def descend(
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
+    if sweeps != 1:
+        if not infinite:
+            raise ValueError("sweeps > 1 needs depth 'inf'")
+        return swept(x, kernel, beta=beta, sigma=sigma, ridge=ridge, sweeps=sweeps)
     if not infinite:
         depth = int(depth)
         _validate(depth, 0.0 if step is None else float(step))
@@ -552,6 +620,36 @@ def descend(
         return _finite(mats, y, depth, log_step, ridge, return_all)
     return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else depth, step, ridge,
                             return_all, rows)
+
+
+def swept(x: Tensor, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1.0, ridge: float = 0.0,
+          sweeps: int = 1) -> Tensor:
+    """Depth-inf CKD with K sweeps over the prompt (SPEC §7): the rows of the last copy of the
+    prompt repeated K times, seam pairs masked, with the ridge-aware coefficients.
+
+    With G[i, j] = k(x_i, x_j), the pair Gram K[s, s'] = G[s-1, s'-1] and beta^k the coefficients
+    after k sweeps (``gauss_seidel``; beta^0 = 0), row t sees the pairs s <= t of the last copy
+    and every pair of the earlier copies:
+
+        p_t = sum_{s<=t} k(x_t, x_{s-1}) beta^K_s + sum_{s>t} k(x_t, x_{s-1}) beta^{K-1}_s.
+
+    K = 1 is ``infinite_depth``; the last row uses beta^K only; K -> inf tends to kernel ridge.
+    Not blocked: (T, T) memory. kernel: linear, exp or gaussian (softmax is not symmetric).
+    """
+    if kernel == "softmax":
+        raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
+    B, T, d = x.shape
+    if T < 2 or x.numel() == 0:
+        return torch.zeros_like(x)
+    G = kernel_matrix(x, x, kernel, beta, sigma)
+    hist = gauss_seidel(G[:, :-1, :-1], x[:, 1:], ridge, sweeps, return_all=True)
+    before = hist[-2] if sweeps > 1 else torch.zeros_like(hist[-1])
+    seen = torch.ones(T, T - 1, dtype=torch.bool, device=x.device).tril(-1)  # column s-1 < t: s <= t
+    Pk = G[:, :, :-1]
+    p = (Pk * seen) @ hist[-1] + (Pk * ~seen) @ before
+    if not torch.isfinite(p).all():
+        raise FloatingPointError(f"causal kernel descent with {sweeps} sweeps overflowed; use a ridge > 0")
+    return p
 
 
 def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: int | str,

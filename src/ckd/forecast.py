@@ -1,4 +1,8 @@
-"""In-context one-step forecasting of a raw trajectory, strictly causally (``ckd forecast``).
+"""In-context forecasting of a raw trajectory, strictly causally (``ckd forecast``).
+
+Multi-step forecasts (``horizon=H``: the H states after a context, by autoregressive rollouts)
+are in ``ckd.rollout``; ``forecast`` and ``forecast_details`` dispatch to it. The rest of this
+module is the one-step forecaster:
 
 ``forecast(x)`` takes a trajectory (T, d) or (B, T, d) in the user's units and returns
 an array of the same shape whose row t forecasts x_{t+1} from rows x_0..x_t only:
@@ -51,6 +55,7 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
+from .rollout import ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .validation import as_batch, check_fits, check_number
 
 METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
@@ -245,9 +250,18 @@ def memory_needed(method: str, depth: Any, B: int, T: int, d: int) -> int:
     return _BYTES_PER_T2[key] * B * T * T + 64 * B * T * (d + 1) ** 2 * 8
 
 
-def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
-                     k: int = 1, depth: Any = 1, checkpoint: Any = None) -> Forecast:
-    """``forecast`` on a float64 tensor x (B, T, d), with the expert chosen at each row."""
+def forecast_details(x: Tensor, method: str = "ckd", *, horizon: Any = None, univariate: bool = False,
+                     embed: Any = 5, sigma: float | None = None, ridge: float | None = None, k: int = 1,
+                     depth: Any = 1, sweeps: Any = None, checkpoint: Any = None) -> Forecast | Rollout:
+    """``forecast`` on a float64 tensor x (B, T, d), with its details: for one-step forecasts
+    (horizon None) a ``Forecast`` (the expert chosen at each row; ``fallbacks`` counts the rows
+    the guard replaced by x_t, and a ``RuntimeWarning`` gives that count); for a horizon H a
+    ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``)."""
+    if horizon is not None:
+        return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint)
+    if univariate or method in ("parrot", "mean") or sweeps is not None:
+        raise ValueError("univariate, sweeps and the methods parrot and mean apply to multi-step forecasts: "
+                         "give a horizon")
     opts = check_forecast_options(method, sigma, ridge, k, depth, checkpoint)
     method, depth = opts["method"], opts["depth"]
     B, T, d = x.shape
@@ -280,21 +294,68 @@ def forecast_details(x: Tensor, method: str = "ckd", *, sigma: float | None = No
     bad[:, 0] = True  # row 0 has no pair: x_0
     pred = torch.where(bad[..., None], x, pred)
     choice = torch.where(bad, torch.full_like(choice, -1), choice)
-    return Forecast(pred, choice, experts, int(bad[:, 1:].sum()))
+    fallbacks = int(bad[:, 1:].sum())
+    if fallbacks:
+        warnings.warn(f"{fallbacks} of {B * (T - 1)} forecasts were not finite or left the range seen so far: "
+                      "replaced by x_t (the last value)", RuntimeWarning, stacklevel=2)
+    return Forecast(pred, choice, experts, fallbacks)
 
 
-def forecast(x: Any, method: str = "ckd", *, sigma: float | None = None, ridge: float | None = None,
-             k: int = 1, depth: Any = 1, checkpoint: Any = None) -> Any:
-    """One-step forecasts of a raw trajectory: row t forecasts x_{t+1} from rows 0..t only.
+def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embed: Any, sigma: Any, ridge: Any,
+                     k: Any, depth: Any, sweeps: Any, checkpoint: Any) -> Rollout:
+    """Validate the options of a multi-step forecast and run ``ckd.rollout.rollout``."""
+    if method not in ROLLOUT_METHODS:
+        raise ValueError(f"unknown method {method!r} for a horizon; choose one of {', '.join(ROLLOUT_METHODS)}")
+    if (method == "transformer") != (checkpoint is not None):
+        raise ValueError("method 'transformer' needs a checkpoint of ckd train, and only it takes one")
+    H = check_horizon(horizon)
+    D = check_embed(embed)
+    if str(depth).strip() not in ("1", "1.0"):
+        raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
+    if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))
+                               .is_integer()):
+        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    univariate = bool(univariate)
+    T = x.shape[1]
+    need = min_context(method, univariate, D)
+    if T < need:
+        setting = f"{'univariate, ' if univariate else ''}embed {D}" if method == "parrot" or univariate else ""
+        raise ValueError(f"method {method}{f' ({setting})' if setting else ''} needs a context of at least "
+                         f"{need} rows, got {T}")
+    model = None
+    if method == "transformer":
+        shape = (x.shape[0] * x.shape[2], T + H, 1) if univariate else (x.shape[0], T + H, x.shape[2])
+        model = trained_model(checkpoint, shape, x.device)
+    return rollout(x, H, method, univariate=univariate, embed=D,
+                   sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
+                   ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
+                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model)
 
-    x: array or tensor (T, d) or (B, T, d), T >= 3, finite, in any units; returns the same
-    type and shape in float64 (numpy in, numpy out). method: ckd (default) | analogues |
-    krr | ols | last | transformer. sigma, ridge: fix the bandwidth / ridge in standardised
-    units (default: chosen causally per row from ``GRIDS``); k: neighbours for analogues;
-    depth: 1 or "inf" for ckd; checkpoint: a ``ckd train`` checkpoint.pt (method transformer).
-    See the module doc for the exact causal procedure.
+
+def forecast(x: Any, method: str = "ckd", *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
+             sigma: float | None = None, ridge: float | None = None, k: int = 1, depth: Any = 1,
+             sweeps: Any = None, checkpoint: Any = None) -> Any:
+    """Forecasts of a raw trajectory from its past only.
+
+    horizon None (one step): row t forecasts x_{t+1} from rows 0..t; x (T, d) or (B, T, d),
+    T >= 3, returns the same shape. method: ckd (default) | analogues | krr | ols | last |
+    transformer; sigma, ridge: fix the bandwidth / ridge in standardised units (default: chosen
+    causally per row from ``GRIDS``); depth: 1 or "inf" for ckd. See the module doc.
+
+    horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
+    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: ckd
+    (default) | krr | analogues | parrot | last | mean | transformer; univariate: forecast each
+    coordinate from its own past through a delay embedding of dimension ``embed`` (also the
+    window of parroting, default 5); sigma, ridge, sweeps fix ckd's settings (default: chosen
+    from the context by held-out rollouts).
+
+    k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt (method transformer).
+    Numpy in, numpy out (float64); a tensor stays a tensor.
     """
     batch, unbatched = as_batch(x, torch.float64)
-    out = forecast_details(batch, method, sigma=sigma, ridge=ridge, k=k, depth=depth, checkpoint=checkpoint).pred
+    out = forecast_details(batch, method, horizon=horizon, univariate=univariate, embed=embed, sigma=sigma,
+                           ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint).pred
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -157,9 +157,14 @@ def parse_depth(depth: Any) -> int | str:
 
 
 def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, ridge: Any,
-                  backend: Any, tokens: Any) -> dict:
+                  backend: Any, tokens: Any, sweeps: Any = 1) -> dict:
     """Validate every option of ``ckd.predict``; return them normalised."""
     check_kernel(kernel)
+    sweeps = check_int(sweeps, "sweeps", minimum=1)
+    if sweeps != 1 and (str(depth).strip().lower() not in ("inf", "infinity") and depth != math.inf):
+        raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
+    if sweeps != 1 and kernel == "softmax":
+        raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
     check_choice(backend, "backend", BACKENDS)
     check_choice(tokens, "tokens", TOKENS)
     depth = parse_depth(depth)
@@ -174,6 +179,7 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
         depth=depth,
         step=None if step is None else check_number(step, "step", minimum=0.0),
         ridge=check_number(ridge, "ridge", minimum=0.0),
+        sweeps=sweeps,
     )
 
 
