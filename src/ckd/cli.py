@@ -9,7 +9,7 @@ import sys
 import warnings
 
 # Subcommands in the order ``ckd --help`` lists them.
-COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast"]
+COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast", "zoo"]
 
 
 class UsageError(Exception):

@@ -223,7 +223,12 @@ def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device)
     of shape (B, T, d): d must be its dim, and T at most its positional table (raw tokens)."""
     from .train import load_model  # training code is needed only by this method
 
-    cfg, model, _ = load_model(checkpoint)
+    if isinstance(checkpoint, str) and checkpoint.startswith("pretrained:"):  # a model of the zoo
+        from .pretrained import load_with_config
+
+        cfg, model, _ = load_with_config(checkpoint.removeprefix("pretrained:"))
+    else:
+        cfg, model, _ = load_model(checkpoint)
     T, d = shape[-2:]
     if cfg.dim != d:
         raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")
@@ -276,7 +281,8 @@ def forecast(x: Any, method: str = "ckd", *, sigma: float | None = None, ridge: 
     type and shape in float64 (numpy in, numpy out). method: ckd (default) | analogues |
     krr | ols | last | transformer. sigma, ridge: fix the bandwidth / ridge in standardised
     units (default: chosen causally per row from ``GRIDS``); k: neighbours for analogues;
-    depth: 1 or "inf" for ckd; checkpoint: a ``ckd train`` checkpoint.pt (method transformer).
+    depth: 1 or "inf" for ckd; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
+    model of ``ckd.pretrained`` (method transformer).
     See the module doc for the exact causal procedure.
     """
     batch, unbatched = as_batch(x, torch.float64)

@@ -88,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    curriculum: int = 0  # steps over which the prompt length grows from min(4, length) to length (0: none)
     dtype: str = "float32"
     log_every: int = 10
     eval_every: int = 100
@@ -106,7 +107,8 @@ class TrainConfig:
         choice("tokens", TOKENS)
         choice("dtype", tuple(DTYPES))
         for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
-                          ("log_every", 1), ("eval_every", 1), ("eval_batch", 1), ("checkpoint_every", 1)]:
+                          ("curriculum", 0), ("log_every", 1), ("eval_every", 1), ("eval_batch", 1),
+                          ("checkpoint_every", 1)]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -226,6 +228,16 @@ def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
             dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width, attention=cfg.attention,
             tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp, layernorm=cfg.layernorm))
     return model.to(DTYPES[cfg.dtype])
+
+
+def length_at(cfg: TrainConfig, step: int) -> int:
+    """Prompt length trained on at ``step``: with a curriculum of C steps,
+    T_s = T0 + floor((T - T0) s / C) for s < C (T0 = min(4, T)), then T; without one, T.
+    The prompts are drawn at full length and cut, so a curriculum changes no prompt's map f."""
+    if step >= cfg.curriculum:
+        return cfg.length
+    start = min(4, cfg.length)
+    return start + (cfg.length - start) * step // cfg.curriculum
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -481,7 +493,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file:
         for step in range(start, end):
             # the loss logged at `step` is measured on fresh prompts after `step` updates
-            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank).to(d.device, dtype)
+            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
+            x = x.to(d.device, dtype)
             loss = next_token_loss(net(x), x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,10 +20,16 @@ def add_parser(sub) -> None:
     p.add_argument("--depth", default="1", help="ckd depth: 1 (local linear read-out, default) or inf")
     p.add_argument("--checkpoint", default=None, metavar="PT",
                    help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
+    p.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="method transformer: a model of the zoo (ckd zoo list) instead of --checkpoint")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.pretrained is not None:
+        if args.checkpoint is not None:
+            raise ValueError("give either --checkpoint or --pretrained, not both")
+        args.checkpoint = f"pretrained:{args.pretrained}"
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim)
     pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth,

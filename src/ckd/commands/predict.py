@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--depth", default="16", help="number of layers N >= 0, or inf (default 16)")
     p.add_argument("--step", type=float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
     p.add_argument("--ridge", type=float, default=0.0, help="ridge lambda >= 0 (default 0)")
-    p.add_argument("--backend", default="descent", choices=BACKENDS)
+    p.add_argument("--backend", default="descent", metavar="BACKEND",
+                   help=f"{', '.join(BACKENDS)}, or pretrained:NAME (a trained model of the zoo: ckd zoo list; "
+                        "it brings its own attention and layers) (default descent)")
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
     p.set_defaults(run=run)

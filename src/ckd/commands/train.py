@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"peak AdamW learning rate (default {DEFAULTS.lr})")
     p.add_argument("--warmup", type=int, default=DEFAULTS.warmup, help=f"warm-up steps (default {DEFAULTS.warmup})")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay (default 0)")
+    p.add_argument("--curriculum", type=int, default=DEFAULTS.curriculum, metavar="C",
+                   help="grow the prompt length from 4 to --length over the first C steps (default 0: none)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of init and prompts (default 0)")
     p.add_argument("--dtype", default=DEFAULTS.dtype, choices=list(DTYPES), help="training dtype (default float32)")
     p.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="log the loss every N steps")
@@ -54,7 +56,8 @@ def run(args) -> int:
                       width=args.width, mlp=args.mlp, layernorm=args.layernorm,
                       init=args.init, tokens=args.tokens, steps=args.steps,
                       batch=args.batch, length=args.length, dim=args.dim, lr=args.lr, warmup=args.warmup,
-                      weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, log_every=args.log_every,
+                      weight_decay=args.weight_decay, curriculum=args.curriculum, seed=args.seed, dtype=args.dtype,
+                      log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
     if args.stop_after is not None and args.stop_after < 0:
         raise ValueError(f"--stop-after must be >= 0, got {args.stop_after}")
