@@ -152,6 +152,11 @@ def test_a_card_that_does_not_fit_its_weights(zoo_copy):
     with pytest.raises(ValueError, match="weights and card do not fit") as err:
         pretrained.load(a, zoo_copy)
     one_line(err.value)
+    del card["weights"]
+    (zoo_copy / f"{a}.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="no valid weights entry") as err:
+        pretrained.load(a, zoo_copy)
+    one_line(err.value)
 
 
 def test_build_is_deterministic_on_a_tiny_config(tmp_path):

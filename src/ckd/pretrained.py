@@ -105,15 +105,21 @@ def load_with_config(name: str, root: str | os.PathLike | None = None) -> tuple[
     The global torch RNG is left as it was.
     """
     info = card(name, root)
-    path = zoo_dir(root) / info["weights"]["file"]
+    try:
+        file, expected = info["weights"]["file"], info["weights"]["sha256"]
+        if Path(file).name != file:
+            raise ValueError(f"weights file {file!r} outside the zoo folder")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"pretrained model {name!r}: its card has no valid weights entry ({err})") from None
+    path = zoo_dir(root) / file
     if not path.is_file():
         raise ValueError(f"pretrained model {name!r}: weights file {path} is missing (reinstall ckd, or rebuild "
                          "the zoo with `ckd zoo build`)")
     data = path.read_bytes()
     digest = sha256(data)
-    if digest != info["weights"]["sha256"]:
+    if digest != expected:
         raise ValueError(f"pretrained model {name!r}: {path} does not match its card's SHA-256 (expected "
-                         f"{info['weights']['sha256'][:16]}..., got {digest[:16]}...): the file is damaged or modified")
+                         f"{str(expected)[:16]}..., got {digest[:16]}...): the file is damaged or modified")
     from safetensors.torch import load as load_safetensors
 
     try:
