@@ -54,7 +54,9 @@ ZOO: dict[str, tuple[str, dict]] = {
     "periodic-softmax-4": ("periodic sequences (P = 5 on the sphere), softmax attention, 4 layers",
                            dict(task="periodic", attention="softmax", layers=4, **_TRAIN)),
     "periodic-softmax-2-raw": ("periodic sequences, softmax attention, 2 layers, raw tokens (x_t, 1, one-hot "
-                               "position) and a learned previous-token layer",
+                               "position) and a learned previous-token layer. It learned a positional shortcut "
+                               "for the family's fixed period 5 (its previous-token layer attends to t - 4): "
+                               "it fails on other periods",
                                dict(task="periodic", attention="softmax", layers=2, tokens="raw", **_TRAIN)),
     "linear-linear-2": ("x_{t+1} = A x_t, A Haar-orthogonal, linear attention, 2 layers",
                         dict(task="linear", attention="linear", layers=2, **_TRAIN)),
