@@ -39,13 +39,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .train import TrainConfig, atomic_write, build_model, load_model, train, write_json
+from .train import TrainConfig, atomic_write, build_model, load_model, read_metrics, train, write_json
 
 FORMAT = "ckd-zoo-1"
 SIZE_LIMIT = 1_000_000  # bytes: the whole zoo (weights and cards) stays under this
 EVAL_SEQUENCES = 64
 
 _TRAIN = dict(length=32, dim=3, batch=32, steps=1000, warmup=50, lr=2e-2, seed=0)
+_WIDE = dict(length=32, dim=3, batch=32, steps=3000, warmup=100, lr=1e-2, seed=0, layers=8, heads=4, width=32,
+             layernorm=True, log_every=50, eval_every=500)
 
 # name: (one-line description, TrainConfig fields). Every field must have a `ckd train` flag.
 ZOO: dict[str, tuple[str, dict]] = {
@@ -66,6 +68,13 @@ ZOO: dict[str, tuple[str, dict]] = {
                             dict(task="nonlinear", attention="softmax", layers=2, **_TRAIN)),
     "nonlinear-softmax-4": ("x_{t+1} = tanh(2 W x_t), W ~ N(0, 1/d), softmax attention, 4 layers",
                             dict(task="nonlinear", attention="softmax", layers=4, **_TRAIN)),
+    # the best recipe of docs/results.md ("Training recipes": wide), 3000 steps
+    "periodic-softmax-8": ("periodic sequences (P = 5 on the sphere), softmax attention, 8 layers, 4 heads, width 32, "
+                           "LayerNorm: the best recipe of docs/results.md",
+                           dict(task="periodic", attention="softmax", **_WIDE)),
+    "linear-linear-8": ("x_{t+1} = A x_t, A Haar-orthogonal, linear attention, 8 layers, 4 heads, width 32, "
+                        "LayerNorm: the best recipe of docs/results.md",
+                        dict(task="linear", attention="linear", **_WIDE)),
 }
 
 
@@ -209,15 +218,23 @@ def machine() -> str:
 def build_one(name: str, out: Path, progress: bool = True, zoo: dict | None = None) -> dict:
     """Train the model ``name`` of ``zoo`` (default ``ZOO``) from scratch and write out/NAME.safetensors
     and out/NAME.json."""
-    from safetensors.torch import save as save_safetensors
-
     description, fields = (ZOO if zoo is None else zoo)[name]
     cfg = TrainConfig(**fields).validate()
     with tempfile.TemporaryDirectory(prefix=f"ckd-zoo-{name}-") as run:
         t0 = time.perf_counter()
-        records = train(cfg, run, progress=progress)
-        wall = time.perf_counter() - t0
-        _, trained, _ = load_model(Path(run) / "checkpoint.pt")
+        train(cfg, run, progress=progress)
+        return package(name, description, Path(run), time.perf_counter() - t0, out)
+
+
+def package(name: str, description: str, run: Path, wall: float, out: Path) -> dict:
+    """Write out/NAME.safetensors and out/NAME.json from the finished ``ckd train`` run folder ``run``
+    (its checkpoint, config and metrics; ``wall``: its training time in seconds)."""
+    from safetensors.torch import save as save_safetensors
+
+    cfg, trained, state = load_model(run / "checkpoint.pt")
+    if state["step"] != cfg.steps:
+        raise ValueError(f"{run}: the run stopped at step {state['step']} of {cfg.steps}")
+    records = read_metrics(run / "metrics.jsonl")
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in trained.state_dict().items()}
     data = save_safetensors(state, metadata={"format": FORMAT})  # one key: safetensors writes a map unordered
     with torch.random.fork_rng(devices=[]):
