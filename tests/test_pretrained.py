@@ -251,3 +251,20 @@ def test_cli_evaluate_pretrained(capsys):
     mse = card["evaluation"]["mse"]["transformer"]
     line = next(line for line in out.splitlines() if line.startswith("transformer "))
     assert float(line.split()[1]) == pytest.approx(mse, rel=1e-3)
+
+
+def test_cli_zoo_build(tmp_path, capsys, monkeypatch):
+    """`ckd zoo build` trains, writes the two files per model, compares with a shipped card of the same name,
+    and refuses to overwrite without --force."""
+    tiny = dict(task="periodic", attention="softmax", layers=1, steps=2, batch=4, length=8, dim=3, warmup=1)
+    monkeypatch.setattr(pretrained, "ZOO", {"periodic-softmax-2": ("tiny", tiny), "tiny": ("tiny", tiny)})
+    rc, out, err = run(["zoo", "build", "--out", str(tmp_path / "z"), "--quiet"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == [
+        "periodic-softmax-2.json", "periodic-softmax-2.safetensors", "tiny.json", "tiny.safetensors"]
+    assert "periodic-softmax-2: trained in" in out and "differs from the shipped model" in out
+    assert "rebuilt 2 models" in out
+    before = (tmp_path / "z" / "tiny.json").read_bytes()
+    rc, _, err = run(["zoo", "build", "tiny", "--out", str(tmp_path / "z")], capsys)
+    assert rc == 2 and "pass --force" in err and err.count("\n") == 1
+    assert (tmp_path / "z" / "tiny.json").read_bytes() == before
