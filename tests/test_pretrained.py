@@ -268,3 +268,12 @@ def test_cli_zoo_build(tmp_path, capsys, monkeypatch):
     rc, _, err = run(["zoo", "build", "tiny", "--out", str(tmp_path / "z")], capsys)
     assert rc == 2 and "pass --force" in err and err.count("\n") == 1
     assert (tmp_path / "z" / "tiny.json").read_bytes() == before
+
+
+def test_ckd_pretrained_is_an_attribute_of_ckd(monkeypatch):
+    """`import ckd; ckd.pretrained.list()` works without importing the submodule first (module __getattr__)."""
+    monkeypatch.delattr(ckd, "pretrained")
+    assert "pretrained" not in vars(ckd)
+    assert ckd.pretrained is pretrained
+    with pytest.raises(AttributeError):
+        ckd.nope  # noqa: B018
