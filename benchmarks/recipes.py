@@ -2,6 +2,7 @@
 
     python benchmarks/recipes.py --out runs/recipes            # the study (~30 min on one free core)
     python benchmarks/recipes.py --out runs/recipes --report   # print the markdown tables of runs/recipes
+    python benchmarks/recipes.py --out runs/recipes --diagnose # induction-head mass and the raw model's shortcut
 
 For the families periodic / softmax and linear (orthogonal A) / linear attention (T = 32, d = 3,
 batch 32, fresh prompts every step, float32), each recipe below is trained with ``ckd.train.train``
@@ -97,13 +98,79 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def induction_mass(model: torch.nn.Module, x: torch.Tensor, period: int, first: int = 6) -> list[list[float]]:
+    """Per block and head: the mean over prompts and rows t >= ``first`` of the softmax attention mass on
+    the keys s whose x_{s-1} equals x_t on a sequence of period P ((s - 1) = t mod P, 1 <= s <= t)."""
+    model = model.double()
+    _, hidden = model(x, return_hidden=True)
+    raw = model.config.tokens == "raw"
+    B, T, _ = x.shape
+    t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (s >= 1) & (s <= t)
+    match = ((s - 1) % period == t % period) & allowed
+    out = []
+    for layer, block in enumerate(model.blocks):
+        attn, h = block.attn, block.ln_attn(hidden[layer + raw])
+        q = attn.query(h).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2)
+        k = attn.key(h).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2)
+        w = torch.softmax((q @ k.transpose(-1, -2)).masked_fill(~allowed, -torch.inf), -1)[:, :, first:]
+        out.append([round(float(m), 3) for m in (w * match[first:]).sum(-1).mean((0, 2))])
+    return out
+
+
+@torch.no_grad()
+def diagnose(out: Path) -> str:
+    """Induction-head mass of the periodic models (zoo and recipe runs) and of CKD's softmax kernel; the
+    previous-token layer of the raw-token zoo model; the zoo's periodic models on period-4 prompts."""
+    import ckd
+    from ckd import pretrained
+    from ckd.train import TEST, load_model, seed_for
+
+    x = ckd.make_task("periodic", 64, 32, 3, seed=seed_for(0, TEST)).x  # the test prompts of the evaluations
+    lines = ["induction mass per layer and head (rows t >= 6; CKD's softmax kernel for comparison):"]
+    for name in ("periodic-softmax-2", "periodic-softmax-4", "periodic-softmax-8", "periodic-softmax-2-raw"):
+        lines.append(f"  zoo {name}: {induction_mass(pretrained.load(name), x, 5)}")
+    for recipe in RECIPES:
+        path = out / f"periodic-softmax-{recipe}" / "checkpoint.pt"
+        if path.exists():
+            lines.append(f"  recipe {recipe}: {induction_mass(load_model(path)[1], x, 5)}")
+    T = x.shape[1]
+    t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (s >= 1) & (s <= t)
+    match = ((s - 1) % 5 == t % 5) & allowed
+    for beta in (4.0, 64.0):
+        w = torch.softmax((beta * x @ torch.roll(x, 1, 1).transpose(-1, -2)).masked_fill(~allowed, -torch.inf), -1)
+        lines.append(f"  CKD softmax kernel beta {beta:g}: {float((w[:, 6:] * match[6:]).sum(-1).mean()):.3f}")
+    model = pretrained.load("periodic-softmax-2-raw").double()
+    _, hidden = model(x, return_hidden=True)
+    attn, h = model.prev.attn, model.prev.ln_attn(hidden[0])
+    w = torch.softmax((attn.query(h) @ attn.key(h).transpose(-1, -2)).masked_fill(s > t, -torch.inf), -1).mean(0)
+    offsets = [round(float(torch.diagonal(w, -o)[10:].mean()), 4) for o in range(6)]
+    lag = t - s
+    periodic_lags = float((w * ((lag % 5 == 4) & (lag >= 0)))[10:].sum(-1).mean())
+    lines += ["previous-token layer of periodic-softmax-2-raw (rows t >= 10):",
+              f"  mass at offsets 0..5: {offsets}; on offsets 4, 9, 14, ...: {periodic_lags:.3f}",
+              "median error at t = 30 on prompts of period 5 / period 4:"]
+    x4 = ckd.make_task("periodic", 64, 32, 3, period=4, seed=seed_for(0, TEST)).x
+    for name in ("periodic-softmax-2", "periodic-softmax-4", "periodic-softmax-8", "periodic-softmax-2-raw"):
+        m = pretrained.load(name).double()
+        e5, e4 = (float(ckd.next_token_error(m(z), z)[:, -1].median()) for z in (x, x4))
+        lines.append(f"  {name}: {e5:.3g} / {e4:.3g}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--only", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--report", action="store_true", help="print the tables of OUT/recipes.json and stop")
+    parser.add_argument("--diagnose", action="store_true", help="print the induction-head diagnostics and stop")
     args = parser.parse_args(argv)
     path = args.out / "recipes.json"
+    if args.diagnose:
+        print(diagnose(args.out))
+        return 0
     if args.report:
         print(report(json.loads(path.read_text())["results"]))
         return 0
