@@ -43,6 +43,11 @@ def test_the_zoo_is_shipped_and_small():
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert files == sorted(f"{n}.{ext}" for n in NAMES for ext in ("json", "safetensors"))
     assert sum((folder / f).stat().st_size for f in files) < pretrained.SIZE_LIMIT
+    for name in NAMES:  # strict JSON: no NaN / Infinity
+        def refuse(constant):
+            raise AssertionError(f"{name}.json holds {constant}")
+
+        json.loads((folder / f"{name}.json").read_text(), parse_constant=refuse)
     configs = [pretrained.card(n)["training"]["config"] for n in NAMES]
     families = {(c["task"], c["attention"]) for c in configs}
     assert {("periodic", "softmax"), ("linear", "linear"), ("nonlinear", "softmax")} <= families

@@ -25,9 +25,11 @@ on one thread and writes the two files: same machine, same torch -> the same wei
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import inspect
 import json
+import math
 import os
 import platform
 import tempfile
@@ -255,8 +257,19 @@ def package(name: str, description: str, run: Path, wall: float, out: Path) -> d
                      format="safetensors"),
     )
     atomic_write(out / f"{name}.safetensors", lambda fh: fh.write(data))
-    write_json(out / f"{name}.json", info)
+    write_json(out / f"{name}.json", strict_json(info))
     return info
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float (the probe's NaN at depth 0) replaced by None: strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, builtins.list)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def build(out: str | os.PathLike = "ckd-zoo", names: list[str] | None = None, *, force: bool = False,
