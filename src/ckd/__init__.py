@@ -31,3 +31,12 @@ __all__ = [
     "next_token_error",
     "predict",
 ]
+
+
+def __getattr__(name: str):
+    """``ckd.pretrained`` (the model zoo) without ``import ckd.pretrained``: loaded on first use."""
+    if name == "pretrained":
+        import importlib
+
+        return importlib.import_module(".pretrained", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

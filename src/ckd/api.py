@@ -16,6 +16,7 @@ from .descent import descend
 from .validation import (  # noqa: F401 - re-exported: other modules import these from ckd.api
     BACKENDS,
     DTYPES,
+    PRETRAINED,
     TOKENS,
     as_batch,
     as_dtype,
@@ -50,7 +51,9 @@ def predict(
     (numpy in, numpy out; a tensor stays on its device), in ``dtype``.
     kernel: linear | exp | softmax | gaussian (SPEC §2); depth: int >= 0 or "inf"
     (descent only); step None means eta = 0.5 / max_t (R[t,t] + ridge) over the
-    batch; backend: descent | transformer; tokens: augmented | raw (transformer).
+    batch; backend: descent | transformer | "pretrained:NAME" (a trained model of ``ckd.pretrained``,
+    which brings its own attention, depth and tokens: kernel, beta, sigma, depth, step, ridge and
+    tokens must then stay at their defaults); tokens: augmented | raw (transformer).
     memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
     above it rows are processed in blocks, with the same result (``ckd.descent.descend``).
     method: auto | dense | linear (descent backend): "auto" runs the linear kernel in linear time
@@ -71,11 +74,24 @@ def predict(
     batch, unbatched = as_batch(x, dtype)
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
+    elif backend.startswith(PRETRAINED):
+        given = [k for k, v in dict(opts, tokens=tokens).items() if v != _PREDICT_DEFAULTS[k]]
+        if given:
+            raise ValueError(f"backend {backend!r} runs the model's own attention and layers; {given[0]} does not "
+                             "apply to it")
+        from .forecast import trained_model
+
+        with torch.no_grad():
+            out = trained_model(backend, batch.shape, batch.device).to(dtype)(batch)
     else:
         opts.pop("sweeps")  # 1: checked above
         out = _transformer_backend(batch, tokens=tokens, **opts)
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()
+
+
+_PREDICT_DEFAULTS = dict(kernel="exp", beta=1.0, sigma=1.0, depth=16, step=None, ridge=0.0, sweeps=1,
+                         tokens="augmented")
 
 
 def _transformer_backend(x: Tensor, *, kernel: str, beta: float, sigma: float, depth: int,

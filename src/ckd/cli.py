@@ -10,7 +10,7 @@ import sys
 import warnings
 
 # Subcommands in the order ``ckd --help`` lists them.
-COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast"]
+COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast", "zoo"]
 
 
 MAX_INT = 2**63 - 1  # every integer flag fits a torch int64 / numpy seed

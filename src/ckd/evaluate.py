@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -106,11 +107,12 @@ def summarize(errors: Tensor, pred: Tensor, x: Tensor) -> dict:
 
 
 def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
-              layers: tuple[int, ...] = ()) -> dict:
+              layers: tuple[int, ...] = (), settings: dict[str, dict] | None = None) -> dict:
     """What a trained model of this task and attention is compared with, on fresh prompts.
 
     Returns {"x" (test prompts), "x_fit" (probe prompts), "settings", "errors", "summary"} for CKD
-    (``ckd_settings``), the baselines and the oracle. ``seed`` defaults to the run's seed.
+    (``ckd_settings``, or the given ``settings``), the baselines and the oracle. ``seed`` defaults
+    to the run's seed.
     """
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
         raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
@@ -124,7 +126,7 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
 
     task = prompts(TEST)
     x = task.x
-    settings = ckd_settings(cfg, tuning_prompts(cfg, seed), layers)
+    settings = ckd_settings(cfg, tuning_prompts(cfg, seed), layers) if settings is None else settings
     preds = {name: run_ckd(x, s) for name, s in settings.items()}
     preds |= {name: fn(x) for name, fn in BASELINES.items()}
     preds["oracle"] = oracle(task)
@@ -164,9 +166,15 @@ def evaluate(checkpoint: str | os.PathLike, *, sequences: int = 64, seed: int | 
     "settings": {ckd method: setting}, "probe": [...], "sequences", "seed"}. ``seed`` defaults to the run's seed.
     """
     cfg, model, state = load_model(checkpoint)
+    return evaluate_trained(model, cfg, int(state["step"]), sequences=sequences, seed=seed)
+
+
+def evaluate_trained(model: torch.nn.Module, cfg: TrainConfig, step: int, *, sequences: int = 64,
+                     seed: int | None = None) -> dict:
+    """``evaluate`` for a model already loaded (``ckd.pretrained.load_with_config`` too)."""
     ref = reference(cfg, sequences=sequences, seed=seed)
     mine = evaluate_model(model, cfg, ref)
-    return dict(config=state["config"], step=int(state["step"]), t=list(range(cfg.length - 1)),
+    return dict(config=asdict(cfg), step=step, t=list(range(cfg.length - 1)),
                 errors={"transformer": mine["errors"], **ref["errors"]},
                 summary={"transformer": mine["summary"], **ref["summary"]}, settings=ref["settings"],
                 probe=mine["probe"], sequences=ref["sequences"], seed=ref["seed"])

@@ -228,7 +228,12 @@ def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device)
     of shape (B, T, d): d must be its dim, and T at most its positional table (raw tokens)."""
     from .train import load_model  # training code is needed only by this method
 
-    cfg, model, _ = load_model(checkpoint)
+    if isinstance(checkpoint, str) and checkpoint.startswith("pretrained:"):  # a model of the zoo
+        from .pretrained import load_with_config
+
+        cfg, model, _ = load_with_config(checkpoint.removeprefix("pretrained:"))
+    else:
+        cfg, model, _ = load_model(checkpoint)
     T, d = shape[-2:]
     if cfg.dim != d:
         raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")
@@ -351,7 +356,8 @@ def forecast(x: Any, method: str = "ckd", *, horizon: Any = None, univariate: bo
     window of parroting, default 5); sigma, ridge, sweeps fix ckd's settings (default: chosen
     from the context by held-out rollouts).
 
-    k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt (method transformer).
+    k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
+    model of ``ckd.pretrained`` (method transformer).
     Numpy in, numpy out (float64); a tensor stays a tensor.
     """
     batch, unbatched = as_batch(x, torch.float64)

@@ -91,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    curriculum: int = 0  # steps over which the prompt length grows from min(4, length) to length (0: none)
     dtype: str = "float32"
     log_every: int = 10
     eval_every: int = 100
@@ -109,7 +110,8 @@ class TrainConfig:
         choice("tokens", TOKENS)
         choice("dtype", tuple(DTYPES))
         for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
-                          ("log_every", 1), ("eval_every", 1), ("eval_batch", 1), ("checkpoint_every", 1)]:
+                          ("curriculum", 0), ("log_every", 1), ("eval_every", 1), ("eval_batch", 1),
+                          ("checkpoint_every", 1)]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
                 raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
@@ -269,6 +271,16 @@ def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: in
             if training else f"the model of layers {cfg.layers}, dim {d}, length {T}")
     check_fits(model + data + tune, what, "use smaller --layers, --width, --heads, --batch, --length or --dim"
             if training else "use fewer sequences, or check that the checkpoint is the one you meant", device)
+
+
+def length_at(cfg: TrainConfig, step: int) -> int:
+    """Prompt length trained on at ``step``: with a curriculum of C steps,
+    T_s = T0 + floor((T - T0) s / C) for s < C (T0 = min(4, T)), then T; without one, T.
+    The prompts are drawn at full length and cut, so a curriculum changes no prompt's map f."""
+    if step >= cfg.curriculum:
+        return cfg.length
+    start = min(4, cfg.length)
+    return start + (cfg.length - start) * step // cfg.curriculum
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -720,7 +732,8 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file:
         for step in range(start, end):
             # the loss logged at `step` is measured on fresh prompts after `step` updates
-            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank).to(d.device, dtype)
+            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
+            x = x.to(d.device, dtype)
             loss = next_token_loss(net(x), x)
             log(step, loss)  # stops at a non-finite loss
             if step > start and step % cfg.checkpoint_every == 0:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 KERNELS = ("linear", "exp", "softmax", "gaussian")
 BACKENDS = ("descent", "transformer")
+PRETRAINED = "pretrained:"  # backend "pretrained:NAME": a model of ckd.pretrained
 TOKENS = ("augmented", "raw")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
@@ -165,7 +166,8 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
         raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
     if sweeps != 1 and kernel == "softmax":
         raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
-    check_choice(backend, "backend", BACKENDS)
+    if not (isinstance(backend, str) and backend.startswith(PRETRAINED) and len(backend) > len(PRETRAINED)):
+        check_choice(backend, "backend", BACKENDS)
     check_choice(tokens, "tokens", TOKENS)
     depth = parse_depth(depth)
     if backend == "descent" and tokens != "augmented":

@@ -13,7 +13,10 @@ def add_parser(sub) -> None:
                        description="Error vs t of the model of CHECKPOINT, of CKD (depth of the model, best depth, "
                                    "depth inf; kernel and step chosen on separate prompts) and of the baselines, "
                                    "and a least-squares probe of each layer's residual stream against CKD.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by ckd train (or its run folder)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                   help="checkpoint.pt written by ckd train (or its run folder)")
+    p.add_argument("--pretrained", metavar="NAME", default=None,
+                   help="a model of the zoo instead of CHECKPOINT (ckd zoo list)")
     p.add_argument("--out", metavar="DIR", default=None, help="write DIR/evaluation.json, .png and .pdf")
     p.add_argument("--sequences", type=integer(2), default=64, help="fresh prompts (default 64)")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the fresh prompts (default: the run's seed)")
@@ -24,15 +27,26 @@ def run(args) -> int:
     from ..evaluate import evaluate, report, save
     from .reproduce import require_matplotlib
 
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise ValueError("give either CHECKPOINT or --pretrained NAME")
+    path = None
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
     if args.out is not None:
         if check_output_dir(args.out).exists():  # its files: never through a pipe, never onto a folder
             for suffix in (".json", ".png", ".pdf"):
-                check_file_target(Path(args.out) / f"evaluation{suffix}", [path])
+                check_file_target(Path(args.out) / f"evaluation{suffix}", [path] if path else [])
         require_matplotlib("ckd evaluate --out")
-    result = evaluate(path, sequences=args.sequences, seed=args.seed)
+    if args.pretrained is not None:
+        from ..evaluate import evaluate_trained
+        from ..pretrained import load_with_config
+
+        cfg, model, card = load_with_config(args.pretrained)
+        result = evaluate_trained(model, cfg, card["training"]["steps"], sequences=args.sequences, seed=args.seed)
+    else:
+        result = evaluate(path, sequences=args.sequences, seed=args.seed)
     print(report(result))
     if args.out is not None:
         paths = save(result, Path(args.out))

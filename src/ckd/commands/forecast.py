@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                    help="--horizon only: draw context, forecast (and --truth) per coordinate to FIG (.png, .pdf)")
     p.add_argument("--truth", metavar="TRUTH", default=None,
                    help="with --plot: the true continuation, shaped like OUT (.npy or .csv)")
+    p.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="method transformer: a model of the zoo (ckd zoo list) instead of --checkpoint")
     p.set_defaults(run=run)
 
 
@@ -106,6 +108,10 @@ def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.nda
 
 
 def run(args) -> int:
+    if args.pretrained is not None:
+        if args.checkpoint is not None:
+            raise ValueError("give either --checkpoint or --pretrained, not both")
+        args.checkpoint = f"pretrained:{args.pretrained}"
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim,
                                  inputs=[args.input, args.checkpoint or args.input, args.truth or args.input])

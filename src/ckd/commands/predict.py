@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ridge", type=parse_float, default=0.0, help="ridge lambda >= 0 (default 0)")
     p.add_argument("--sweeps", type=integer(1), default=1,
                    help="sweeps over the prompt at depth inf (default 1; many -> kernel ridge, docs/results.md)")
-    p.add_argument("--backend", default="descent", choices=BACKENDS)
+    p.add_argument("--backend", default="descent", metavar="BACKEND",
+                   help=f"{', '.join(BACKENDS)}, or pretrained:NAME (a trained model of the zoo: ckd zoo list; "
+                        "it brings its own attention and layers) (default descent)")
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
     p.set_defaults(run=run)

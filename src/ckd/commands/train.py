@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=integer(0), default=DEFAULTS.warmup,
                    help=f"warm-up steps (default {DEFAULTS.warmup})")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay (default 0)")
+    p.add_argument("--curriculum", type=integer(0), default=DEFAULTS.curriculum, metavar="C",
+                   help="grow the prompt length from 4 to --length over the first C steps (default 0: none)")
     p.add_argument("--seed", type=integer(0), default=DEFAULTS.seed, help="seed of init and prompts (default 0)")
     p.add_argument("--dtype", default=DEFAULTS.dtype, choices=list(DTYPES), help="training dtype (default float32)")
     p.add_argument("--log-every", type=integer(1), default=DEFAULTS.log_every, help="log the loss every N steps")
@@ -60,7 +62,8 @@ def run(args) -> int:
                       width=args.width, mlp=args.mlp, layernorm=args.layernorm,
                       init=args.init, tokens=args.tokens, steps=args.steps,
                       batch=args.batch, length=args.length, dim=args.dim, lr=args.lr, warmup=args.warmup,
-                      weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, log_every=args.log_every,
+                      weight_decay=args.weight_decay, curriculum=args.curriculum, seed=args.seed, dtype=args.dtype,
+                      log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
     train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet)
     return 0
