@@ -213,10 +213,12 @@ def test_streaming_linear_is_the_delta_rule(device, ridge):
 
 
 def test_streaming_linear_zero_token_keeps_the_state():
+    """A zero token x_{t-1} has coefficient 0 (as the batch paths): the state is unchanged."""
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [2.0, -1.0], [0.5, 0.5]])
     s = Streaming("linear", dim=2)
-    s.push(np.zeros(2))
-    with pytest.raises(ValueError, match="ridge > 0"):
-        s.push(np.ones(2))
+    rows = np.stack([s.push(v) for v in x])
+    assert np.allclose(rows, descend(torch.tensor(x)[None], "linear", depth="inf", method="dense")[0].numpy(),
+                       rtol=1e-12, atol=1e-15)
     s.reset()
     s.push([1.0, 0.0])
     assert np.allclose(s.push([0.0, 1.0]), [0.0, 0.0])  # W = (0, 1)^T (1, 0): W x_1 = 0
