@@ -28,6 +28,7 @@ EXPERIMENTS: dict[str, str] = {
     "transformer-equals-descent": "ckd.experiments.transformer_equals_descent",
     "training": "ckd.experiments.training",
     "chaos": "ckd.experiments.chaos",
+    "chaos-forecast": "ckd.experiments.chaos_forecast",
 }
 
 
