@@ -110,8 +110,8 @@ def test_failures_are_recorded_and_excluded(monkeypatch, tmp_path):
     res = cf.run_system("Lorenz", n_ics=2, horizon=30, long_steps=0, root=tmp_path)
     assert res["status"] == "excluded" and "integration did not complete" in res["reason"]
     meta = json.loads((tmp_path / "Lorenz" / "meta.json").read_text())
-    assert meta["pieces"]["ics"] == {"status": "failed", "reason": "integration did not complete",
-                                     "seconds": meta["pieces"]["ics"]["seconds"]}
+    assert meta["pieces"]["ics"]["status"] == "failed"
+    assert meta["pieces"]["ics"]["reason"] == "integration did not complete"
     assert cf.SystemData("Lorenz", tmp_path).ics() is None  # recorded: not retried
     assert cf.check_trajectory(np.full((812, 2), np.nan), 812) == "non-finite values"
     assert cf.check_trajectory(np.ones((812, 2)), 812) == "degenerate: constant over the test window"

@@ -26,8 +26,9 @@ distribution of the rollout with the truth's by the k-NN estimate of KL(truth ||
 
 Data are cached (``cache_dir``): one folder per system holding plain ``.npy`` files and a
 ``meta.json``, plus an ``index.json``; generate them ahead with
-``python -m ckd.experiments.chaos_forecast --generate [--workers N]``. Worker processes over
-systems: the environment variable ``CKD_WORKERS`` (default 1).
+``python -m ckd.experiments.chaos_forecast generate [--workers N]``. Worker processes over
+systems: the environment variable ``CKD_WORKERS`` (default 1) for ``ckd reproduce``, or
+``python -m ckd.experiments.chaos_forecast run --workers N [--systems ...] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class SystemData:
                 return None
             if path.exists():
                 return np.load(path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             x = make()
             reason = check_trajectory(x, n)
@@ -219,13 +220,14 @@ class SystemData:
             x, reason = None, f"{type(err).__name__}: {err}".splitlines()[0][:200]
         self.integrations += 1
         seconds = round(time.perf_counter() - t0, 3)
+        cpu = round(time.process_time() - c0, 3)
         if reason is None:
             _save_npy(path, x)
-            self.meta["pieces"][key] = {"status": "ok", "seconds": seconds, "shape": list(x.shape),
+            self.meta["pieces"][key] = {"status": "ok", "seconds": seconds, "cpu_seconds": cpu, "shape": list(x.shape),
                                         "sha256": _checksum(x)}
         else:
             x = None
-            self.meta["pieces"][key] = {"status": "failed", "reason": reason, "seconds": seconds}
+            self.meta["pieces"][key] = {"status": "failed", "reason": reason, "seconds": seconds, "cpu_seconds": cpu}
         self._save_meta()
         return x
 
@@ -454,14 +456,17 @@ def _run_one(args) -> dict:
         return {"system": name, "status": "excluded", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
-    """The benchmark (module doc). ``seed`` has no effect: the protocol fixes its own seed."""
+def run(out: pathlib.Path, *, quick: bool, seed: int, device: str, systems: list[str] | None = None,
+        n_workers: int | None = None) -> dict:
+    """The benchmark (module doc) on ``systems`` (default: all, or ``QUICK``'s) with ``n_workers``
+    processes (default ``workers()``; 1 when quick). ``seed`` has no effect: the protocol fixes
+    its own seed."""
     from . import progress
 
-    names = list(QUICK["systems"]) if quick else all_systems()
+    names = list(systems or (QUICK["systems"] if quick else all_systems()))
     n_ics, horizon, long_steps = ((QUICK["n_ics"], QUICK["horizon"], QUICK["long"]) if quick
                                   else (PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG))
-    n_workers = 1 if quick else workers()
+    n_workers = n_workers or (1 if quick else workers())
     jobs = [(s, n_ics, horizon, long_steps, device) for s in names]
     start = time.perf_counter()
     if n_workers > 1:
@@ -657,7 +662,7 @@ def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> No
     ax.set_ylabel("VPT per system (Lyapunov times)")
     ax.set_title("VPT distribution (per-system medians)")
     ax = axes[1, 0]
-    for lab, mk in (("ckd", "o"), ("ckd-uni", "^")):
+    for lab, mk in [(lab, mk) for lab, mk in (("ckd", "o"), ("ckd-uni", "^")) if lab in labels]:
         x = [float(np.median(r["vpt"][REFERENCE])) for r in ok.values()]
         y = [float(np.median(r["vpt"][lab])) for r in ok.values()]
         ax.scatter(x, y, s=10, marker=mk, color=COLORS[lab], label=lab, alpha=0.7)
@@ -693,7 +698,7 @@ def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> No
             tt = np.arange(len(t)) / PROTOCOL["pts_per_period"]
             ax.plot(tc, c[:, 0], color="grey", lw=1.0, label="context")
             ax.plot(tt, t[:, 0], color="k", lw=2.4, alpha=0.45, label="truth")
-            for lab in ("ckd", "krr", "ckd-uni", "parrot"):
+            for lab in [lab for lab in ("ckd", "krr", "ckd-uni", "parrot") if lab in e["pred"]]:
                 ax.plot(tt, np.asarray(e["pred"][lab])[:, 0], color=COLORS[lab], lw=1.0,
                         ls="--" if "uni" in lab else "-", label=lab)
             ax.set_title(f"{s}, initial condition 0, coordinate 0", fontsize=8)
@@ -724,24 +729,37 @@ def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ckd.experiments.chaos_forecast --generate``: fill the cache ahead of a run."""
+    """``python -m ckd.experiments.chaos_forecast generate|run``: fill the cache ahead of a run, or
+    run the benchmark (optionally on some systems) with worker processes."""
     p = argparse.ArgumentParser(prog="python -m ckd.experiments.chaos_forecast",
-                                description="Integrate the chaos-forecast trajectories into the cache.")
-    p.add_argument("--generate", action="store_true", required=True)
-    p.add_argument("--workers", type=int, default=1)
+                                description="The chaos-forecast benchmark: generate its data, or run it.")
+    p.add_argument("action", choices=["generate", "run"])
+    p.add_argument("--workers", type=int, default=None, help="worker processes over systems "
+                   "(default: $CKD_WORKERS or 1)")
     p.add_argument("--systems", nargs="*", help="default: all continuous dysts systems")
-    p.add_argument("--long", type=int, default=LONG, help=f"long-trajectory steps (default {LONG}; 0: none)")
+    p.add_argument("--long", type=int, default=LONG, help=f"generate: long-trajectory steps (default {LONG}; 0: none)")
+    p.add_argument("--out", default="ckd-results", help="run: output folder (default ckd-results/)")
+    p.add_argument("--quick", action="store_true", help="run: the quick configuration")
     args = p.parse_args(argv)
+    n_workers = workers() if args.workers is None else args.workers
+    if n_workers < 1:
+        p.error(f"--workers must be >= 1, got {n_workers}")
     names = args.systems or all_systems()
+    print(f"cache: {cache_dir()}", file=sys.stderr)
+    t0 = time.perf_counter()
+    if args.action == "run":
+        out = pathlib.Path(args.out)
+        head = run(out, quick=args.quick, seed=0, device="cpu", systems=args.systems, n_workers=n_workers)
+        print(json.dumps(head, indent=1))
+        print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
+        return 0
     jobs = [(s, PROTOCOL["n_ics"], args.long) for s in names]
     from tqdm.auto import tqdm
 
-    print(f"cache: {cache_dir()}", file=sys.stderr)
-    t0 = time.perf_counter()
-    if args.workers > 1:
+    if n_workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(args.workers) as pool:
+        with mp.get_context("spawn").Pool(n_workers) as pool:
             done = list(tqdm(pool.imap_unordered(_generate_one, jobs), total=len(jobs), desc="systems"))
     else:
         done = [_generate_one(j) for j in tqdm(jobs, desc="systems")]
