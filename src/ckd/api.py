@@ -95,9 +95,15 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
 
 
 def check_options(kernel: str, beta: Any, sigma: Any, depth: Any, step: Any, ridge: Any,
-                  backend: str, tokens: str) -> dict:
+                  backend: str, tokens: str, sweeps: Any = 1) -> dict:
     """Validate every option of ``predict``; return them normalised."""
     check_kernel(kernel)
+    if isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1)).is_integer():
+        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    if sweeps != 1 and (str(depth).strip().lower() not in ("inf", "infinity") and depth != math.inf):
+        raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
+    if sweeps != 1 and kernel == "softmax":
+        raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if tokens not in TOKENS:
@@ -114,6 +120,7 @@ def check_options(kernel: str, beta: Any, sigma: Any, depth: Any, step: Any, rid
         depth=depth,
         step=None if step is None else check_number(step, "step", minimum=0.0),
         ridge=check_number(ridge, "ridge", minimum=0.0),
+        sweeps=int(sweeps),
     )
 
 
@@ -130,6 +137,7 @@ def predict(
     tokens: str = "augmented",
     dtype: Any = torch.float64,
     memory_budget: float | None = None,
+    sweeps: int = 1,
 ) -> Any:
     """Next-token predictions of causal kernel descent. Row t predicts x_{t+1}.
 
@@ -140,16 +148,19 @@ def predict(
     batch; backend: descent | transformer; tokens: augmented | raw (transformer).
     memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
     above it rows are processed in blocks, with the same result (``ckd.descent.descend``).
+    sweeps: K >= 1 sweeps over the prompt at depth "inf" (SPEC §7, ``ckd.descent.swept``):
+    1 is depth inf; K -> inf tends to kernel ridge regression on the pairs.
 
     Raises ``ValueError``/``TypeError`` with a one-line message on bad input and
     warns ``ckd.StabilityWarning`` for a step outside the convergence region.
     """
     dtype = as_dtype(dtype)
-    opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens)
+    opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens, sweeps)
     batch, unbatched = as_batch(x, dtype)
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts)
     else:
+        opts.pop("sweeps")  # 1: checked above
         out = _transformer_backend(batch, tokens=tokens, **opts)
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -37,7 +37,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale
+from .kernels import CausalMatrices, causal_matrices, causal_rows, exp_log_scale, kernel_matrix
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of (T, T)-sized working memory before row blocks are used
 
@@ -340,6 +340,7 @@ def descend(
     ridge: float = 0.0,
     return_all: bool = False,
     memory_budget: float | None = None,
+    sweeps: int = 1,
 ) -> Tensor:
     """CKD predictions for x (B, T, d): row t of the result predicts x_{t+1}.
 
@@ -347,10 +348,15 @@ def descend(
     step None means eta = 0.5 / max_t (R[t,t] + lambda) over the batch.
     memory_budget: bytes of (T, T)-sized working memory (default 4 GiB); above it, rows are
     processed in blocks (same result, each block's kernel rows built once; see module doc).
+    sweeps: K >= 1 Gauss-Seidel sweeps at depth inf (SPEC §7, ``swept``); 1 is depth inf.
     """
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
+    if sweeps != 1:
+        if not infinite:
+            raise ValueError("sweeps > 1 needs depth 'inf'")
+        return swept(x, kernel, beta=beta, sigma=sigma, ridge=ridge, sweeps=sweeps)
     rows = block_rows(x, memory_budget)
     if rows >= x.shape[1] or x.numel() == 0:
         mats = causal_matrices(x, kernel, beta, sigma)
@@ -361,6 +367,36 @@ def descend(
         return finite_depth(mats, y, int(depth), eta, ridge, return_all=return_all)
     return _descend_blocked(x, kernel, beta, sigma, "inf" if infinite else int(depth), step, ridge,
                             return_all, rows)
+
+
+def swept(x: Tensor, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1.0, ridge: float = 0.0,
+          sweeps: int = 1) -> Tensor:
+    """Depth-inf CKD with K sweeps over the prompt (SPEC §7): the rows of the last copy of the
+    prompt repeated K times, seam pairs masked, with the ridge-aware coefficients.
+
+    With G[i, j] = k(x_i, x_j), the pair Gram K[s, s'] = G[s-1, s'-1] and beta^k the coefficients
+    after k sweeps (``gauss_seidel``; beta^0 = 0), row t sees the pairs s <= t of the last copy
+    and every pair of the earlier copies:
+
+        p_t = sum_{s<=t} k(x_t, x_{s-1}) beta^K_s + sum_{s>t} k(x_t, x_{s-1}) beta^{K-1}_s.
+
+    K = 1 is ``infinite_depth``; the last row uses beta^K only; K -> inf tends to kernel ridge.
+    Not blocked: (T, T) memory. kernel: linear, exp or gaussian (softmax is not symmetric).
+    """
+    if kernel == "softmax":
+        raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
+    B, T, d = x.shape
+    if T < 2 or x.numel() == 0:
+        return torch.zeros_like(x)
+    G = kernel_matrix(x, x, kernel, beta, sigma)
+    hist = gauss_seidel(G[:, :-1, :-1], x[:, 1:], ridge, sweeps, return_all=True)
+    before = hist[-2] if sweeps > 1 else torch.zeros_like(hist[-1])
+    seen = torch.ones(T, T - 1, dtype=torch.bool, device=x.device).tril(-1)  # column s-1 < t: s <= t
+    Pk = G[:, :, :-1]
+    p = (Pk * seen) @ hist[-1] + (Pk * ~seen) @ before
+    if not torch.isfinite(p).all():
+        raise FloatingPointError(f"causal kernel descent with {sweeps} sweeps overflowed; use a ridge > 0")
+    return p
 
 
 def _descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: int | str,

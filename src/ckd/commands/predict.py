@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--depth", default="16", help="number of layers N >= 0, or inf (default 16)")
     p.add_argument("--step", type=float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
     p.add_argument("--ridge", type=float, default=0.0, help="ridge lambda >= 0 (default 0)")
+    p.add_argument("--sweeps", type=int, default=1,
+                   help="sweeps over the prompt at depth inf (default 1; many -> kernel ridge, docs/results.md)")
     p.add_argument("--backend", default="descent", choices=BACKENDS)
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
@@ -28,6 +30,6 @@ def run(args) -> int:
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim)
     pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
-                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype)
+                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps)
     save_array(out_path, pred)
     return 0
