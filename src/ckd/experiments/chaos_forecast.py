@@ -504,7 +504,7 @@ def run(out: pathlib.Path, *, quick: bool, seed: int, device: str, systems: list
             head[f"{label}: systems beating parrot"] = f"{w['wins']}/{summary['n_systems']}"
     if "ckd" in summary["attractor"]:
         head["ckd KL below parrot's"] = summary["attractor"]["ckd"]["kl_below_reference"]
-    head["seconds per system (mean)"] = seconds * n_workers / max(1, len(names))
+    head["worker-seconds per system (wall x workers / systems)"] = seconds * n_workers / max(1, len(names))
     return head
 
 
