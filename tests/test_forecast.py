@@ -308,3 +308,190 @@ def test_last_and_mean():
     x = henon(20)
     assert np.array_equal(forecast(x, "last", horizon=3), np.tile(x[-1], (3, 1)))
     assert np.allclose(forecast(x, "mean", horizon=3), np.tile(x.mean(0), (3, 1)))
+
+
+def _std(x):
+    m, s = x.mean(0), x.std(0)
+    return (x - m) / s, m, s
+
+
+def ckd_literal(z, H, sigma, K, D=1, stride=1):
+    """The ckd rollout as its definition: at every step, depth-inf CKD (the existing
+    ckd.descent.infinite_depth, ridge 0) on the delay tokens of the prompt [context x K copies,
+    generated tokens], the pairs crossing a seam or thinned out masked, increments as targets;
+    the last row's prediction is the next increment."""
+    T, c = z.shape
+    keep = set(range(T - 1, D - 1, -stride))  # context pairs s (target z_s) that are used
+    gen = []
+    for _ in range(H):
+        seq = torch.cat([z.repeat(K, 1), *[g[None] for g in gen]]) if gen else z.repeat(K, 1)
+        U = torch.cat([seq[D - 1 - i: len(seq) - i] for i in range(D)], -1)  # token of row D-1+j
+        n = len(U)
+        mats = causal_matrices(U[None], "gaussian", sigma=sigma * (D * c) ** 0.5)
+        y = torch.zeros(1, n, c, dtype=z.dtype)
+        for j in range(1, n):
+            s = j + D - 1  # the pair (u_{s-1} -> z_s - z_{s-1}) is column j
+            copy, pos = divmod(s, T)
+            legit = s >= K * T or (pos in keep)
+            if legit:
+                y[0, j] = seq[s] - seq[s - 1]
+            else:
+                mats.P[0, :, j] = 0
+                mats.R[0, :, j] = 0
+                mats.R[0, j, j] = 1
+        p = infinite_depth(mats, y)
+        gen.append(seq[-1] + p[0, -1])
+    return torch.stack(gen)
+
+
+@pytest.mark.parametrize("K,D,stride", [(1, 1, 1), (3, 1, 1), (2, 2, 1), (3, 1, 2)])
+def test_ckd_rollout_is_the_literal_autoregressive_loop(K, D, stride):
+    from ckd.rollout import kernel_rollout
+    z = torch.tensor(_std(henon(24))[0])
+    got, chosen = kernel_rollout(z, 5, "ckd", sigma=0.7, ridge=0.0, sweeps=K, embed=D, stride=stride)
+    assert chosen == {"sigma": 0.7, "ridge": 0.0, "sweeps": K, "embed": D, "stride": stride}
+    ref = ckd_literal(z, 5, 0.7, K, D, stride)
+    assert rel_err(got, ref) < 1e-8
+
+
+def test_krr_rollout_is_the_literal_refit_loop():
+    """Kernel ridge refitted on every pair of the growing sequence (generated ones included)."""
+    from ckd.rollout import kernel_rollout
+    z = torch.tensor(_std(henon(30))[0])
+    sigma, lam = 0.8, 1e-3
+    got, _ = kernel_rollout(z, 6, "krr", sigma=sigma, ridge=lam, embed=1)
+    seq = z.clone()
+    for _ in range(6):
+        keys, Y = seq[:-1], seq[1:] - seq[:-1]
+        G = torch.exp(-torch.cdist(keys, keys) ** 2 / (2 * sigma**2 * 2))
+        beta = torch.linalg.solve(G + lam * torch.eye(len(keys), dtype=z.dtype), Y)
+        k = torch.exp(-((keys - seq[-1]) ** 2).sum(-1) / (2 * sigma**2 * 2))
+        seq = torch.cat([seq, (seq[-1] + k @ beta)[None]])
+    assert rel_err(got, seq[30:]) < 1e-7
+
+
+def test_analogues_rollout_is_the_literal_loop():
+    x = henon(40)
+    z, m, s = _std(x)
+    seq = list(z)
+    for _ in range(8):
+        j = min(range(len(seq) - 1), key=lambda i: np.linalg.norm(seq[i] - seq[-1]))
+        seq.append(seq[j + 1])
+    assert np.allclose(forecast(x, "analogues", horizon=8), np.array(seq[40:]) * s + m, rtol=1e-12, atol=1e-12)
+
+
+def lorenz(T, dt=0.03, x0=(1.0, 1.0, 20.0)):
+    """Lorenz-63 by RK4 with 10 substeps per sample, (T, 3)."""
+    def f(v):
+        return np.array([10 * (v[1] - v[0]), v[0] * (28 - v[2]) - v[1], v[0] * v[1] - 8 / 3 * v[2]])
+    v, out, h = np.array(x0), [], dt / 10
+    for _ in range(T + 300):
+        for _ in range(10):
+            k1 = f(v)
+            k2 = f(v + h / 2 * k1)
+            k3 = f(v + h / 2 * k2)
+            k4 = f(v + h * k3)
+            v = v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        out.append(v)
+    return np.array(out[300:])
+
+
+def test_ckd_rollout_forecasts_lorenz_far_better_than_parroting_and_is_causal():
+    x = lorenz(360)
+    ctx, truth = x[:300], x[300:]
+    err = {m: np.abs(forecast(ctx, m, horizon=60) - truth).mean() for m in ("ckd", "parrot", "last")}
+    assert err["ckd"] < 0.2 * err["parrot"] and err["ckd"] < 0.1 * err["last"]
+    other = x.copy()
+    other[300:] = 0.0  # a different future: nothing after the context is read
+    got = forecast_details(torch.tensor(other[None, :300]), "ckd", horizon=60)
+    ref = forecast_details(torch.tensor(x[None, :300]), "ckd", horizon=60)
+    assert torch.equal(got.pred, ref.pred) and got.settings == ref.settings
+
+
+def test_univariate_forecasts_each_coordinate_from_its_own_past():
+    x = lorenz(200)
+    a = forecast(x, "ckd", horizon=10, univariate=True, embed=3)
+    y = x.copy()
+    y[:, 1] = np.random.default_rng(0).normal(size=200)  # another coordinate changes: the others do not
+    b = forecast(y, "ckd", horizon=10, univariate=True, embed=3)
+    assert np.array_equal(a[:, [0, 2]], b[:, [0, 2]]) and not np.allclose(a[:, 1], b[:, 1])
+    single = forecast(x[:, :1], "ckd", horizon=10, univariate=True, embed=3)
+    assert np.allclose(single[:, 0], a[:, 0], rtol=1e-9, atol=0)
+    d = forecast_details(torch.tensor(x)[None], "ckd", horizon=10, univariate=True, embed=3)
+    assert len(d.settings[0]) == 3 and all(s["embed"] == 3 for s in d.settings[0])
+
+
+def test_rollout_that_leaves_the_finite_numbers_stops_and_says_so():
+    from ckd.rollout import _stop_nonfinite
+    pred = torch.tensor([[[1.0], [2.0], [np.inf], [3.0]], [[1.0], [2.0], [3.0], [4.0]]])
+    out, stopped = _stop_nonfinite(pred, torch.zeros(2, 1))
+    assert out[0, :, 0].tolist() == [1.0, 2.0, 2.0, 2.0] and stopped.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"horizon": 0}, "horizon"), ({"horizon": 1.5}, "horizon"), ({"horizon": "3"}, "horizon"),
+    ({"horizon": True}, "horizon"), ({"horizon": 3, "embed": 0}, "embed"),
+    ({"horizon": 3, "method": "parrot", "embed": 12}, "at least 13 rows"),
+    ({"horizon": 3, "method": "ols"}, "unknown method"), ({"horizon": 3, "sweeps": 0}, "sweeps"),
+    ({"method": "parrot"}, "horizon"), ({"univariate": True}, "horizon"),
+])
+def test_rollout_bad_options(opts, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        forecast(henon(12), **opts)
+
+
+def test_context_too_short_says_how_long():
+    with pytest.raises(ValueError, match=r"ckd needs a context of at least 10 rows, got 9"):
+        forecast(henon(9), horizon=3)
+
+
+def test_one_step_fallbacks_are_counted_and_warned():
+    x = henon(40) * 3.0 + 1.0
+    x[6:] = np.random.default_rng(5).normal(size=x[6:].shape) * 50  # noise: some krr forecasts leave the range
+    with pytest.warns(RuntimeWarning, match=r"^(\d+) of 39 forecasts .* replaced by x_t") as rec:
+        f = forecast_details(torch.tensor(x)[None], "krr")
+    assert f.fallbacks > 0 and str(rec[0].message).startswith(f"{f.fallbacks} of 39")
+
+
+def test_cli_horizon_writes_the_rollout_and_a_plot(tmp_path):
+    x = henon(60)
+    np.save(tmp_path / "in.npy", x)
+    np.save(tmp_path / "truth.npy", np.zeros((7, 2)))
+    out, fig = tmp_path / "out.csv", tmp_path / "fig.png"
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), "--horizon", "7", "--method", "parrot",
+                 "--embed", "3", "--plot", str(fig), "--truth", str(tmp_path / "truth.npy")]) == 0
+    assert np.array_equal(np.loadtxt(out, delimiter=","), forecast(x, "parrot", horizon=7, embed=3))
+    assert fig.stat().st_size > 1000
+    np.save(tmp_path / "b.npy", np.stack([x, x]))
+    assert main(["forecast", str(tmp_path / "b.npy"), "-o", str(tmp_path / "b_out.npy"), "--horizon", "4",
+                 "--univariate", "--method", "analogues"]) == 0
+    assert np.load(tmp_path / "b_out.npy").shape == (2, 4, 2)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--horizon", "0"], "horizon"), (["--horizon", "2.5"], "horizon"), (["--horizon", "x"], "horizon"),
+    (["--horizon", "3", "--embed", "0"], "embed"), (["--horizon", "3", "--method", "parrot", "--embed", "40"],
+                                                    "at least 41 rows"),
+    (["--horizon", "3", "--plot", "FIG", "--truth", "BADTRUTH"], "truth has shape"),
+    (["--horizon", "3", "--truth", "BADTRUTH"], "--plot"), (["--plot", "FIG"], "--horizon"),
+    (["--method", "parrot"], "horizon"), (["--univariate"], "horizon"),
+])
+def test_cli_horizon_bad_input_one_line_nothing_written(tmp_path, capsys, args, match):
+    np.save(tmp_path / "in.npy", henon(30))
+    np.save(tmp_path / "truth.npy", np.zeros((4, 2)))
+    args = [str(tmp_path / "truth.npy") if a == "BADTRUTH" else str(tmp_path / "f.png") if a == "FIG" else a
+            for a in args]
+    out = tmp_path / "out.npy"
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ckd: error:") and match in err[0], err
+    assert not out.exists() and not (tmp_path / "f.png").exists()
+
+
+def test_cli_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    np.save(tmp_path / "in.npy", henon(30))
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--horizon", "3",
+                 "--plot", str(tmp_path / "f.png")]) == 2
+    assert "pip install 'ckd[plot]'" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()

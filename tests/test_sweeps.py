@@ -99,3 +99,32 @@ def test_sweeps_bad_options(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--sweeps", "3",
                  "--depth", "inf", "--kernel", "gaussian"]) == 0
     assert np.allclose(np.load(tmp_path / "o.npy"), ckd.predict(x, "gaussian", depth="inf", sweeps=3))
+
+
+def test_doubling_equals_the_plain_sweeps():
+    from ckd.descent import gauss_seidel_doubling
+    x = _x(B=2, T=40, d=2, seed=5)
+    G = kernel_matrix(x, x, "gaussian", sigma=0.9)
+    Y = torch.randn(2, 40, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    got = gauss_seidel_doubling(G, Y, 1e-3, 300)
+    hist = gauss_seidel(G, Y, 1e-3, 300, return_all=True)
+    assert sorted(got) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]
+    for K, beta in got.items():
+        assert rel_err(beta, hist[K - 1]) < 1e-10, K
+
+
+def test_reproduce_sweeps_quick(tmp_path):
+    """The figure of ``ckd reproduce sweeps``: K sweeps approach kernel ridge."""
+    import json
+    threads = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "sweeps", "--quick", "--out", str(tmp_path), "--seed", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for suffix in ("png", "pdf", "json"):
+        assert (tmp_path / f"sweeps.{suffix}").stat().st_size > 0
+    r = json.loads((tmp_path / "sweeps.json").read_text())
+    d = np.array(r["distance"]["sigma=0.5, lambda=0.01"]["median"])
+    assert d[-1] < 1e-2 * d[0]  # a ridge of 1e-2 is reached within 2^12 sweeps
+    e = np.array(r["rollout"]["1"]["median"])
+    assert e[-1] < 0.5 * e[0]  # and the forecast improves with K

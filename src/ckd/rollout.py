@@ -62,14 +62,19 @@ import torch
 from torch import Tensor
 
 from .baselines import context_parrot
-from .descent import gauss_seidel
+from .descent import gauss_seidel, gauss_seidel_doubling
 
 ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer")
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
-GRID = {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (1, 4, 16, 64, 256), "embed": (1, 2)}
-ORIGINS = (64, 96, 128)  # held-out ends of the context used to score a setting (steps)
+GRIDS = {
+    "ckd": {"sigma": (0.5, 1.0), "ridge": (1e-6,), "sweeps": (2**12, 2**16, 2**20), "embed": (1, 2),
+            "stride": (2,)},
+    "krr": {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (None,), "embed": (1, 2),
+            "stride": (1,)},
+}
+ORIGINS = (0.1875, 0.3125)  # held-out ends of the context scoring a setting (fractions of T: 96, 160 of 512)
 CLIP = 1.0
 
 
@@ -104,12 +109,14 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
     """The shortest context each method can forecast from."""
     if method in ("last", "mean"):
         return 1
+    if method == "transformer":
+        return 2
     if method == "parrot":
         return embed + 1
-    D = embed if univariate else 1
-    if method in ("ckd", "krr") and not univariate:
-        return 3 + max(ORIGINS)  # a fit on a prefix held out before every origin
-    return D + 2 if method in ("ckd", "krr") else D + 1
+    D = embed if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"])
+    if method in ("ckd", "krr"):
+        return 2 * (D + 3)  # pairs left after holding out the longest origin
+    return D + 1
 
 
 def standardise(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,13 +141,16 @@ def _gram(a: Tensor, b: Tensor, width: Tensor) -> Tensor:
     return torch.exp(-sq[None] / (2.0 * width[:, None, None]))
 
 
-def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps) -> tuple[Tensor, Tensor, list[dict]]:
+def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1) -> tuple[Tensor, Tensor, list[dict]]:
     """Coefficients of the ckd / krr maps on the context z (T, c) with delay D, for every
-    (sigma, lambda, K) of the grids (K = None: exact kernel ridge). Returns keys (n, c D),
-    beta (G, n, c) and the G settings, ordered sigma-major, then lambda, then K."""
+    (sigma, lambda, K) of the grids (K = None: exact kernel ridge), on the pairs
+    (u_{s-1} -> z_s - z_{s-1}) for s = T-1, T-1-stride, ... >= D (in time order). Returns keys
+    (n, c D), beta (G, n, c) and the G settings, ordered sigma-major, then lambda, then K."""
     c = z.shape[1]
     U = delay_tokens(z, D)
     keys, Y = U[:-1], z[D:] - z[D - 1:-1]  # pairs (u_{s-1} -> z_s - z_{s-1}), s = D..T-1
+    keep = torch.arange(keys.shape[0] - 1, -1, -stride, device=z.device).flip(0)
+    keys, Y = keys[keep], Y[keep]
     n = keys.shape[0]
     betas, settings = [], []
     finite = sorted(k for k in sweeps if k is not None)
@@ -149,16 +159,27 @@ def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps) -> tuple[Tensor, Tenso
         Gm = _gram(keys, keys, torch.tensor([sigma * sigma * D * c], dtype=z.dtype))[0]
         for lam in ridges:
             if finite:
-                hist = gauss_seidel(Gm, Y, lam, max(finite), return_all=True)  # (K, n, c)
+                hist = _sweeps(Gm, Y, lam, finite)
             for K in sweeps:
                 if K is None:
                     L, info = torch.linalg.cholesky_ex(Gm + lam * eye)
                     beta = torch.cholesky_solve(Y, L) if int(info) == 0 else torch.full_like(Y, math.nan)
                 else:
-                    beta = hist[K - 1]
+                    beta = hist[K]
                 betas.append(beta)
-                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D})
+                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride})
     return keys, torch.stack(betas), settings
+
+
+def _sweeps(G: Tensor, Y: Tensor, ridge: float, Ks: list[int]) -> dict[int, Tensor]:
+    """beta^K for each K of ``Ks`` (sorted): plain sweeps while they are cheaper than repeated
+    squaring, else ``gauss_seidel_doubling`` (every K must then be a power of two or the last)."""
+    n, c = Y.shape
+    K = Ks[-1]
+    if 2 * K * c <= (4 + 2 * math.log2(K)) * n or any(k & (k - 1) for k in Ks[:-1]):
+        hist = gauss_seidel(G, Y, ridge, K, return_all=True)
+        return {k: hist[k - 1] for k in Ks}
+    return gauss_seidel_doubling(G, Y, ridge, K)
 
 
 def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int) -> Tensor:
@@ -168,27 +189,28 @@ def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int
     D, c = hist.shape
     state = hist.flip(0).reshape(1, D * c).expand(G, D * c).clone()  # u_t = (z_t, ..., z_{t-D+1})
     out = beta.new_empty(G, H, c)
-    scale = -0.5 / widths[:, None]
+    scale = (-0.5 / widths)[:, None]
+    knorm = keys.square().sum(-1)  # |key_s|^2
+    keysT = keys.T.contiguous()
     for h in range(H):
-        sq = torch.cdist(state[:, None, :], keys[None].expand(G, -1, -1))[:, 0].square()  # (G, n)
+        sq = (state.square().sum(-1, keepdim=True) + knorm - 2.0 * (state @ keysT)).clamp_min(0.0)  # (G, n)
         inc = torch.bmm(torch.exp(sq * scale)[:, None, :], beta)[:, 0]  # (G, c)
         nxt = state[:, :c] + inc
         out[:, h] = nxt
-        state = torch.cat([nxt, state[:, : (D - 1) * c]], -1)
+        state = torch.cat([nxt, state[:, : (D - 1) * c]], -1) if D > 1 else nxt
     return out
 
 
 def _select(z: Tensor, grid: dict) -> dict:
     """The setting of ``grid`` with the smallest clipped held-out rollout error (module doc)."""
     T, c = z.shape
-    origins = [o for o in ORIGINS if T - o >= 3 + max(grid["embed"])]
-    if not origins:
-        return {k: v[0] for k, v in grid.items()}
+    origins = sorted({max(1, round(f * T)) for f in ORIGINS})
     scores: dict[tuple, float] = {}
     for D in grid["embed"]:
         for o in origins:
             head, truth = z[: T - o], z[T - o:]
-            keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"])
+            keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"],
+                                              grid["stride"][0])
             widths = torch.tensor([s["sigma"] ** 2 * D * c for s in settings], dtype=z.dtype)
             pred = roll_kernel(keys, beta, widths, head[-D:], o)
             err = (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
@@ -200,12 +222,10 @@ def _select(z: Tensor, grid: dict) -> dict:
 
 
 def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
-                   embed=None) -> tuple[Tensor, dict]:
+                   embed=None, stride=None) -> tuple[Tensor, dict]:
     """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c)."""
-    grid = dict(GRID)
-    if method == "krr":
-        grid["sweeps"] = (None,)
-    elif sweeps is not None:
+    grid = dict(GRIDS[method])
+    if sweeps is not None and method == "ckd":
         grid["sweeps"] = (sweeps,)
     if sigma is not None:
         grid["sigma"] = (sigma,)
@@ -213,9 +233,11 @@ def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sw
         grid["ridge"] = (ridge,)
     if embed is not None:
         grid["embed"] = (embed,)
+    if stride is not None:
+        grid["stride"] = (stride,)
     chosen = _select(z, grid) if any(len(v) > 1 for v in grid.values()) else {k: v[0] for k, v in grid.items()}
     D = chosen["embed"]
-    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],))
+    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"])
     widths = torch.tensor([chosen["sigma"] ** 2 * D * z.shape[1]], dtype=z.dtype)
     return roll_kernel(keys, beta, widths, z[-D:], H)[0], chosen
 

@@ -1,32 +1,131 @@
-"""``ckd forecast IN -o OUT``: strictly causal one-step forecasts of a raw trajectory."""
+"""``ckd forecast IN -o OUT``: strictly causal one-step forecasts of a raw trajectory, or with
+``--horizon H`` the H states after the context (autoregressive rollouts, ``ckd.rollout``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from ..forecast import METHODS, forecast
 from ..io import check_output_path, load_array, save_array
+from ..rollout import ROLLOUT_METHODS
+
+ALL_METHODS = tuple(dict.fromkeys(METHODS + ROLLOUT_METHODS))
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("forecast", help="one-step forecasts of a raw trajectory, strictly causal",
-                       description="Row t of OUT forecasts IN[t+1] from IN[0..t] only (scaling and settings "
-                                   "included), in the units of IN. See docs/forecast.md.")
-    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) trajectory, .npy (or .csv for (T, d)), T >= 3")
+    p = sub.add_parser("forecast", help="forecasts of a raw trajectory: one step per row, or --horizon H steps",
+                       description="Without --horizon, row t of OUT forecasts IN[t+1] from IN[0..t] only (scaling "
+                                   "and settings included). With --horizon H, OUT holds the H states after the "
+                                   "context IN, (H, d) or (B, H, d). In the units of IN. See docs/forecast.md.")
+    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) trajectory, .npy (or .csv for (T, d))")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the forecasts")
-    p.add_argument("--method", default="ckd", choices=METHODS, help="default ckd")
+    p.add_argument("--horizon", metavar="H", default=None,
+                   help="forecast the H states after IN by an autoregressive rollout (integer >= 1)")
+    p.add_argument("--method", default="ckd", choices=ALL_METHODS,
+                   help=f"default ckd; one step: {', '.join(METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
+    p.add_argument("--univariate", action="store_true",
+                   help="--horizon only: forecast each coordinate from its own past (delay embedding --embed)")
+    p.add_argument("--embed", metavar="D", default="5",
+                   help="delay-embedding dimension of --univariate and of parrot (default 5)")
     p.add_argument("--sigma", type=float, default=None,
-                   help="gaussian bandwidth in standardised units (ckd, krr; default: chosen causally)")
-    p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen causally)")
+                   help="gaussian bandwidth in standardised units (ckd, krr; default: chosen from the data)")
+    p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen from the data)")
+    p.add_argument("--sweeps", type=int, default=None,
+                   help="--horizon, ckd: sweeps over the context (default: chosen from the context)")
     p.add_argument("--k", type=int, default=1, help="neighbours of the analogues method (default 1)")
-    p.add_argument("--depth", default="1", help="ckd depth: 1 (local linear read-out, default) or inf")
+    p.add_argument("--depth", default="1", help="one-step ckd depth: 1 (local linear read-out, default) or inf")
     p.add_argument("--checkpoint", default=None, metavar="PT",
                    help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
+    p.add_argument("--plot", metavar="FIG", default=None,
+                   help="--horizon only: draw context, forecast (and --truth) per coordinate to FIG (.png, .pdf)")
+    p.add_argument("--truth", metavar="TRUTH", default=None,
+                   help="with --plot: the true continuation, shaped like OUT (.npy or .csv)")
     p.set_defaults(run=run)
+
+
+def _integer(value: str, name: str) -> int:
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
+    if not v.is_integer() or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(v)
+
+
+def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Fail before any work: matplotlib present, FIG's folder exists, TRUTH shaped like OUT."""
+    if args.truth is not None and args.plot is None:
+        raise ValueError("--truth is drawn by --plot: give --plot FIG too")
+    if args.plot is None:
+        return None
+    if args.horizon is None:
+        raise ValueError("--plot draws a multi-step forecast: give --horizon H")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'ckd[plot]'") from None
+    fig = Path(args.plot)
+    if not fig.parent.resolve().is_dir():
+        raise ValueError(f"{fig.parent}: plot folder does not exist")
+    if args.truth is None:
+        return None
+    truth = load_array(args.truth)
+    if truth.shape != out_shape:
+        raise ValueError(f"{args.truth}: truth has shape {truth.shape}, the forecast has {out_shape}")
+    if not np.isfinite(truth).all():
+        raise ValueError(f"{args.truth}: truth contains NaN or inf")
+    return truth
+
+
+def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, title: str) -> None:
+    """Context, forecast and truth of one trajectory, one panel per coordinate (step index on x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T, d = context.shape
+    H = pred.shape[0]
+    fig, axes = plt.subplots(d, 1, figsize=(8, 1.8 * d + 0.6), sharex=True, squeeze=False)
+    steps = np.arange(T, T + H)
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(np.arange(T), context[:, i], color="0.4", lw=1, label="context")
+        if truth is not None:
+            ax.plot(steps, truth[:, i], color="k", lw=1, label="truth")
+        ax.plot(steps, pred[:, i], color="C3", lw=1.2, ls="--", label="forecast")
+        ax.axvline(T - 0.5, color="0.7", lw=0.8)
+        ax.set_ylabel(f"x[{i}]")
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=3)
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[-1, 0].set_xlabel("step t")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(args) -> int:
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim)
-    pred = forecast(x, args.method, sigma=args.sigma, ridge=args.ridge, k=args.k, depth=args.depth,
-                    checkpoint=args.checkpoint)
+    if args.horizon is None:
+        _check_plot(args, x.shape)
+        pred = forecast(x, args.method, univariate=args.univariate, sigma=args.sigma, ridge=args.ridge, k=args.k,
+                        depth=args.depth, sweeps=args.sweeps, checkpoint=args.checkpoint)
+        save_array(out_path, pred)
+        return 0
+    H = _integer(args.horizon, "--horizon")
+    D = _integer(args.embed, "--embed")
+    truth = _check_plot(args, x.shape[:-2] + (H, x.shape[-1]))
+    pred = forecast(x, args.method, horizon=H, univariate=args.univariate, embed=D, sigma=args.sigma,
+                    ridge=args.ridge, sweeps=args.sweeps, k=args.k, depth=args.depth, checkpoint=args.checkpoint)
+    if args.plot is not None:
+        first = (lambda a: a) if x.ndim == 2 else (lambda a: a[0])
+        mode = "univariate" if args.univariate else "full state"
+        title = f"{Path(args.input).name}: --method {args.method}, {mode}, H = {H}"
+        if x.ndim == 3:
+            title += f" (sequence 0 of {x.shape[0]})"
+        plot_rollout(args.plot, first(x), first(pred), None if truth is None else first(truth), title)
     save_array(out_path, pred)
     return 0

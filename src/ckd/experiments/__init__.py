@@ -22,6 +22,7 @@ from types import ModuleType
 EXPERIMENTS: dict[str, str] = {
     "depth-and-length": "ckd.experiments.depth_and_length",
     "kaczmarz-limit": "ckd.experiments.kaczmarz_limit",
+    "sweeps": "ckd.experiments.sweeps",
     "continuous-depth": "ckd.experiments.continuous_depth",
     "induction-head": "ckd.experiments.induction_head",
     "raw-tokens": "ckd.experiments.raw_tokens",
