@@ -614,6 +614,7 @@ def tables(data: dict) -> str:
             lines.append(f"| {label} | {_g(a['median_kl'])} | {below} | {_g(a['median_abs_gp_dim_error'])} "
                          f"| {a['gp_dim_nan']} |")
         lines.append("")
+    lines += goals(summ) + [""]
     if summ["excluded"] or summ["ics_failed"]:
         lines += ["Excluded:", ""]
         lines += [f"- {s}: {reason}" for s, reason in summ["excluded"].items()]
@@ -628,6 +629,27 @@ def tables(data: dict) -> str:
             lines.append(f"| {s} | " + " | ".join(_g(float(np.median(r["vpt"][lab]))) for lab in labels) + " |")
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def goals(summ: dict) -> list[str]:
+    """The goals of issue 10, checked on these numbers (met / missed)."""
+    runs, n = summ["runs"], summ["n_systems"]
+    if not n or any(k not in runs for k in ("ckd", "ckd-uni", REFERENCE)):
+        return []
+    ckd, uni, ref = runs["ckd"]["median_vpt"], runs["ckd-uni"]["median_vpt"], runs[REFERENCE]["median_vpt"]
+    wins = runs["ckd"]["vs_reference"]["wins"]
+    ok = {True: "met", False: "**missed**"}
+    out = ["Goals (issue 10) on these systems:", "",
+           f"- full state, median VPT of ckd >= 5: {ckd:.3g} ({ok[ckd >= 5]})",
+           f"- full state, >= 3x parroting's median VPT: {ckd:.3g} vs 3 x {ref:.3g} ({ok[ckd >= 3 * ref]})",
+           f"- full state, better than parroting on >= 80% of systems: {wins}/{n} ({ok[wins >= 0.8 * n]})",
+           f"- univariate, ckd-uni median VPT above parroting's: {uni:.3g} vs {ref:.3g} ({ok[uni > ref]})"]
+    att = summ["attractor"].get("ckd")
+    if att:
+        below, total = map(int, att["kl_below_reference"].split("/"))
+        out.append(f"- attractor test, ckd's KL below parroting's on most systems: {below}/{total} "
+                   f"({ok[below > total / 2]})")
+    return out
 
 
 COLORS = {"ckd": "C0", "krr": "C3", "analogues": "C2", "last": "C8", "mean": "C5", "ckd-uni": "C9",
