@@ -72,6 +72,7 @@ def test_ic_indices_follow_the_protocol_and_keep_global_state():
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
+    pytest.importorskip("dysts")  # the cache key names its version
     monkeypatch.setenv("CKD_CACHE_DIR", str(tmp_path / "c"))
     assert cf.cache_dir().parent == tmp_path / "c" / "chaos-forecast"
     monkeypatch.delenv("CKD_CACHE_DIR")
@@ -134,6 +135,7 @@ def test_workers_env(monkeypatch):
 def test_knn_kl_gaussians_closed_form():
     """KL(N(0, 1) || N(1, 1)) = 1/2 and KL(N(0, I) || N(0, 4 I)) in 2-d = log 4 - 1 + 1/4
     (the estimator standardises by p's moments, which leaves KL unchanged)."""
+    pytest.importorskip("scipy")
     rng = np.random.default_rng(0)
     p = rng.normal(size=(4000, 1))
     assert cf.knn_kl(p, rng.normal(1.0, 1.0, size=(4000, 1))) == pytest.approx(0.5, abs=0.08)
