@@ -8,7 +8,9 @@ from a 1000-point trajectory made with ``pts_per_period=10``; from each,
 points, test = the last 300 (10 Lyapunov times of 30 points). No standardisation.
 
 Integrator: the papers use Radau at rtol = atol = 1e-12 (20-40 s per trajectory here without
-numba); we use ``INTEGRATOR`` (LSODA, rtol = atol = 1e-10), recorded in every output. The
+numba); we use ``INTEGRATOR`` (LSODA, rtol = atol = 1e-10), recorded in every output. The six
+delay equations are integrated by dysts' own ``ddeint`` (scipy's odeint at its default
+tolerances), which ignores the method and tolerances, in the papers' runs too. The
 1000-point trajectory the initial conditions are drawn from is integrated without dysts'
 post-processing (``postprocess=False``: a few systems map an unbounded variable to a bounded
 one after integration; an initial condition must be a state of the raw equations); the 812-point
@@ -484,6 +486,8 @@ def run(out: pathlib.Path, *, quick: bool, seed: int, device: str, systems: list
         write_index()
     config = {"protocol": PROTOCOL, "integrator": INTEGRATOR, "dysts": dysts_version(), "quick": quick,
               "n_ics": n_ics, "horizon": horizon, "long": long_steps, "runs": RUNS, "reference": REFERENCE,
+              "delay_equations": "integrated by dysts' ddeint (scipy odeint, default tolerances): "
+                                 "the integrator setting does not apply to them",
               "embed": EMBED, "knn_k": KNN_K, "gp_points": GP_POINTS, "device": device, "workers": n_workers,
               "seed": "unused: the protocol fixes np.random.seed(0)", "cache": str(cache_dir()),
               "vpt": "first h with rolling sMAPE (0-200) > 30, / 30; horizon / 30 when never",
