@@ -120,6 +120,25 @@ def test_failures_are_recorded_and_excluded(monkeypatch, tmp_path):
     assert cf.check_trajectory(np.arange(1624.0).reshape(812, 2), 812) is None
 
 
+def test_a_timeout_skips_the_rest_of_the_system(monkeypatch, tmp_path):
+    pytest.importorskip("dysts")
+    calls = []
+
+    def slow(model, n, init_cond=None, **kw):
+        calls.append(n)
+        if init_cond is None:
+            return np.ones((n, 3)) + np.arange(n)[:, None]  # the initial-condition trajectory
+        raise cf.IntegrationTimeout(f"timed out after {cf.TIMEOUT} s of CPU")
+
+    monkeypatch.setattr(cf, "_integrate", slow)
+    res = cf.run_system("Lorenz", n_ics=3, horizon=30, long_steps=100, root=tmp_path)
+    assert calls == [1000, 812]  # the ICs, trajectory 0 (times out), then nothing more
+    assert res["status"] == "excluded"
+    pieces = json.loads((tmp_path / "Lorenz" / "meta.json").read_text())["pieces"]
+    assert pieces["ic00"]["reason"] == f"IntegrationTimeout: timed out after {cf.TIMEOUT} s of CPU"
+    assert pieces["ic01"]["reason"] == pieces["ic02"]["reason"] == "skipped: ic00 timed out"
+
+
 def test_workers_env(monkeypatch):
     monkeypatch.setenv("CKD_WORKERS", "3")
     assert cf.workers() == 3
