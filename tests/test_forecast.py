@@ -315,22 +315,23 @@ def _std(x):
     return (x - m) / s, m, s
 
 
-def ckd_literal(z, H, sigma, K, D=1, stride=1):
+def ckd_literal(z, H, sigma, K, D=1, stride=1, lag=1):
     """The ckd rollout as its definition: at every step, depth-inf CKD (the existing
     ckd.descent.infinite_depth, ridge 0) on the delay tokens of the prompt [context x K copies,
     generated tokens], the pairs crossing a seam or thinned out masked, increments as targets;
     the last row's prediction is the next increment."""
     T, c = z.shape
-    keep = set(range(T - 1, D - 1, -stride))  # context pairs s (target z_s) that are used
+    w = (D - 1) * lag
+    keep = set(range(T - 1, w, -stride))  # context pairs s (target z_s) that are used
     gen = []
     for _ in range(H):
         seq = torch.cat([z.repeat(K, 1), *[g[None] for g in gen]]) if gen else z.repeat(K, 1)
-        U = torch.cat([seq[D - 1 - i: len(seq) - i] for i in range(D)], -1)  # token of row D-1+j
+        U = torch.cat([seq[w - i * lag: len(seq) - i * lag] for i in range(D)], -1)  # token of row w+j
         n = len(U)
         mats = causal_matrices(U[None], "gaussian", sigma=sigma * (D * c) ** 0.5)
         y = torch.zeros(1, n, c, dtype=z.dtype)
         for j in range(1, n):
-            s = j + D - 1  # the pair (u_{s-1} -> z_s - z_{s-1}) is column j
+            s = j + w  # the pair (u_{s-1} -> z_s - z_{s-1}) is column j
             copy, pos = divmod(s, T)
             legit = s >= K * T or (pos in keep)
             if legit:
@@ -344,13 +345,13 @@ def ckd_literal(z, H, sigma, K, D=1, stride=1):
     return torch.stack(gen)
 
 
-@pytest.mark.parametrize("K,D,stride", [(1, 1, 1), (3, 1, 1), (2, 2, 1), (3, 1, 2)])
-def test_ckd_rollout_is_the_literal_autoregressive_loop(K, D, stride):
+@pytest.mark.parametrize("K,D,stride,lag", [(1, 1, 1, 1), (3, 1, 1, 1), (2, 2, 1, 1), (3, 1, 2, 1), (2, 3, 2, 2)])
+def test_ckd_rollout_is_the_literal_autoregressive_loop(K, D, stride, lag):
     from ckd.rollout import kernel_rollout
     z = torch.tensor(_std(henon(24))[0])
-    got, chosen = kernel_rollout(z, 5, "ckd", sigma=0.7, ridge=0.0, sweeps=K, embed=D, stride=stride)
-    assert chosen == {"sigma": 0.7, "ridge": 0.0, "sweeps": K, "embed": D, "stride": stride}
-    ref = ckd_literal(z, 5, 0.7, K, D, stride)
+    got, chosen = kernel_rollout(z, 5, "ckd", sigma=0.7, ridge=0.0, sweeps=K, embed=D, stride=stride, lag=lag)
+    assert chosen == {"sigma": 0.7, "ridge": 0.0, "sweeps": K, "embed": D, "stride": stride, "lag": lag}
+    ref = ckd_literal(z, 5, 0.7, K, D, stride, lag)
     assert rel_err(got, ref) < 1e-8
 
 
@@ -495,3 +496,26 @@ def test_cli_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypat
     assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--horizon", "3",
                  "--plot", str(tmp_path / "f.png")]) == 2
     assert "pip install 'ckd[plot]'" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
+
+
+def test_transformer_rollout_is_the_literal_loop(checkpoint):
+    """The model runs on the standardised context + generated tokens; its last row is appended."""
+    _, _, state = load_model(checkpoint)
+    x = torch.tensor(henon(30), dtype=torch.float64)[None]
+    got = forecast_details(x, "transformer", horizon=4, checkpoint=checkpoint)
+    mean, std = x.mean(1, keepdim=True), x.std(1, unbiased=False, keepdim=True)
+    seq = (x - mean) / std
+    for _ in range(4):
+        seq = torch.cat([seq, run_ckd(seq, state["setting"])[:, -1:]], 1)
+    assert rel_err(got.pred, seq[:, 30:] * std + mean) < RTOL
+    with pytest.raises(ValueError, match="dim=2"):
+        forecast(henon(30), "transformer", horizon=3, univariate=True, checkpoint=checkpoint)
+
+
+def test_rollout_constant_coordinate_stays_exact():
+    x = np.concatenate([henon(60), np.full((60, 1), 3.25)], axis=1)
+    for method in ("ckd", "krr", "analogues", "parrot", "last", "mean"):
+        out = forecast(x, method, horizon=5)
+        assert np.all(out[:, 2] == 3.25), method
+    with pytest.raises(ValueError, match="depth applies to one-step"):
+        forecast(x, horizon=5, depth="inf")

@@ -1,4 +1,8 @@
-"""In-context one-step forecasting of a raw trajectory, strictly causally (``ckd forecast``).
+"""In-context forecasting of a raw trajectory, strictly causally (``ckd forecast``).
+
+Multi-step forecasts (``horizon=H``: the H states after a context, by autoregressive rollouts)
+are in ``ckd.rollout``; ``forecast`` and ``forecast_details`` dispatch to it. The rest of this
+module is the one-step forecaster:
 
 ``forecast(x)`` takes a trajectory (T, d) or (B, T, d) in the user's units and returns
 an array of the same shape whose row t forecasts x_{t+1} from rows x_0..x_t only:
@@ -291,8 +295,8 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
         raise ValueError("method 'transformer' needs a checkpoint of ckd train, and only it takes one")
     H = check_horizon(horizon)
     D = check_embed(embed)
-    if str(depth).strip().lower() not in ("1", "inf", "infinity"):
-        raise ValueError(f"forecast depth must be 1 or inf, got {depth!r}")
+    if str(depth).strip() not in ("1", "1.0"):
+        raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
     if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))

@@ -13,7 +13,7 @@ mapped back to x's units.
 Methods (``ROLLOUT_METHODS``):
 
     ckd        the default. Depth-inf CKD with the gaussian kernel on delay tokens
-               u_t = (z_t, z_{t-1}, ..., z_{t-D+1}), run on the context repeated K times with
+               u_t = (z_t, z_{t-l}, ..., z_{t-(D-1) l}) (lag l), run on the context repeated K times with
                the seam pairs masked (SPEC §7: K ridge-aware Gauss-Seidel sweeps on
                (G + lambda I) beta = Y, ``ckd.descent.gauss_seidel``), followed by the generated
                tokens. Pairs (u_{s-1} -> z_s - z_{s-1}) carry the increments; the forecast is
@@ -22,13 +22,17 @@ Methods (``ROLLOUT_METHODS``):
                A generated token adds the pair (u_t -> z^_{t+1} - z_t), whose residual is zero
                by construction, so its coefficient is 0 and beta stays fixed: the rollout
                iterates the fitted map (tested against the literal append-and-repredict loop).
-               sigma, lambda, K and D are chosen from the context (below).
+               The pairs are thinned to every ``stride``-th step counted back from the end (the
+               others masked): fewer near-duplicate keys, a cheaper and faster-converging
+               sweep. K sweeps are computed exactly by repeated squaring
+               (``ckd.descent.gauss_seidel_doubling``). sigma, lambda, K and D (and the lag,
+               univariate) are chosen from the context (below).
     krr        the same with K = inf: kernel ridge regression beta = (G + lambda I)^{-1} Y
                (appending a pair that the fit already interpolates leaves the ridge solution
                unchanged: the rollout iterates the fitted map exactly).
     analogues  the literal loop: the next state is the successor of the earlier state nearest
                (Euclidean, standardised units) to the current one, among the context and the
-               tokens generated so far (mean of the k nearest with ``k``).
+               tokens generated so far (mean of the k nearest with ``k``; lag 1).
     parrot     context parroting (``ckd.baselines.context_parrot``), always per coordinate: a
                whole horizon by construction.
     last       x^_{T+h} = x_{T-1}.
@@ -38,7 +42,8 @@ Methods (``ROLLOUT_METHODS``):
 
 Univariate mode (``univariate=True``): each coordinate is forecast from its own past only, as a
 (T, 1) series; ckd, krr and analogues then use the delay embedding of dimension D = ``embed``
-(default 5, as parroting). In the full-state mode the whole x_t is the token and ckd chooses D.
+(default 5, as parroting), ckd and krr with a lag chosen among ``UNIVARIATE_LAGS``. In the
+full-state mode the whole x_t is the token (lag 1) and ckd chooses D among ``GRIDS``.
 
 How ckd (and krr) choose their settings, from the context alone. The end of the context is
 held out: for each origin o in ``ORIGINS`` (steps before the end), the model is fitted on
@@ -70,10 +75,11 @@ ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transfo
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
 GRIDS = {
     "ckd": {"sigma": (0.5, 1.0), "ridge": (1e-6,), "sweeps": (2**12, 2**16, 2**20), "embed": (1, 2),
-            "stride": (2,)},
+            "stride": (2,), "lag": (1,)},
     "krr": {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (None,), "embed": (1, 2),
-            "stride": (1,)},
+            "stride": (1,), "lag": (1,)},
 }
+UNIVARIATE_LAGS = (1, 3)  # delay lags searched by ckd / krr in univariate mode (steps; 3 of 30 per Lyapunov time)
 ORIGINS = (0.1875, 0.3125)  # held-out ends of the context scoring a setting (fractions of T: 96, 160 of 512)
 CLIP = 1.0
 
@@ -113,10 +119,10 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
         return 2
     if method == "parrot":
         return embed + 1
-    D = embed if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"])
-    if method in ("ckd", "krr"):
-        return 2 * (D + 3)  # pairs left after holding out the longest origin
-    return D + 1
+    if method == "analogues":
+        return (embed if univariate else 1) + 1
+    w = (embed - 1) * max(UNIVARIATE_LAGS) if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"]) - 1
+    return 2 * (w + 4)  # pairs left after holding out the longest origin
 
 
 def standardise(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -129,10 +135,11 @@ def standardise(x: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- kernel models
 
-def delay_tokens(z: Tensor, D: int) -> Tensor:
-    """u_t = (z_t, z_{t-1}, ..., z_{t-D+1}) for t = D-1..T-1. z: (T, c) -> (T-D+1, c D)."""
-    T = z.shape[0]
-    return torch.cat([z[D - 1 - i: T - i] for i in range(D)], -1)
+def delay_tokens(z: Tensor, D: int, lag: int = 1) -> Tensor:
+    """u_t = (z_t, z_{t-lag}, ..., z_{t-(D-1) lag}) for t = (D-1) lag..T-1.
+    z: (T, c) -> (T - (D-1) lag, c D)."""
+    T, w = z.shape[0], (D - 1) * lag
+    return torch.cat([z[w - i * lag: T - i * lag] for i in range(D)], -1)
 
 
 def _gram(a: Tensor, b: Tensor, width: Tensor) -> Tensor:
@@ -141,14 +148,16 @@ def _gram(a: Tensor, b: Tensor, width: Tensor) -> Tensor:
     return torch.exp(-sq[None] / (2.0 * width[:, None, None]))
 
 
-def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1) -> tuple[Tensor, Tensor, list[dict]]:
+def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1, lag: int = 1
+               ) -> tuple[Tensor, Tensor, list[dict]]:
     """Coefficients of the ckd / krr maps on the context z (T, c) with delay D, for every
     (sigma, lambda, K) of the grids (K = None: exact kernel ridge), on the pairs
     (u_{s-1} -> z_s - z_{s-1}) for s = T-1, T-1-stride, ... >= D (in time order). Returns keys
     (n, c D), beta (G, n, c) and the G settings, ordered sigma-major, then lambda, then K."""
     c = z.shape[1]
-    U = delay_tokens(z, D)
-    keys, Y = U[:-1], z[D:] - z[D - 1:-1]  # pairs (u_{s-1} -> z_s - z_{s-1}), s = D..T-1
+    w = (D - 1) * lag
+    U = delay_tokens(z, D, lag)
+    keys, Y = U[:-1], z[w + 1:] - z[w:-1]  # pairs (u_{s-1} -> z_s - z_{s-1}), s = w+1..T-1
     keep = torch.arange(keys.shape[0] - 1, -1, -stride, device=z.device).flip(0)
     keys, Y = keys[keep], Y[keep]
     n = keys.shape[0]
@@ -167,7 +176,7 @@ def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1) -> tu
                 else:
                     beta = hist[K]
                 betas.append(beta)
-                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride})
+                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride, "lag": lag})
     return keys, torch.stack(betas), settings
 
 
@@ -182,22 +191,27 @@ def _sweeps(G: Tensor, Y: Tensor, ridge: float, Ks: list[int]) -> dict[int, Tens
     return gauss_seidel_doubling(G, Y, ridge, K)
 
 
-def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int) -> Tensor:
-    """Iterate z_{t+1} = z_t + sum_s k(u_t, key_s) beta_s for G maps at once.
-    hist: (D, c) the last D states (oldest first); returns (G, H, c)."""
+def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int, D: int = 1, lag: int = 1
+                ) -> Tensor:
+    """Iterate z_{t+1} = z_t + sum_s k(u_t, key_s) beta_s for G maps at once, with delay tokens
+    u_t = (z_t, z_{t-lag}, ..., z_{t-(D-1) lag}). hist: (L, c) the last L >= (D-1) lag + 1 states
+    (oldest first); returns (G, H, c)."""
     G = beta.shape[0]
-    D, c = hist.shape
-    state = hist.flip(0).reshape(1, D * c).expand(G, D * c).clone()  # u_t = (z_t, ..., z_{t-D+1})
+    c = hist.shape[1]
+    w = (D - 1) * lag
+    buf = hist[-(w + 1):][None].expand(G, w + 1, c).clone()  # z_{t-w}..z_t
+    idx = torch.arange(w, -1, -lag, device=hist.device)  # newest first
     out = beta.new_empty(G, H, c)
     scale = (-0.5 / widths)[:, None]
     knorm = keys.square().sum(-1)  # |key_s|^2
     keysT = keys.T.contiguous()
     for h in range(H):
+        state = buf[:, idx].reshape(G, D * c)
         sq = (state.square().sum(-1, keepdim=True) + knorm - 2.0 * (state @ keysT)).clamp_min(0.0)  # (G, n)
         inc = torch.bmm(torch.exp(sq * scale)[:, None, :], beta)[:, 0]  # (G, c)
-        nxt = state[:, :c] + inc
+        nxt = buf[:, -1] + inc
         out[:, h] = nxt
-        state = torch.cat([nxt, state[:, : (D - 1) * c]], -1) if D > 1 else nxt
+        buf = torch.cat([buf[:, 1:], nxt[:, None]], 1) if w > 0 else nxt[:, None]
     return out
 
 
@@ -207,39 +221,35 @@ def _select(z: Tensor, grid: dict) -> dict:
     origins = sorted({max(1, round(f * T)) for f in ORIGINS})
     scores: dict[tuple, float] = {}
     for D in grid["embed"]:
-        for o in origins:
-            head, truth = z[: T - o], z[T - o:]
-            keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"],
-                                              grid["stride"][0])
-            widths = torch.tensor([s["sigma"] ** 2 * D * c for s in settings], dtype=z.dtype)
-            pred = roll_kernel(keys, beta, widths, head[-D:], o)
-            err = (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
-            for s, e in zip(settings, err.tolist()):
-                key = tuple(s.items())
-                scores[key] = scores.get(key, 0.0) + e / len(origins)
+        for lag in grid["lag"]:
+            for o in origins:
+                head, truth = z[: T - o], z[T - o:]
+                keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"],
+                                                  grid["stride"][0], lag)
+                widths = torch.tensor([s["sigma"] ** 2 * D * c for s in settings], dtype=z.dtype)
+                pred = roll_kernel(keys, beta, widths, head, o, D, lag)
+                err = (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
+                for s, e in zip(settings, err.tolist()):
+                    key = tuple(s.items())
+                    scores[key] = scores.get(key, 0.0) + e / len(origins)
     best = min(scores, key=scores.get)  # ties: the first in grid order
     return dict(best)
 
 
 def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
-                   embed=None, stride=None) -> tuple[Tensor, dict]:
-    """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c)."""
+                   embed=None, stride=None, lag=None) -> tuple[Tensor, dict]:
+    """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c).
+    Each argument given fixes that setting; the others are chosen by ``_select``."""
     grid = dict(GRIDS[method])
-    if sweeps is not None and method == "ckd":
-        grid["sweeps"] = (sweeps,)
-    if sigma is not None:
-        grid["sigma"] = (sigma,)
-    if ridge is not None:
-        grid["ridge"] = (ridge,)
-    if embed is not None:
-        grid["embed"] = (embed,)
-    if stride is not None:
-        grid["stride"] = (stride,)
+    fixed = dict(sweeps=sweeps if method == "ckd" else None, sigma=sigma, ridge=ridge, embed=embed, stride=stride,
+                 lag=lag)
+    grid.update({k: v if isinstance(v, tuple) else (v,) for k, v in fixed.items() if v is not None})
     chosen = _select(z, grid) if any(len(v) > 1 for v in grid.values()) else {k: v[0] for k, v in grid.items()}
-    D = chosen["embed"]
-    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"])
+    D, lag = chosen["embed"], chosen["lag"]
+    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"],
+                               lag)
     widths = torch.tensor([chosen["sigma"] ** 2 * D * z.shape[1]], dtype=z.dtype)
-    return roll_kernel(keys, beta, widths, z[-D:], H)[0], chosen
+    return roll_kernel(keys, beta, widths, z, H, D, lag)[0], chosen
 
 
 # ----------------------------------------------------------------------------- other methods
@@ -308,7 +318,8 @@ def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = 
         for i in range(zs.shape[0]):
             if method in ("ckd", "krr"):
                 D = embed if univariate else None
-                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, embed=D)
+                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, embed=D,
+                                      lag=UNIVARIATE_LAGS if univariate else None)
                 settings.append(s)
             else:  # analogues
                 o = analogues_rollout(zs[i], H, k, embed if univariate else 1)

@@ -73,7 +73,7 @@ def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
         s, lam = ROLL
         keys, beta, _ = fit_kernel(ctx, 1, (s,), (lam,), tuple(Ks) + (None,), 2)
         widths = torch.full((beta.shape[0],), s * s * 3, dtype=torch.float64)
-        pred = roll_kernel(keys, beta, widths, ctx[-1:], H)  # (K + 1, H, 3)
+        pred = roll_kernel(keys, beta, widths, ctx, H)  # (K + 1, H, 3)
         err = (pred - fut).norm(dim=-1)
         for h in roll_err:
             roll_err[h].append(err[:-1, h * PTS - 1].numpy())
