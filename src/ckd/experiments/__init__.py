@@ -30,6 +30,7 @@ EXPERIMENTS: dict[str, str] = {
     "training": "ckd.experiments.training",
     "chaos": "ckd.experiments.chaos",
     "context-length": "ckd.experiments.context_length",
+    "chaos-forecast": "ckd.experiments.chaos_forecast",
 }
 
 
