@@ -140,6 +140,8 @@ def test_a_timeout_skips_the_rest_of_the_system(monkeypatch, tmp_path):
 
 
 def test_workers_env(monkeypatch):
+    monkeypatch.delenv("CKD_WORKERS", raising=False)
+    assert cf.workers() >= 1  # default: the CPUs this process may use
     monkeypatch.setenv("CKD_WORKERS", "3")
     assert cf.workers() == 3
     for bad in ("0", "x"):

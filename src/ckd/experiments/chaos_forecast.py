@@ -29,7 +29,7 @@ distribution of the rollout with the truth's by the k-NN estimate of KL(truth ||
 Data are cached (``cache_dir``): one folder per system holding plain ``.npy`` files and a
 ``meta.json``, plus an ``index.json``; generate them ahead with
 ``python -m ckd.experiments.chaos_forecast generate [--workers N]``. Worker processes over
-systems: the environment variable ``CKD_WORKERS`` (default 1) for ``ckd reproduce``, or
+systems: the environment variable ``CKD_WORKERS`` (default: every CPU) for ``ckd reproduce``, or
 ``python -m ckd.experiments.chaos_forecast run --workers N [--systems ...] [--out DIR]``.
 """
 
@@ -293,9 +293,11 @@ def write_index(root: pathlib.Path | None = None) -> dict:
 
 
 def workers() -> int:
-    """Worker processes over systems: ``$CKD_WORKERS`` (default 1)."""
+    """Worker processes over systems: ``$CKD_WORKERS`` (default: the CPUs this process may use,
+    so that the full benchmark uses the whole machine; each worker runs torch on one thread)."""
+    default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        n = int(os.environ.get("CKD_WORKERS", "1"))
+        n = int(os.environ.get("CKD_WORKERS", str(default)))
     except ValueError:
         raise ValueError(f"CKD_WORKERS must be an integer, got {os.environ['CKD_WORKERS']!r}") from None
     if n < 1:
