@@ -18,6 +18,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / scale)
 
 
+def one_error(capsys, *words) -> str:
+    """The CLI's promise on bad input: exactly one stderr line 'ckd: error: ...', no traceback,
+    holding every one of ``words``. Returns that line."""
+    err = capsys.readouterr().err
+    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-long", action="store_true", default=False,
                      help="run the CLI fuzz suite (tests/test_fuzz.py) 20 times bigger")

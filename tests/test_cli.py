@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import RTOL
+from conftest import RTOL, one_error
 
 from ckd import make_task, predict
 from ckd.cli import main
@@ -189,12 +189,6 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 BIG = str(2**70)
 
 
-def one_error(capsys, *words):
-    err = capsys.readouterr().err
-    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 @pytest.mark.parametrize("command, flag, value, low", [

@@ -7,6 +7,7 @@ import stat
 
 import numpy as np
 import pytest
+from conftest import one_error
 
 from ckd import make_task, predict
 from ckd.cli import main
@@ -21,12 +22,6 @@ def x(tmp_path):
     return x
 
 
-def one_error(capsys, *words):
-    err = capsys.readouterr().err
-    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def no_temp_files(folder):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err
+from conftest import one_error, rel_err
 from torch import nn
 
 from ckd.cli import main
@@ -235,12 +235,6 @@ def test_two_process_ddp_gives_finite_decreasing_loss(tmp_path):
 # --------------------------------------------------------------------------- hardening (issue 12)
 
 
-def one_error(capsys, *words) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("ckd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def snapshot(folder) -> dict:
