@@ -201,3 +201,15 @@ def test_quick_run_end_to_end(monkeypatch, tmp_path):
     again = cf.SystemData("Lorenz")
     assert again.trajectory(0) is not None and again.long(cf.QUICK["long"]) is not None
     assert again.integrations == 0
+
+
+def test_reproduce_refuses_a_bad_worker_count_in_one_line(tmp_path, capsys, monkeypatch):
+    """CKD_WORKERS is checked with the other arguments: exit 2, one line, nothing written."""
+    from conftest import one_error
+
+    from ckd.cli import main
+
+    monkeypatch.setenv("CKD_WORKERS", "zero")
+    assert main(["reproduce", "chaos-forecast", "--quick", "--out", str(tmp_path / "out")]) == 2
+    one_error(capsys, "CKD_WORKERS")
+    assert not (tmp_path / "out").exists()

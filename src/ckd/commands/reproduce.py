@@ -53,6 +53,10 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
+    if "chaos-forecast" in names:  # its worker count comes from the environment: check it now, not mid-run
+        from ..experiments.chaos_forecast import workers
+
+        workers()
     out = check_output_dir(args.out)
     if out.exists():  # files it will write: never through a pipe, never onto a folder
         for file in ["summary.json", "summary.md", *(f"{n}.{ext}" for n in names for ext in ("json", "png", "pdf"))]:
