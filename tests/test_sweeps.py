@@ -128,3 +128,12 @@ def test_reproduce_sweeps_quick(tmp_path):
     assert d[-1] < 1e-2 * d[0]  # a ridge of 1e-2 is reached within 2^12 sweeps
     e = np.array(r["rollout"]["1"]["median"])
     assert e[-1] < 0.5 * e[0]  # and the forecast improves with K
+
+
+def test_sweeps_refuse_linear_time_options():
+    """Sweeps run on the dense Gram matrix: method='linear' or features with sweeps > 1 is an error,
+    never silently ignored."""
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    for opts in ({"method": "linear", "kernel": "linear"}, {"features": 16, "kernel": "gaussian"}):
+        with pytest.raises(ValueError, match="sweeps > 1"):
+            ckd.predict(x, depth="inf", sweeps=3, **opts)
