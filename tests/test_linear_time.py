@@ -329,3 +329,28 @@ def test_context_length_experiment_quick(tmp_path):
     assert r["analogues"][-1] < r["analogues"][0] / 2
     assert min(r["rff-0.1"][-1], r["rff-0.3"][-1]) < min(r["rff-0.1"][0], r["rff-0.3"][0]) / 2
     assert r["last"][-1] > 0.5  # the trivial forecaster does not improve with context
+
+
+def test_review_edge_cases_of_the_merged_paths():
+    """Found in review after the merge: float32 scaling limit, one scale per sequence at depth inf,
+    sweeps with zero or tiny tokens, sweeps refusing linear-time options, tiny streaming tokens."""
+    x = torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref4 = descend(x, "linear", depth=4)
+    for e in (50, -50, -60):  # |x|^3 beyond float32 / |x|^2 below it: scaled by a power of two first
+        out = descend((x * 2.0**e).float(), "linear", depth=4)
+        assert rel_err(out.double() / 2.0**e, ref4) < 1e-5, e
+    small = x * 2.0**-100
+    mixed = descend(torch.cat([x * 2.0**500, small]), "linear", depth="inf")
+    assert rel_err(mixed[1:], descend(small, "linear", depth="inf")) < 1e-12  # not zeroed by the other's scale
+    z = x.clone()
+    z[0, 4] = 0  # a zero token: coefficient 0 at every sweep, so K = 1 is depth inf
+    assert rel_err(descend(z, "linear", depth="inf", sweeps=1), descend(z, "linear", depth="inf")) < 1e-12
+    assert torch.isfinite(descend(z, "linear", depth="inf", sweeps=3)).all()
+    assert rel_err(descend(x * 1e-200, "linear", depth="inf", sweeps=2) / 1e-200,
+                   descend(x, "linear", depth="inf", sweeps=2)) < 1e-12
+    with pytest.raises(ValueError, match="sweeps > 1"):
+        descend(x, "exp", depth="inf", sweeps=3, features=64)
+    s = Streaming("linear", dim=3)
+    rows = np.stack([s.push(v) for v in (x[0] * 1e-200).numpy()])
+    assert np.allclose(rows / 1e-200, descend(x, "linear", depth="inf", method="dense")[0].numpy(),
+                       rtol=1e-10, atol=1e-12)

@@ -50,7 +50,8 @@ class StabilityWarning(UserWarning):
 def targets(x: Tensor) -> Tensor:
     """y with y_0 = 0 and y_t = x_t (x: (B, T, d))."""
     y = x.clone()
-    y[:, 0] = 0
+    if y.shape[1]:
+        y[:, 0] = 0
     return y
 
 
@@ -522,15 +523,22 @@ def row_blocks(x: Tensor, kernel: str, beta: float, sigma: float, log_scale: Ten
 
 
 def _power_of_two_scale(x: Tensor) -> int:
-    """k such that x / 2^k has its largest |entry| in [1/2, 1), when that entry is beyond 2^+-64;
-    else 0. Dividing by a power of two is exact (no rounding), so the linear kernel's CKD on
-    x / 2^k, with eta 4^k and lambda / 4^k, gives exactly p / 2^k: huge or tiny inputs keep every
-    digit instead of overflowing (|x|^3 past the float range) or underflowing (|x|^2 to 0)."""
+    """k such that x / 2^k has its largest |entry| in [1/2, 1), when that entry is beyond 2^+-64
+    in float64 (2^+-8 in float32: |x|^3 of a layer must stay inside the dtype's range); else 0.
+    Dividing by a power of two is exact (no rounding), so the linear kernel's CKD on x / 2^k, with
+    eta 4^k and lambda / 4^k, gives exactly p / 2^k: huge or tiny inputs keep every digit instead
+    of overflowing (|x|^3 past the float range) or underflowing (|x|^2 to 0)."""
     big = float(x.abs().amax()) if x.numel() else 0.0
     if big == 0.0:
         return 0
     k = math.frexp(big)[1]
-    return k if abs(k) > 64 else 0
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] // 16 if x.is_floating_point() else 64  # 64, or 8 in float32
+    return k if abs(k) > limit else 0
+
+
+def _mixed_scales(x: Tensor) -> bool:
+    """Whether the sequences of x (B, T, d) need different power-of-two scales (``_power_of_two_scale``)."""
+    return len({_power_of_two_scale(x[b:b + 1]) for b in range(x.shape[0])}) > 1
 
 
 def descend(
@@ -578,10 +586,17 @@ def descend(
     if sweeps != 1:
         if not infinite:
             raise ValueError("sweeps > 1 needs depth 'inf'")
-        return swept(x, kernel, beta=beta, sigma=sigma, ridge=ridge, sweeps=sweeps)
+        linear_time.check_method(method)
+        if method == "linear" or features is not None:
+            raise ValueError("sweeps > 1 run on the dense Gram matrix: use method 'auto' or 'dense', without features")
     if not infinite:
         depth = int(depth)
         _validate(depth, 0.0 if step is None else float(step))
+    if kernel == "linear" and infinite and x.shape[0] > 1 and x.numel() and _mixed_scales(x):
+        # rows are independent at depth inf: each sequence gets its own exact power-of-two scale
+        return torch.cat([descend(x[b:b + 1], kernel, beta=beta, sigma=sigma, depth=depth, ridge=ridge,
+                                  memory_budget=memory_budget, method=method, sweeps=sweeps)
+                          for b in range(x.shape[0])])
     if kernel == "linear" and (k := _power_of_two_scale(x)):
         c = 2.0 ** k
         step = None if step is None else float(step) * c * c
@@ -590,7 +605,7 @@ def descend(
         if not math.isfinite(ridge / c / c):
             raise ValueError(f"ridge {ridge:g} is too large for inputs of size 2^{k}: lambda / |x|^2 overflows")
         out = descend(x / c, kernel, beta=beta, sigma=sigma, depth=depth, step=step, ridge=ridge / c / c,
-                      return_all=return_all, memory_budget=memory_budget, method=method)
+                      return_all=return_all, memory_budget=memory_budget, method=method, sweeps=sweeps)
         out = out * c
         if not torch.isfinite(out).all():  # finite in scaled units, beyond the dtype in true units
             dtype = str(out.dtype).replace("torch.", "")
@@ -598,6 +613,8 @@ def descend(
                                      f"for inputs of size 2^{k}); use a smaller step or depth inf"
                                      + (", or float64" if out.dtype != torch.float64 else ""))
         return out
+    if sweeps != 1:
+        return swept(x, kernel, beta=beta, sigma=sigma, ridge=ridge, sweeps=sweeps)
     if linear_time.uses_linear_time(kernel, method, features) and x.numel():
         return linear_time.descend(x, kernel, beta=beta, sigma=sigma, depth="inf" if infinite else depth,
                                    step=step, ridge=ridge, return_all=return_all, features=features,
@@ -642,7 +659,15 @@ def swept(x: Tensor, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1
     if T < 2 or x.numel() == 0:
         return torch.zeros_like(x)
     G = kernel_matrix(x, x, kernel, beta, sigma)
-    hist = gauss_seidel(G[:, :-1, :-1], x[:, 1:], ridge, sweeps, return_all=True)
+    Y = x[:, 1:]
+    if kernel == "linear" and ridge == 0:  # a zero token x_{s-1}: coefficient 0, as at one sweep
+        zero = (x[:, :-1] == 0).all(-1)  # (B, T-1)
+        if bool(zero.any()):
+            Y = Y.masked_fill(zero[..., None], 0.0)
+            G = G.clone()
+            idx = torch.arange(T - 1, device=x.device)
+            G[:, idx, idx] = torch.where(zero, torch.ones_like(G[:, idx, idx]), G[:, idx, idx])
+    hist = gauss_seidel(G[:, :-1, :-1], Y, ridge, sweeps, return_all=True)
     before = hist[-2] if sweeps > 1 else torch.zeros_like(hist[-1])
     seen = torch.ones(T, T - 1, dtype=torch.bool, device=x.device).tril(-1)  # column s-1 < t: s <= t
     Pk = G[:, :, :-1]

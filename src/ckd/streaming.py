@@ -103,10 +103,11 @@ class Streaming:
         prev, self._last = self._last, x.clone()
         if prev is None:
             return torch.zeros_like(x)
-        diag = float(prev @ prev) + self.ridge
-        if diag == 0:  # a zero token x_{t-1}: no information, coefficient 0 (as the batch paths)
+        if not bool(prev.any()) and self.ridge == 0:  # a zero token x_{t-1}: coefficient 0 (as the batch paths)
             return self._W @ x
-        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(diag)
+        m = float(prev.abs().amax()) or 1.0  # |x_{t-1}|^2 + lambda as m (m |s|^2 + lambda / m), s = x_{t-1} / m:
+        s = prev / m  # no underflow for tiny tokens, no overflow for huge ones
+        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(m).div_(m * float(s @ s) + self.ridge / m)
         self._W.addr_(alpha, prev)
         return self._W @ x
 

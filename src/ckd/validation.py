@@ -162,7 +162,7 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
     """Validate every option of ``ckd.predict``; return them normalised."""
     check_kernel(kernel)
     sweeps = check_int(sweeps, "sweeps", minimum=1)
-    if sweeps != 1 and (str(depth).strip().lower() not in ("inf", "infinity") and depth != math.inf):
+    if sweeps != 1 and parse_depth(depth) != "inf":
         raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
     if sweeps != 1 and kernel == "softmax":
         raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
