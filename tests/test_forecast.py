@@ -537,3 +537,46 @@ def test_rollout_constant_coordinate_stays_exact():
         assert np.all(out[:, 2] == 3.25), method
     with pytest.raises(ValueError, match="depth applies to one-step"):
         forecast(x, horizon=5, depth="inf")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--horizon", "3", "--sigma", "1e300"], None),  # sigma^2 overflows as a float: no traceback
+    (["--horizon", "99999999999999999999"], ["--horizon", "99999999999999999999"]),  # exact, bounded
+    (["--horizon", "3", "--univariate", "--embed", "99999999999999999999999"], ["99999999999999999999999"]),
+    (["--horizon", "3", "--plot", "FIG.xyz"], ["cannot write .xyz"]),  # checked before the forecast
+])
+def test_cli_rollout_edge_values_found_in_review(tmp_path, capsys, args, words):
+    np.save(tmp_path / "in.npy", henon(40))
+    out = tmp_path / "out.npy"
+    args = [str(tmp_path / a) if a.startswith("FIG") else a for a in args]
+    code = main(["forecast", str(tmp_path / "in.npy"), "-o", str(out), *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if words is None:
+        assert code in (0, 2) and (code == 2 or np.isfinite(np.load(out)).all())
+    else:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and all(w in err for w in words), err
+        assert not out.exists()
+
+
+def test_many_sweeps_keep_two_iterates_only(monkeypatch):
+    """swept asks gauss_seidel for beta^{K-1} and one more sweep, never the history of every sweep
+    (which grew to 10 GB at a million sweeps), and gives the same rows as that history."""
+    import ckd.descent as D
+
+    x = torch.tensor(henon(60))[None]
+    G = D.kernel_matrix(x, x, "gaussian", 1.0, 1.0)[:, :-1, :-1]
+    hist = D.gauss_seidel(G, x[:, 1:], 0.0, 50, return_all=True)
+    calls = []
+    plain = D.gauss_seidel
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("return_all", False))
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(D, "gauss_seidel", spy)
+    got = D.swept(x, "gaussian", sweeps=50)
+    assert calls and not any(calls)
+    seen = torch.ones(60, 59, dtype=torch.bool).tril(-1)
+    Pk = D.kernel_matrix(x, x, "gaussian", 1.0, 1.0)[:, :, :-1]
+    assert rel_err(got, (Pk * seen) @ hist[-1] + (Pk * ~seen) @ hist[-2]) < 1e-10

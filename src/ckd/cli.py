@@ -9,11 +9,10 @@ import re
 import sys
 import warnings
 
+from .validation import MAX_INT  # noqa: F401 - every integer flag fits a torch int64 / numpy seed
+
 # Subcommands in the order ``ckd --help`` lists them.
 COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast", "zoo"]
-
-
-MAX_INT = 2**63 - 1  # every integer flag fits a torch int64 / numpy seed
 
 
 def integer(minimum: int = 0, maximum: int = MAX_INT):

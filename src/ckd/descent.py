@@ -370,7 +370,8 @@ def _infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpl
     return p
 
 
-def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all: bool = False) -> Tensor:
+def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all: bool = False,
+                 start: Tensor | None = None) -> Tensor:
     """K forward Gauss-Seidel sweeps from beta = 0 on the symmetric system (G + lambda I) beta = Y
     (SPEC §7). Sweep k + 1 updates, for s = 1..n in order (new values for s' < s),
 
@@ -380,7 +381,8 @@ def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all:
     strict upper): one triangular solve per sweep. One sweep is depth-inf CKD's forward
     substitution (R + lambda I) alpha = y; K -> inf gives kernel ridge (G + lambda I)^{-1} Y.
 
-    G: (..., n, n), Y: (..., n, c). Returns beta^K (..., n, c), or (K, ..., n, c) with every sweep.
+    G: (..., n, n), Y: (..., n, c). Returns beta^K (..., n, c), or (K, ..., n, c) with every sweep;
+    ``start``: the coefficients to sweep from (default 0).
     """
     if isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1:
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
@@ -388,7 +390,7 @@ def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all:
     if ridge > 0:
         lower = lower + ridge * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     upper = torch.triu(G, 1)
-    beta = torch.zeros_like(Y)
+    beta = torch.zeros_like(Y) if start is None else start
     out = []
     for _ in range(int(sweeps)):
         beta = torch.linalg.solve_triangular(lower, Y - upper @ beta, upper=False)
@@ -667,11 +669,12 @@ def swept(x: Tensor, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1
             G = G.clone()
             idx = torch.arange(T - 1, device=x.device)
             G[:, idx, idx] = torch.where(zero, torch.ones_like(G[:, idx, idx]), G[:, idx, idx])
-    hist = gauss_seidel(G[:, :-1, :-1], Y, ridge, sweeps, return_all=True)
-    before = hist[-2] if sweeps > 1 else torch.zeros_like(hist[-1])
+    # only the last two sweeps are needed: beta^{K-1}, then one more sweep (memory O(T d), not O(K T d))
+    before = gauss_seidel(G[:, :-1, :-1], Y, ridge, sweeps - 1) if sweeps > 1 else torch.zeros_like(Y)
+    last = gauss_seidel(G[:, :-1, :-1], Y, ridge, 1, start=before)
     seen = torch.ones(T, T - 1, dtype=torch.bool, device=x.device).tril(-1)  # column s-1 < t: s <= t
     Pk = G[:, :, :-1]
-    p = (Pk * seen) @ hist[-1] + (Pk * ~seen) @ before
+    p = (Pk * seen) @ last + (Pk * ~seen) @ before
     if not torch.isfinite(p).all():
         raise FloatingPointError(f"causal kernel descent with {sweeps} sweeps overflowed; use a ridge > 0")
     return p

@@ -323,7 +323,12 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
                                .is_integer()):
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
     univariate = bool(univariate)
-    T = x.shape[1]
+    B, T, d = x.shape
+    series = B * d if univariate else B
+    gram = 6 * T * T * 8 if method in ("ckd", "krr") else 0  # the (T, T) Gram, its factors and doublings
+    check_fits(series * gram + 4 * B * (T + H) * d * 8, f"a {H}-step forecast --method {method} on B={B}, T={T}, d={d}",
+               "use a shorter context or horizon (ckd and krr build (T, T) matrices), or --method parrot, "
+               "analogues or last", x.device)
     need = min_context(method, univariate, D)
     if T < need:
         setting = f"{'univariate, ' if univariate else ''}embed {D}" if method == "parrot" or univariate else ""

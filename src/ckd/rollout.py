@@ -68,6 +68,7 @@ from torch import Tensor
 
 from .baselines import context_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
+from .validation import MAX_INT
 
 ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer")
 
@@ -99,8 +100,8 @@ def check_horizon(horizon: Any) -> int:
     """An integer H >= 1."""
     if isinstance(horizon, bool) or not isinstance(horizon, (int, float)) or not float(horizon).is_integer():
         raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-    if horizon < 1:
-        raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+    if horizon < 1 or horizon > MAX_INT:
+        raise ValueError(f"horizon must be an integer in 1 .. 2**63 - 1, got {horizon!r}")
     return int(horizon)
 
 
@@ -226,7 +227,7 @@ def _select(z: Tensor, grid: dict) -> dict:
                 head, truth = z[: T - o], z[T - o:]
                 keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"],
                                                   grid["stride"][0], lag)
-                widths = torch.tensor([s["sigma"] ** 2 * D * c for s in settings], dtype=z.dtype)
+                widths = torch.tensor([s["sigma"] * s["sigma"] * D * c for s in settings], dtype=z.dtype)
                 pred = roll_kernel(keys, beta, widths, head, o, D, lag)
                 err = (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
                 for s, e in zip(settings, err.tolist()):
@@ -248,7 +249,7 @@ def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sw
     D, lag = chosen["embed"], chosen["lag"]
     keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"],
                                lag)
-    widths = torch.tensor([chosen["sigma"] ** 2 * D * z.shape[1]], dtype=z.dtype)
+    widths = torch.tensor([chosen["sigma"] * chosen["sigma"] * D * z.shape[1]], dtype=z.dtype)
     return roll_kernel(keys, beta, widths, z, H, D, lag)[0], chosen
 
 

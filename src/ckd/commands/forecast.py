@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import integer
+from ..cli import MAX_INT, integer
 from ..forecast import METHODS, forecast
 from ..io import check_file_target, check_output_path, load_array, save_array
 from ..rollout import ROLLOUT_METHODS
@@ -50,12 +50,12 @@ def add_parser(sub) -> None:
 
 def _integer(value: str, name: str) -> int:
     try:
-        v = float(value)
+        v = int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
-    if not v.is_integer() or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(v)
+    if not 1 <= v <= MAX_INT:
+        raise ValueError(f"{name} must be an integer in 1 .. 2**63 - 1, got {value}")
+    return v
 
 
 def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
@@ -71,6 +71,11 @@ def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
     except ImportError:
         raise ValueError("--plot needs matplotlib: pip install 'ckd[plot]'") from None
     check_file_target(args.plot, [args.input, args.output, *([args.truth] if args.truth else [])])
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(args.plot).suffix.lower().lstrip(".") or "png"
+    if suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise ValueError(f"{args.plot}: matplotlib cannot write .{suffix} figures; use .png or .pdf")
     if args.truth is None:
         return None
     truth = load_array(args.truth)
