@@ -282,3 +282,15 @@ def test_ckd_pretrained_is_an_attribute_of_ckd(monkeypatch):
     assert ckd.pretrained is pretrained
     with pytest.raises(AttributeError):
         ckd.nope  # noqa: B018
+
+
+def test_zoo_build_checks_every_file_before_training(tmp_path, capsys):
+    """A card path that is a folder is refused before any training, even with --force: no
+    weights are left without their card."""
+    from ckd.cli import main
+
+    out = tmp_path / "zd"
+    (out / "periodic-softmax-2.json").mkdir(parents=True)
+    assert main(["zoo", "build", "periodic-softmax-2", "--out", str(out), "--force", "--quiet"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["periodic-softmax-2.json"]

@@ -284,12 +284,16 @@ def build(out: str | os.PathLike = "ckd-zoo", names: list[str] | None = None, *,
     unknown = [n for n in names if n not in zoo]
     if unknown:
         raise ValueError(f"unknown zoo model {unknown[0]!r}; choose among {', '.join(zoo)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    taken = [p for n in names for p in (out / f"{n}.safetensors", out / f"{n}.json") if p.exists()]
+    from .io import check_file_target, check_output_dir
+
+    out = check_output_dir(out)  # a folder (or nothing yet) whose first existing parent is writable
+    files = [out / f"{n}{suffix}" for n in names for suffix in (".safetensors", ".json")]
+    taken = [p for p in files if os.path.lexists(p)]
     if taken and not force:
         raise ValueError(f"{taken[0]} exists; pass --force to overwrite, or choose another --out")
+    if out.exists():  # before any training: never a folder, pipe or device, even with --force
+        for p in files:
+            check_file_target(p)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
