@@ -113,8 +113,6 @@ def _linear_time_options(opts: dict, backend: str, method: Any, features: Any, f
     uses_linear_time(opts["kernel"], method, features)
     if backend != "descent" and (method != "auto" or features is not None):
         raise ValueError("method and features apply to the descent backend only")
-    if opts.get("sweeps", 1) != 1 and (method == "linear" or features is not None):
-        raise ValueError("sweeps > 1 run on the dense Gram matrix: use method 'auto' or 'dense', without features")
     return dict(method=method, features=features, feature_seed=int(feature_seed))
 
 
