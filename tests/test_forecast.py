@@ -562,7 +562,7 @@ def test_cli_rollout_edge_values_found_in_review(tmp_path, capsys, args, words):
 def test_many_sweeps_keep_two_iterates_only(monkeypatch):
     """swept asks gauss_seidel for beta^{K-1} and one more sweep, never the history of every sweep
     (which grew to 10 GB at a million sweeps), and gives the same rows as that history."""
-    import ckd.descent as D
+    import ckd.descent.sweeps as D
 
     x = torch.tensor(henon(60))[None]
     G = D.kernel_matrix(x, x, "gaussian", 1.0, 1.0)[:, :-1, :-1]

@@ -79,7 +79,7 @@ def predict(
         if given:
             raise ValueError(f"backend {backend!r} runs the model's own attention and layers; {given[0]} does not "
                              "apply to it")
-        from .forecast import trained_model
+        from .pretrained import trained_model  # lazy: loading a model needs the training code
 
         with torch.no_grad():
             out = trained_model(backend, batch.shape, batch.device).to(dtype)(batch)
@@ -96,10 +96,7 @@ _PREDICT_DEFAULTS = dict(kernel="exp", beta=1.0, sigma=1.0, depth=16, step=None,
 
 def _transformer_backend(x: Tensor, *, kernel: str, beta: float, sigma: float, depth: int,
                          step: float | None, ridge: float, tokens: str) -> Tensor:
-    try:
-        from .construction import run_constructed  # the Transformer issue provides it
-    except ImportError:
-        raise ValueError("the transformer backend is not available yet; use backend='descent'") from None
+    from .construction import run_constructed
     check_transformer_memory(x, kernel=kernel, depth=depth, ridge=ridge, tokens=tokens)
     return run_constructed(x, kernel=kernel, beta=beta, sigma=sigma, depth=depth, step=step,
                            ridge=ridge, tokens=tokens)

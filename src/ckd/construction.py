@@ -55,16 +55,16 @@ import warnings
 import torch
 from torch import Tensor
 
-from .descent import (
+from .descent.steps import (
     StabilityWarning,
-    _check_growth,
-    _check_step,
-    _default_log_step,
-    _exact_log_diagonal,
-    _format_step,
+    check_growth,
     check_step,  # noqa: F401 - public names used by callers of this module
+    converges,
+    default_log_step_of,
     default_step,  # noqa: F401
     diagonal,
+    exact_log_diagonal,
+    format_step,
 )
 from .kernels import causal_matrices, check_kernel
 from .transformer import CausalTransformer, TransformerConfig, sinusoidal_frequencies
@@ -237,13 +237,13 @@ def run_constructed(
     mats = causal_matrices(x, kernel, beta, sigma)
     diag = diagonal(mats)
     if step is None:  # in log units: exact also where eta underflows (ckd.descent.descend)
-        log_step = _default_log_step(diag, mats.log_scale, ridge, _exact_log_diagonal(x, kernel, beta))
+        log_step = default_log_step_of(diag, mats.log_scale, ridge, exact_log_diagonal(x, kernel, beta))
     else:
         log_step = math.log(step) if step > 0 else -math.inf
     eta = math.exp(log_step)
-    if depth > 0 and not _check_step(diag, mats.log_scale, log_step, ridge):
+    if depth > 0 and not converges(diag, mats.log_scale, log_step, ridge):
         warnings.warn(
-            f"step {_format_step(log_step)} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1 "
+            f"step {format_step(log_step)} is outside the convergence region |1 - eta (R[t,t] + lambda)| < 1 "
             "of this input; "
             "the constructed transformer's output diverges as depth grows",
             StabilityWarning,
@@ -258,5 +258,5 @@ def run_constructed(
     # the same overflow error and non-normal growth warning as the descent: max_l |r_l| / |y| (rows >= 1)
     r = slots(d)["r"]
     r_max = max(float(h[:, 1:, r].abs().max()) for h in hidden[-(depth + 1):]) if T > 1 else 0.0
-    _check_growth(pred, r_max, float(x[:, 1:].abs().max()) if T > 1 else 0.0)
+    check_growth(pred, r_max, float(x[:, 1:].abs().max()) if T > 1 else 0.0)
     return pred

@@ -223,26 +223,6 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
     )
 
 
-def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device) -> torch.nn.Module:
-    """The Transformer of a ``ckd train`` checkpoint, in float64 on ``device``, for trajectories
-    of shape (B, T, d): d must be its dim, and T at most its positional table (raw tokens)."""
-    from .train import load_model  # training code is needed only by this method
-
-    if isinstance(checkpoint, str) and checkpoint.startswith("pretrained:"):  # a model of the zoo
-        from .pretrained import load_with_config
-
-        cfg, model, _ = load_with_config(checkpoint.removeprefix("pretrained:"))
-    else:
-        cfg, model, _ = load_model(checkpoint)
-    T, d = shape[-2:]
-    if cfg.dim != d:
-        raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")
-    if cfg.tokens == "raw" and T > model.config.max_len:
-        raise ValueError(f"{checkpoint}: raw-token model with positions up to {model.config.max_len}, "
-                         f"the trajectory has T={T} rows")
-    return model.to(device=device, dtype=torch.float64)
-
-
 # Peak bytes per (B T^2) float64 entry, measured with ru_maxrss for T = 1000 and 2000, d = 1
 # (ckd 118 B, krr 136 B, ckd depth inf 73 B, analogues 21 B at T = 2000), rounded up.
 _BYTES_PER_T2 = {"ckd": 128, "ckd-inf": 80, "krr": 144, "analogues": 24, "transformer": 0, "ols": 0, "last": 0}
@@ -275,7 +255,11 @@ def forecast_details(x: Tensor, method: str = "ckd", *, horizon: Any = None, uni
     check_fits(memory_needed(method, depth, B, T, d), f"forecast --method {method} on B={B}, T={T}, d={d}",
                "forecast a shorter trajectory (smaller T: these methods build (T, T) matrices), or use "
                "--method ols or last (linear in T)", x.device)
-    model = trained_model(checkpoint, x.shape, x.device) if method == "transformer" else None
+    model = None
+    if method == "transformer":
+        from .pretrained import trained_model  # lazy: loading a model needs the training code
+
+        model = trained_model(checkpoint, x.shape, x.device)
     experts = _experts(method, opts["sigma"], opts["ridge"], depth)
     G = len(experts)
     preds = torch.full((G, B, T, d), math.nan, dtype=x.dtype, device=x.device)
@@ -337,6 +321,8 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     model = None
     if method == "transformer":
         shape = (x.shape[0] * x.shape[2], T + H, 1) if univariate else (x.shape[0], T + H, x.shape[2])
+        from .pretrained import trained_model  # lazy: loading a model needs the training code
+
         model = trained_model(checkpoint, shape, x.device)
     return rollout(x, H, method, univariate=univariate, embed=D,
                    sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),

@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -314,3 +315,20 @@ def compare(built: dict, shipped: dict) -> dict:
     return dict(same_weights=built["weights"]["sha256"] == shipped["weights"]["sha256"],
                 loss=built["training"]["final_loss"], shipped_loss=shipped["training"]["final_loss"],
                 max_eval_diff=max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf"))
+
+
+def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device) -> torch.nn.Module:
+    """The Transformer of a ``ckd train`` checkpoint or of the zoo (``"pretrained:NAME"``), in float64
+    on ``device``, for trajectories of shape (B, T, d): d must be its dim, and T at most its positional
+    table (raw tokens). Serves ``ckd.predict(backend="pretrained:NAME")`` and ``forecast --method transformer``."""
+    if isinstance(checkpoint, str) and checkpoint.startswith("pretrained:"):  # a model of the zoo
+        cfg, model, _ = load_with_config(checkpoint.removeprefix("pretrained:"))
+    else:
+        cfg, model, _ = load_model(checkpoint)
+    T, d = shape[-2:]
+    if cfg.dim != d:
+        raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")
+    if cfg.tokens == "raw" and T > model.config.max_len:
+        raise ValueError(f"{checkpoint}: raw-token model with positions up to {model.config.max_len}, "
+                         f"the trajectory has T={T} rows")
+    return model.to(device=device, dtype=torch.float64)

@@ -39,6 +39,16 @@ import math
 import torch
 from torch import Tensor
 
+from ..descent.steps import (
+    check_depth_and_step,
+    check_growth,
+    check_tiny_step,
+    converges,
+    default_log_step_of,
+    log_of,
+    warn_step,
+)
+from ..validation import check_fits
 from .chunk import ATTENTION_CHUNK, DELTA_CHUNK, causal_linear_attention, delta_rule_chunked, descend_chunked
 from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices
 from .naive import delta_rule_naive, descend_naive, linear_attention_naive
@@ -121,8 +131,6 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
     raises ``FloatingPointError`` when the result is not finite (float32 overflow included) and
     ``ValueError`` when depth inf meets R[t,t] + lambda = 0, as the dense path does.
     """
-    from ..descent import _check_growth, _check_step, _check_tiny_step, _default_log_step, _log, _validate, _warn_step
-
     B, T, d = x.shape
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
@@ -147,31 +155,29 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
         scaled = (diag + ridge)[..., None] * a
         growth = float(torch.linalg.vector_norm(scaled, math.inf)) if scaled.numel() else 0.0
         out = _with_row0(p)
-        _check_growth(out, growth, y_max, infinite=True, stacklevel=4)
+        check_growth(out, growth, y_max, infinite=True, stacklevel=4)
         return out
     depth = int(depth)
     if step is None:
-        log_step = _default_log_step(diag, zeros, ridge)
+        log_step = default_log_step_of(diag, zeros, ridge)
         eta = math.exp(log_step)  # exact: the linear kernel's diagonal is stored unscaled (0 for all-zero input)
     else:
         eta = float(step)
-        _check_tiny_step(diag, zeros, eta, ridge)
-        log_step = _log(eta)
-    _validate(depth, eta)
-    if depth > 0 and not _check_step(diag, zeros, log_step, ridge):
-        _warn_step(log_step)
+        check_tiny_step(diag, zeros, eta, ridge)
+        log_step = log_of(eta)
+    check_depth_and_step(depth, eta)
+    if depth > 0 and not converges(diag, zeros, log_step, ridge):
+        warn_step(log_step)
     _check_memory(k, y, depth, return_all)
     p, r_max = descend_chunked(k, u, q, y, depth, eta, ridge, return_all=return_all, chunk=chunk or ATTENTION_CHUNK)
     out = _with_row0(p)
-    _check_growth(out, float(r_max), y_max)
+    check_growth(out, float(r_max), y_max)
     return out
 
 
 def _check_memory(k: Tensor, y: Tensor, depth: int, return_all: bool) -> None:
     """Refuse, before allocating, depth-N work that cannot fit: one D x dv state per layer (carried
     across chunk groups), the layer history with ``return_all``, and about 8 (B, n, D) buffers."""
-    from ..validation import check_fits
-
     B, n, D = k.shape
     dv = y.shape[-1]
     need = (depth * B * D * dv + 8 * B * n * max(D, dv) + ((depth + 1) * B * n * dv if return_all else 0))

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..progress import progress_bar
+
 DELTA_CHUNK = 32  # pairs per chunk of the delta rule (the C x C triangular solve)
 ATTENTION_CHUNK = 16  # pairs per chunk of linear attention (per layer: n C dv + n D dv products)
 GROUP_TOKENS = 2**16  # B * (tokens per group of chunks): bounds the C x C blocks held at once
@@ -117,9 +119,7 @@ def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step
     decay = 1.0 - step * ridge
     r_max = y.abs().amax() if y.numel() else y.new_zeros(())  # a running max: nothing kept per layer
     group = _group_len(B, n, chunk) if n else 1
-    from ..descent import _progress  # lazy: descent imports this package
-
-    bar = _progress(depth * -(-n // group), "causal kernel descent (linear time)", "layer",
+    bar = progress_bar(depth * -(-n // group), "causal kernel descent (linear time)", "layer",
                     work=4.0 * depth * B * n * D * dv)
     for start in range(0, n, group):
         stop = min(n, start + group)
