@@ -357,7 +357,7 @@ def test_nothing_created_when_a_run_is_refused(tmp_path, capsys):
 def test_interrupted_before_first_checkpoint_starts_again(tmp_path, monkeypatch, capsys):
     """Item 6: Ctrl-C before the first checkpoint leaves config.json and metrics.jsonl only; the same
     command starts the run again (and --resume says so instead of failing obscurely)."""
-    import ckd.train as T
+    import ckd.train.loop as T  # the loop looks ``sample`` up in its own module
 
     cfg, out = tiny(steps=6, checkpoint_every=5), tmp_path / "run"
     real = T.sample

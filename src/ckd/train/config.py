@@ -1,0 +1,257 @@
+"""The run's config (``TrainConfig``) and what depends on it alone: seeds and prompts, the loss,
+the CKD settings of the construction (``tune_ckd``), the model, the memory check, the curriculum
+and the lr schedule."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
+from ..kernels import causal_matrices
+from ..sequences import TASKS, make_task
+from ..validation import check_fits, check_number
+
+ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
+INITS = ("random", "construction")
+TOKENS = ("augmented", "raw")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_INT = 2**63 - 1  # every integer field: a torch int64 / numpy seed
+
+# Seed streams (the second entry of ``seed_for``): training batches, CKD tuning, eval during training,
+# fresh sequences of ``ckd evaluate``. Distinct streams never share sequences.
+TRAIN, TUNE, EVAL, TEST = 0, 1, 2, 3
+
+# Kernel-parameter grids and step factors searched by ``tune_ckd`` (step = factor / max_t R[t, t]).
+PARAM_GRID = {"softmax": ("beta", (1.0, 4.0, 16.0, 64.0)), "exp": ("beta", (0.5, 1.0, 2.0, 4.0)),
+              "gaussian": ("sigma", (0.25, 0.5, 1.0, 2.0)), "linear": (None, (None,))}
+STEP_FACTORS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 1.9)
+TUNE_SEQUENCES = 64
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (``--resume`` refuses a different one)."""
+
+    task: str = "periodic"
+    attention: str = "softmax"
+    layers: int = 2
+    heads: int | None = None  # None: 2 (the construction's two heads)
+    width: int | None = None  # None: the Transformer's default width for these tokens
+    mlp: bool = False
+    layernorm: bool = False
+    init: str = "random"
+    tokens: str = "augmented"
+    steps: int = 600
+    batch: int = 32
+    length: int = 32
+    dim: int = 3
+    lr: float = 1e-2
+    min_lr: float = 0.1  # final lr as a fraction of lr
+    warmup: int = 30
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    curriculum: int = 0  # steps over which the prompt length grows from min(4, length) to length (0: none)
+    dtype: str = "float32"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batch: int = 128
+    checkpoint_every: int = 100
+
+    def validate(self) -> TrainConfig:
+        """Raise a one-line ``ValueError`` for any bad field; return self."""
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(options)}")
+
+        choice("task", tuple(TASKS))
+        choice("attention", ATTENTIONS)
+        choice("init", INITS)
+        choice("tokens", TOKENS)
+        choice("dtype", tuple(DTYPES))
+        for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
+                          ("curriculum", 0), ("log_every", 1), ("eval_every", 1), ("eval_batch", 1),
+                          ("checkpoint_every", 1)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+                raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
+        for name in ("heads", "width"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_INT):
+                raise ValueError(f"{name} must be an integer >= 1 (and < 2**63), got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_INT:
+            raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {self.seed!r}")
+        check_number(self.lr, "lr", minimum=0.0, strict=True)
+        check_number(self.min_lr, "min_lr", minimum=0.0)
+        check_number(self.weight_decay, "weight_decay", minimum=0.0)
+        check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
+        if self.init == "construction" and (self.heads is not None or self.width is not None or self.mlp
+                                            or self.layernorm):
+            raise ValueError("--init construction fixes the architecture (2 heads, its own width, no MLP, "
+                             "no LayerNorm); drop --heads/--width/--mlp/--layernorm")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Fields missing from ``d`` (a run older than them) take their defaults; unknown ones are refused."""
+        if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+            raise ValueError(f"config is not a dict of fields (got {type(d).__name__})")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def seed_for(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integer parts (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def sample(cfg: TrainConfig, batch: int, *stream: int) -> Tensor:
+    """Fresh prompts (batch, T, d) of the run's task from seed stream ``stream`` (float64)."""
+    return make_task(cfg.task, batch, cfg.length, cfg.dim, seed=seed_for(cfg.seed, *stream)).x
+
+
+def next_token_loss(pred: Tensor, x: Tensor) -> Tensor:
+    """mean over b and t = 1..T-2 of |pred[b, t] - x[b, t+1]|^2 (row 0 excluded)."""
+    return (pred[:, 1:-1] - x[:, 2:]).square().sum(-1).mean()
+
+
+# --------------------------------------------------------------------------- CKD settings
+
+
+def tune_ckd(x: Tensor, kernel: str, depths: list[int | str]) -> dict[int | str, dict]:
+    """For each depth (int or "inf"), the CKD setting (kernel parameter, step) of lowest
+    ``next_token_loss`` on x (B, T, d), over ``PARAM_GRID`` x ``STEP_FACTORS``.
+
+    Returns {depth: {"kernel", "depth", "beta", "sigma", "step", "loss"}}; step is in true units
+    (factor / max_t R[t, t] over x), None for depth inf. Settings that overflow are skipped.
+    One causal_matrices per kernel parameter, one descent (``return_all``) per step for all depths.
+    """
+    name, values = PARAM_GRID[kernel]
+    finite = sorted(n for n in depths if n != "inf")
+    best: dict[int | str, dict] = {}
+
+    def consider(depth, pred, opts, step):
+        loss = float(next_token_loss(pred, x))
+        if math.isfinite(loss) and (depth not in best or loss < best[depth]["loss"]):
+            best[depth] = dict(kernel=kernel, depth=depth, step=step, loss=loss, **opts)
+
+    y = targets(x)
+    for value in values:
+        opts = {"beta": 1.0, "sigma": 1.0} | ({name: value} if name else {})
+        mats = causal_matrices(x, kernel, opts["beta"], opts["sigma"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StabilityWarning)
+            if "inf" in depths:
+                try:
+                    consider("inf", infinite_depth(mats, y), opts, None)
+                except (ValueError, FloatingPointError):
+                    pass
+            if finite:
+                max_diag = 0.5 / default_step(mats)
+                for factor in STEP_FACTORS:
+                    try:
+                        preds = finite_depth(mats, y, finite[-1], factor / max_diag, return_all=True)
+                    except FloatingPointError:
+                        continue
+                    for n in finite:
+                        consider(n, preds[n], opts, factor / max_diag)
+    missing = [n for n in depths if n not in best]
+    if missing:
+        raise ValueError(f"no finite CKD setting for kernel {kernel} at depth {missing[0]}")
+    return best
+
+
+def tuning_prompts(cfg: TrainConfig, seed: int | None = None) -> Tensor:
+    """The ``TUNE_SEQUENCES`` prompts on which CKD settings are chosen (never trained or tested on)."""
+    seed = cfg.seed if seed is None else seed
+    return make_task(cfg.task, TUNE_SEQUENCES, cfg.length, cfg.dim, seed=seed_for(seed, TUNE)).x
+
+
+def construction_setting(cfg: TrainConfig) -> dict:
+    """CKD setting the construction runs: ``tune_ckd`` at depth ``cfg.layers`` on ``tuning_prompts``."""
+    return tune_ckd(tuning_prompts(cfg), cfg.attention, [cfg.layers])[cfg.layers]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def transformer_config(cfg: TrainConfig, setting: dict | None = None):
+    """The ``TransformerConfig`` of the run's model (the construction's for ``init='construction'``:
+    two heads, head_dim d, no MLP), without building it."""
+    from ..transformer import TransformerConfig
+
+    if cfg.init == "construction":
+        return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=2, head_dim=cfg.dim,
+                                 value_dim=cfg.dim, attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length,
+                                 mlp_width=2 * cfg.dim, prev_attention="linear")
+    return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width,
+                             attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp,
+                             layernorm=cfg.layernorm)
+
+
+def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
+    """The run's ``CausalTransformer`` (float64 construction cast to ``cfg.dtype``, or random init
+    from the global torch RNG). ``setting`` (from ``construction_setting``) is needed for the
+    construction."""
+    if cfg.init == "construction":
+        from ..construction import construct
+
+        model = construct(cfg.attention, dim=cfg.dim, depth=cfg.layers, step=setting["step"],
+                          beta=setting["beta"], sigma=setting["sigma"], tokens=cfg.tokens,
+                          max_len=cfg.length, dtype=torch.float64)
+    else:
+        from ..transformer import CausalTransformer
+
+        model = CausalTransformer(transformer_config(cfg))
+    return model.to(DTYPES[cfg.dtype])
+
+
+def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: int = 1, *,
+                 training: bool = True, batch: int | None = None) -> None:
+    """Refuse (one-line ``ValueError``) a run or model that cannot fit in memory, before allocating.
+
+    Floor of the bytes (``ckd.transformer.memory_bytes``): the model with gradients and AdamW
+    moments and a batch's activations (``training``; else the model and one forward of ``batch``
+    prompts), the prompts and their maps f ((B, d, d) for the linear and nonlinear families),
+    the held-out prompts, and the construction's tuning matrices (64 T^2)."""
+    from ..transformer import memory_bytes
+
+    item = 8 if cfg.dtype == "float64" else 4
+    T, d = cfg.length, cfg.dim
+    B = (cfg.batch // world) if batch is None else batch
+    model = memory_bytes(transformer_config(cfg), B, T, item, training=training)
+    maps = 3 * d * d * 8 if cfg.task not in ("periodic", "periodic-gaussian") else 0
+    data = max(B, cfg.eval_batch if training else 0) * (T * d * 8 * 2 + maps)
+    tune = TUNE_SEQUENCES * T * T * 8 * 3 if (training and cfg.init == "construction") else 0
+    what = (f"training (layers {cfg.layers}, width {transformer_config(cfg).d_model}, batch {B}, length {T}, dim {d})"
+            if training else f"the model of layers {cfg.layers}, dim {d}, length {T}")
+    check_fits(model + data + tune, what, "use smaller --layers, --width, --heads, --batch, --length or --dim"
+            if training else "use fewer sequences, or check that the checkpoint is the one you meant", device)
+
+
+def length_at(cfg: TrainConfig, step: int) -> int:
+    """Prompt length trained on at ``step``: with a curriculum of C steps,
+    T_s = T0 + floor((T - T0) s / C) for s < C (T0 = min(4, T)), then T; without one, T.
+    The prompts are drawn at full length and cut, so a curriculum changes no prompt's map f."""
+    if step >= cfg.curriculum:
+        return cfg.length
+    start = min(4, cfg.length)
+    return start + (cfg.length - start) * step // cfg.curriculum
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """lr(step) / lr: linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr``."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

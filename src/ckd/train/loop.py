@@ -1,0 +1,255 @@
+"""The training loop: DDP setup (``Dist``, ``setup``), evaluation during training, ``train``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..io import atomic_write
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    FolderLock,
+    check_resume_state,
+    inspect_out,
+    load_checkpoint,
+    load_states,
+    read_metrics,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
+from .config import (
+    DTYPES,
+    EVAL,
+    MAX_INT,
+    TRAIN,
+    TrainConfig,
+    build_model,
+    check_memory,
+    construction_setting,
+    length_at,
+    lr_factor,
+    next_token_loss,
+    sample,
+)
+
+
+@torch.no_grad()
+def eval_metrics(model: nn.Module, x: Tensor) -> dict:
+    """{"eval_loss": next_token_loss, "eval_err_last": median |error| of the last prediction}."""
+    was_training = model.training
+    model.eval()
+    pred = model(x)
+    model.train(was_training)
+    err = (pred[:, -2] - x[:, -1]).norm(dim=-1)
+    return {"eval_loss": float(next_token_loss(pred, x)), "eval_err_last": float(err.median())}
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> Dist:
+    """Start torch.distributed when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=torch.device(device))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
+          stop_after: int | None = None, progress: bool = True) -> list[dict]:
+    """Run (or resume) training; returns the metrics records of this run (all steps so far).
+
+    ``stop_after``: stop once ``stop_after`` updates are done, leaving a checkpoint that
+    ``resume=True`` continues exactly (the schedule still spans ``cfg.steps``).
+
+    Everything (config, memory, folder, checkpoint) is checked before anything is written; the
+    folder is locked while the run writes; a non-finite loss stops the run with a
+    ``FloatingPointError``, the last checkpoint (finite weights) kept.
+    """
+    cfg.validate()
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or not 0 <= stop_after <= MAX_INT):
+        raise ValueError(f"--stop-after must be an integer >= 0, got {stop_after!r}")
+    out = Path(out)
+    d = setup(device)
+    if cfg.batch % d.world:
+        raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes {d.world}")
+    check_memory(cfg, d.device, d.world)
+    fresh = inspect_out(out, resume)
+    setting = None
+    if fresh and d.main and cfg.init == "construction":  # before creating anything: it can fail
+        setting = construction_setting(cfg)
+    created = False
+    if d.main and not out.exists():
+        try:
+            out.mkdir(parents=True)
+            created = True
+        except FileExistsError:  # another run made it meanwhile: the lock decides
+            pass
+    with FolderLock(out) if d.main else contextlib.nullcontext():  # refused: another run owns the folder
+        try:
+            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting)
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # nothing was written: leave no folder behind
+            raise
+
+
+def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: bool, stop_after: int | None,
+                  progress: bool, setting: dict | None) -> list[dict]:
+    """``train`` once the folder is checked and locked."""
+    if inspect_out(out, resume) != fresh:  # another run changed the folder before the lock
+        raise ValueError(f"{out}: changed by another ckd train while this one started; choose another --out")
+    state = None
+    if not fresh:
+        ckpt = out / "checkpoint.pt"
+        state = load_checkpoint(ckpt)
+        check_resume_state(state, cfg, ckpt)
+        setting = state["setting"]
+        if stop_after is not None and stop_after < state["step"]:
+            raise ValueError(f"--stop-after {stop_after} is before the checkpoint's step {state['step']}")
+    elif cfg.init == "construction" and setting is None:  # other ranks
+        setting = construction_setting(cfg)
+    if d.world > 1:
+        dist.barrier()  # every rank has checked DIR before rank 0 writes into it
+    dtype = DTYPES[cfg.dtype]
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model = build_model(cfg, setting).to(d.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
+    start = 0
+    if state:
+        load_states(out / "checkpoint.pt", state, model, optimizer, scheduler)
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+    net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    model.train()
+
+    metrics_path = out / "metrics.jsonl"
+    records = read_metrics(metrics_path, before=start) if d.main and state else []
+    if d.main:
+        write_json(out / "config.json", {**asdict(cfg), "setting": setting})
+        atomic_write(metrics_path, lambda fh: fh.writelines((json.dumps(r) + "\n").encode() for r in records))
+    x_eval = sample(cfg, cfg.eval_batch, EVAL).to(d.device, dtype) if d.main else None
+    saved = start if state else None  # step of the checkpoint on disk
+
+    def diverged(step: int, what: str) -> FloatingPointError:
+        bar.close()
+        kept = (f"{out / 'checkpoint.pt'} keeps the last good model (step {saved})" if saved is not None
+                else "no checkpoint was written")
+        return FloatingPointError(f"training diverged: {what} at step {step} is not finite; {kept}; "
+                                  f"lower --lr (now {cfg.lr:g}) and train again")
+
+    def checkpoint(step: int) -> None:
+        nonlocal saved
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise diverged(step, "the model's weights")
+        if d.main:
+            save_checkpoint(out / "checkpoint.pt", dict(
+                format=CHECKPOINT_FORMAT, config=asdict(cfg), setting=setting, step=step,
+                model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                rng=rng_state()))
+        saved = step
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.task}/{cfg.attention}/L{cfg.layers}",
+               disable=not (progress and d.main), dynamic_ncols=True)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    running, t0 = None, time.perf_counter()
+
+    def log(step: int, loss: Tensor) -> None:
+        nonlocal running
+        value = loss.detach()
+        if d.world > 1:
+            dist.all_reduce(value)
+            value /= d.world
+        value = float(value)
+        if not math.isfinite(value):
+            raise diverged(step, f"the loss ({value})")
+        running = value if running is None else 0.9 * running + 0.1 * value
+        evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+        if d.main and (evaluate or step % cfg.log_every == 0):
+            rec = {"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]}
+            if evaluate:
+                rec |= eval_metrics(model, x_eval)
+            records.append(rec)
+            log_file.write(json.dumps(rec) + "\n")
+            log_file.flush()
+
+    with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file:
+        for step in range(start, end):
+            # the loss logged at `step` is measured on fresh prompts after `step` updates
+            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
+            x = x.to(d.device, dtype)
+            loss = next_token_loss(net(x), x)
+            log(step, loss)  # stops at a non-finite loss
+            if step > start and step % cfg.checkpoint_every == 0:
+                checkpoint(step)  # a good model: its loss was just measured finite
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # e.g. an lr beyond the dtype's range
+                raise diverged(step, f"the update ({err})".splitlines()[0]) from None
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3g}")
+        if end == cfg.steps:  # the final model, measured on fresh prompts too
+            x = sample(cfg, cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
+            with torch.no_grad():
+                log(end, next_token_loss(model(x), x))
+        checkpoint(end)
+    bar.close()
+    if d.main and progress:
+        done = "finished" if end == cfg.steps else f"stopped after step {end} of {cfg.steps} (resume with --resume)"
+        last = f"; last loss {records[-1]['loss']:.3g}" if records else ""
+        print(f"{done} in {time.perf_counter() - t0:.1f} s{last}; wrote {out}/")
+    if d.world > 1:
+        dist.barrier()
+    return records
