@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ckd.experiments import chaos_forecast as cf
+from ckd.experiments.chaos_forecast import data as cf_data  # _integrate and _checksum live here
 from ckd.metrics import rolling_smape, smape, smape_terms, vpt
 
 # ----------------------------------------------------------------------------- metrics
@@ -89,14 +90,14 @@ def test_cache_is_deterministic_and_a_rerun_does_not_integrate(monkeypatch, tmp_
     b = cf.SystemData("Lorenz", tmp_path / "b")
     assert np.array_equal(b.trajectory(0), x)  # integrated again elsewhere: identical bits
     meta = json.loads((tmp_path / "a" / "Lorenz" / "meta.json").read_text())
-    assert meta["pieces"]["ic00"]["sha256"] == cf._checksum(x) == b.meta["pieces"]["ic00"]["sha256"]
+    assert meta["pieces"]["ic00"]["sha256"] == cf_data._checksum(x) == b.meta["pieces"]["ic00"]["sha256"]
     assert meta["integrator"] == cf.INTEGRATOR and meta["dysts"] == cf.dysts_version()
     assert np.allclose(x[0], a.ics()[0], rtol=1e-9)  # trajectory 0 starts from initial condition 0
 
     def forbidden(*args, **kwargs):
         raise AssertionError("integrated although cached")
 
-    monkeypatch.setattr(cf, "_integrate", forbidden)
+    monkeypatch.setattr(cf_data, "_integrate", forbidden)
     c = cf.SystemData("Lorenz", tmp_path / "a")
     assert np.array_equal(c.trajectory(0), x) and c.integrations == 0
     assert sorted(p.name for p in (tmp_path / "a" / "Lorenz").iterdir()) == ["ic00.npy", "ics.npy", "meta.json"]
@@ -107,7 +108,7 @@ def test_cache_is_deterministic_and_a_rerun_does_not_integrate(monkeypatch, tmp_
 
 def test_failures_are_recorded_and_excluded(monkeypatch, tmp_path):
     pytest.importorskip("dysts")
-    monkeypatch.setattr(cf, "_integrate", lambda model, n, init_cond=None, **kw: None)
+    monkeypatch.setattr(cf_data, "_integrate", lambda model, n, init_cond=None, **kw: None)
     res = cf.run_system("Lorenz", n_ics=2, horizon=30, long_steps=0, root=tmp_path)
     assert res["status"] == "excluded" and "integration did not complete" in res["reason"]
     meta = json.loads((tmp_path / "Lorenz" / "meta.json").read_text())
@@ -130,7 +131,7 @@ def test_a_timeout_skips_the_rest_of_the_system(monkeypatch, tmp_path):
             return np.ones((n, 3)) + np.arange(n)[:, None]  # the initial-condition trajectory
         raise cf.IntegrationTimeout(f"timed out after {cf.TIMEOUT} s of CPU")
 
-    monkeypatch.setattr(cf, "_integrate", slow)
+    monkeypatch.setattr(cf_data, "_integrate", slow)
     res = cf.run_system("Lorenz", n_ics=3, horizon=30, long_steps=100, root=tmp_path)
     assert calls == [1000, 812]  # the ICs, trajectory 0 (times out), then nothing more
     assert res["status"] == "excluded"
@@ -197,7 +198,7 @@ def test_quick_run_end_to_end(monkeypatch, tmp_path):
     assert summary["status"] == "ok" and summary["headline"]["systems used"] == 1.0
     assert r["integrations"] == 3  # initial conditions, trajectory 0, the long trajectory
     # a rerun reads the cache: no integration
-    monkeypatch.setattr(cf, "_integrate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("integrated")))
+    monkeypatch.setattr(cf_data, "_integrate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("integrated")))
     again = cf.SystemData("Lorenz")
     assert again.trajectory(0) is not None and again.long(cf.QUICK["long"]) is not None
     assert again.integrations == 0

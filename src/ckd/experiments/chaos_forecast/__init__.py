@@ -1,0 +1,204 @@
+"""``ckd reproduce chaos-forecast``: multi-step forecasting of every continuous dysts system (SPEC §8).
+
+Protocol (Zhang & Gilpin, ICLR 2025, arXiv 2409.15771; *Context parroting*, arXiv 2505.11349):
+the continuous systems of ``dysts.systems.get_attractor_list()`` (135 in dysts 0.96); per system,
+20 initial conditions drawn with ``np.random.seed(0); np.random.choice(1000, 20, replace=False)``
+from a 1000-point trajectory made with ``pts_per_period=10``; from each,
+``make_trajectory(812, timescale="Lyapunov", pts_per_period=30)``; context = the first 512
+points, test = the last 300 (10 Lyapunov times of 30 points). No standardisation.
+
+Integrator: the papers use Radau at rtol = atol = 1e-12 (20-40 s per trajectory here without
+numba); we use ``INTEGRATOR`` (LSODA, rtol = atol = 1e-10), recorded in every output. The six
+delay equations are integrated by dysts' own ``ddeint`` (scipy's odeint at its default
+tolerances), which ignores the method and tolerances, in the papers' runs too. The
+1000-point trajectory the initial conditions are drawn from is integrated without dysts'
+post-processing (``postprocess=False``: a few systems map an unbounded variable to a bounded
+one after integration; an initial condition must be a state of the raw equations); the 812-point
+trajectories are post-processed as dysts does by default.
+
+Metrics (``ckd.metrics``): sMAPE on the 0-200 scale, rolling sMAPE over steps 1..h, VPT = the
+first h with rolling sMAPE > 30, in Lyapunov times (h / 30; 10 when never). Per system: the
+median over its initial conditions; overall: the median over systems, and on how many systems a
+method beats context parroting (strictly larger VPT).
+
+Attractor test: from initial condition 0 of each system, a long trajectory of 512 + ``LONG``
+points; each method rolls out ``LONG`` steps after the 512-point context; we compare the state
+distribution of the rollout with the truth's by the k-NN estimate of KL(truth || rollout)
+(``knn_kl``) and the correlation dimension (``dysts.analysis.gp_dim``) of each.
+
+Data are cached (``cache_dir``): one folder per system holding plain ``.npy`` files and a
+``meta.json``, plus an ``index.json``; generate them ahead with
+``python -m ckd.experiments.chaos_forecast generate [--workers N]``. Worker processes over
+systems: the environment variable ``CKD_WORKERS`` (default: every CPU) for ``ckd reproduce``, or
+``python -m ckd.experiments.chaos_forecast run --workers N [--systems ...] [--out DIR]``.
+
+Layout: ``data`` (protocol, integration, cache, checksums), ``scoring`` (the runs, VPT and sMAPE,
+the attractor test, the summary over systems), ``reporting`` (JSON, CSV, tables, figures); here
+``run`` and ``main`` over worker processes, and every public name of the submodules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+from .data import (
+    INTEGRATOR,
+    LONG,
+    PROTOCOL,
+    TIMEOUT,
+    VERSION,
+    IntegrationTimeout,
+    SystemData,
+    all_systems,
+    atomic_save,
+    cache_dir,
+    check_trajectory,
+    dysts_version,
+    generate,
+    ic_indices,
+    protocol_key,
+    write_index,
+)
+from .reporting import COLORS, figures, goals, report, tables
+from .scoring import (
+    EMBED,
+    EXAMPLE_RUNS,
+    EXAMPLES,
+    GP_POINTS,
+    HORIZONS,
+    KNN_K,
+    LONG_RUNS,
+    REFERENCE,
+    RUNS,
+    corr_dim,
+    knn_kl,
+    run_system,
+    setting,
+    summarise,
+)
+
+__all__ = [
+    "COLORS", "EMBED", "EXAMPLES", "EXAMPLE_RUNS", "GP_POINTS", "HORIZONS", "INTEGRATOR", "KNN_K", "LONG",
+    "LONG_RUNS", "PROTOCOL", "QUICK", "REFERENCE", "RUNS", "TIMEOUT", "VERSION", "IntegrationTimeout", "SystemData",
+    "all_systems", "atomic_save", "cache_dir", "check_trajectory", "corr_dim", "dysts_version", "figures", "generate",
+    "goals", "ic_indices", "knn_kl", "main", "protocol_key", "report", "run", "run_system", "setting", "summarise",
+    "tables", "workers", "write_index",
+]
+
+# the quick configuration; it lives with ``run``, which reads it
+QUICK = {"systems": ("Lorenz", "Rossler"), "n_ics": 1, "horizon": 60, "long": 200}
+
+
+def workers() -> int:
+    """Worker processes over systems: ``$CKD_WORKERS`` (default: the CPUs this process may use,
+    so that the full benchmark uses the whole machine; each worker runs torch on one thread)."""
+    default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        n = int(os.environ.get("CKD_WORKERS", str(default)))
+    except ValueError:
+        raise ValueError(f"CKD_WORKERS must be an integer, got {os.environ['CKD_WORKERS']!r}") from None
+    if n < 1:
+        raise ValueError(f"CKD_WORKERS must be >= 1, got {n}")
+    return n
+
+
+def _run_one(args) -> dict:
+    name, n_ics, horizon, long_steps, device = args
+    try:
+        return run_system(name, n_ics, horizon, long_steps, device)
+    except Exception as err:  # one broken system must not lose the others
+        return {"system": name, "status": "excluded", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
+
+
+def run(out: pathlib.Path, *, quick: bool, seed: int, device: str, systems: list[str] | None = None,
+        n_workers: int | None = None) -> dict:
+    """The benchmark (package doc) on ``systems`` (default: all, or ``QUICK``'s) with ``n_workers``
+    processes (default ``workers()``; 1 when quick). ``seed`` has no effect: the protocol fixes
+    its own seed."""
+    from .. import progress
+
+    names = list(systems or (QUICK["systems"] if quick else all_systems()))
+    n_ics, horizon, long_steps = ((QUICK["n_ics"], QUICK["horizon"], QUICK["long"]) if quick
+                                  else (PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG))
+    n_workers = n_workers or (1 if quick else workers())
+    jobs = [(s, n_ics, horizon, long_steps, device) for s in names]
+    start = time.perf_counter()
+    partial = os.environ.get("CKD_PARTIAL")  # optional: pickle the systems done so far (long runs elsewhere)
+    results = []
+    if n_workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(n_workers) as pool:
+            for r in progress(pool.imap_unordered(_run_one, jobs), "chaos-forecast systems", total=len(jobs)):
+                results.append(r)
+                if partial:
+                    _save_partial(pathlib.Path(partial), results, time.perf_counter() - start)
+    else:
+        results = [_run_one(j) for j in progress(jobs, "chaos-forecast systems", quick=quick)]
+    seconds = time.perf_counter() - start
+    if not quick:
+        write_index()
+    return report(out, results, seconds, quick=quick, device=device, n_workers=n_workers, n_ics=n_ics,
+                  horizon=horizon, long_steps=long_steps)
+
+
+def _save_partial(path: pathlib.Path, results: list[dict], seconds: float) -> None:
+    import pickle
+
+    atomic_save(path, lambda f: pickle.dump({"results": results, "seconds": seconds}, f))
+
+
+def _generate_one(args) -> tuple[str, float]:
+    name, n_ics, long_steps = args
+    t0 = time.perf_counter()
+    generate(name, n_ics, long_steps)
+    return name, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ckd.experiments.chaos_forecast generate|run``: fill the cache ahead of a run, or
+    run the benchmark (optionally on some systems) with worker processes."""
+    p = argparse.ArgumentParser(prog="python -m ckd.experiments.chaos_forecast",
+                                description="The chaos-forecast benchmark: generate its data, or run it.")
+    p.add_argument("action", choices=["generate", "run"])
+    p.add_argument("--workers", type=int, default=None, help="worker processes over systems "
+                   "(default: $CKD_WORKERS or 1)")
+    p.add_argument("--systems", nargs="*", help="default: all continuous dysts systems")
+    p.add_argument("--long", type=int, default=LONG, help=f"generate: long-trajectory steps (default {LONG}; 0: none)")
+    p.add_argument("--out", default="ckd-results", help="run: output folder (default ckd-results/)")
+    p.add_argument("--quick", action="store_true", help="run: the quick configuration")
+    args = p.parse_args(argv)
+    n_workers = workers() if args.workers is None else args.workers
+    if n_workers < 1:
+        p.error(f"--workers must be >= 1, got {n_workers}")
+    names = args.systems or all_systems()
+    print(f"cache: {cache_dir()}", file=sys.stderr)
+    t0 = time.perf_counter()
+    if args.action == "run":
+        out = pathlib.Path(args.out)
+        head = run(out, quick=args.quick, seed=0, device="cpu", systems=args.systems, n_workers=n_workers)
+        print(json.dumps(head, indent=1))
+        print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
+        return 0
+    jobs = [(s, PROTOCOL["n_ics"], args.long) for s in names]
+    from tqdm.auto import tqdm
+
+    if n_workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(n_workers) as pool:
+            done = list(tqdm(pool.imap_unordered(_generate_one, jobs), total=len(jobs), desc="systems"))
+    else:
+        done = [_generate_one(j) for j in tqdm(jobs, desc="systems")]
+    index = write_index()
+    failed = {s: {k: v["reason"] for k, v in p.items() if v["status"] != "ok"}
+              for s, p in index["systems"].items()}
+    failed = {s: f for s, f in failed.items() if f}
+    print(f"{len(done)} systems in {time.perf_counter() - t0:.0f} s; {len(failed)} with failed pieces: "
+          f"{json.dumps(failed)}", file=sys.stderr)
+    return 0

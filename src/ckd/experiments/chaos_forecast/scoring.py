@@ -1,0 +1,200 @@
+"""Scoring of the chaos-forecast benchmark: what runs (``RUNS``), the rollouts of each method on
+one system's cached data, VPT and sMAPE per initial condition, the attractor test (k-NN KL,
+correlation dimension), and the summary over systems.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+import warnings
+
+import numpy as np
+
+from .data import LONG, PROTOCOL, SystemData
+
+# ----------------------------------------------------------------------------- the benchmark
+
+# (label, method, univariate): what runs, and in which setting. Parroting is per coordinate by
+# construction (univariate); last and mean are the same in both settings (listed once, full).
+RUNS = [
+    ("ckd", "ckd", False), ("krr", "krr", False), ("analogues", "analogues", False),
+    ("last", "last", False), ("mean", "mean", False),
+    ("ckd-uni", "ckd", True), ("krr-uni", "krr", True), ("analogues-uni", "analogues", True),
+    ("parrot", "parrot", True),
+]
+REFERENCE = "parrot"
+LONG_RUNS = ("ckd", "krr", "parrot")          # attractor test
+HORIZONS = {"1": 30, "2": 60, "5": 150, "10": 300}   # Lyapunov times -> steps (30 per Lyapunov time)
+EMBED = 5                                     # univariate delay embedding and parroting window (SPEC §8)
+KNN_K = 5
+GP_POINTS = 2000                              # gp_dim on at most this many points (strided)
+EXAMPLES = ("Lorenz", "Rossler", "Chua", "MackeyGlass", "Aizawa", "Thomas")
+EXAMPLE_RUNS = ("ckd", "krr", "ckd-uni", "parrot")   # drawn against the truth
+
+
+def setting(label: str) -> str:
+    return next("univariate" if uni else "full state" for lab, _, uni in RUNS if lab == label)
+
+
+def knn_kl(p: np.ndarray, q: np.ndarray, k: int = KNN_K) -> float:
+    """k-NN estimate of KL(P || Q) from samples p (n, d) ~ P and q (m, d) ~ Q (Wang, Kulkarni
+    and Verdu, IEEE Trans. Inf. Theory 2009):
+
+        D^ = d/n sum_i log(nu_k(i) / rho_k(i)) + log(m / (n - 1)),
+
+    rho_k(i): distance from p_i to its k-th nearest neighbour among the other p's; nu_k(i):
+    to its k-th nearest among the q's. Both sets are first standardised by p's mean and
+    standard deviation per coordinate (a zero one becomes 1); distances are floored at 1e-12.
+    Consistent as n, m -> inf; on finite samples it can be slightly negative."""
+    from scipy.spatial import cKDTree
+
+    mu, sd = p.mean(0), p.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    p, q = (p - mu) / sd, (q - mu) / sd
+    if not np.isfinite(q).all():
+        return math.inf
+    n, d = p.shape
+    rho = cKDTree(p).query(p, k + 1)[0][:, -1]
+    nu = cKDTree(q).query(p, k)[0]
+    nu = nu[:, -1] if nu.ndim == 2 else nu
+    floor = 1e-12
+    return float(d * np.mean(np.log(np.maximum(nu, floor) / np.maximum(rho, floor))) + math.log(len(q) / (n - 1)))
+
+
+def corr_dim(x: np.ndarray) -> float:
+    """Correlation dimension (``dysts.analysis.gp_dim``) on at most ``GP_POINTS`` points
+    (every s-th point); NaN when it cannot be estimated (e.g. a rollout collapsed to a point)."""
+    from dysts.analysis import gp_dim
+
+    x = x[:: max(1, -(-len(x) // GP_POINTS))]
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            v = float(gp_dim(x))
+    except Exception:
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def _rollouts(ctx: np.ndarray, horizon: int, method: str, univariate: bool, device: str) -> tuple[np.ndarray, int]:
+    """ckd.forecast's rollout of each context (B, T, d) -> (B, H, d), and the number of steps
+    filled after a rollout left the finite numbers."""
+    import torch
+
+    from ...forecast import forecast_details
+
+    x = torch.tensor(ctx, dtype=torch.float64, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = forecast_details(x, method, horizon=horizon, univariate=univariate, embed=EMBED)
+    stopped = 0 if r.stopped is None else int(r.stopped.sum())
+    return r.pred.cpu().numpy(), stopped
+
+
+def run_system(name: str, n_ics: int = PROTOCOL["n_ics"], horizon: int = PROTOCOL["horizon"],
+               long_steps: int = LONG, device: str = "cpu", root: pathlib.Path | None = None) -> dict:
+    """Every run of ``RUNS`` on one system: per initial condition VPT and rolling sMAPE, the
+    attractor test on the long trajectory, timings; excluded initial conditions with reasons."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ...metrics import rolling_smape, vpt
+
+    data = SystemData(name, root)
+    t0 = time.perf_counter()
+    trajs, failed = {}, {}
+    for i in range(n_ics):
+        x = data.trajectory(i)
+        if x is None:
+            failed[i] = data.reason(f"ic{i:02d}") or data.reason("ics")
+        else:
+            trajs[i] = x
+    res = {"system": name, "ics_failed": failed, "ics_used": sorted(trajs), "seconds_data": 0.0,
+           "integrations": 0}
+    if not trajs:
+        res["status"], res["reason"] = "excluded", "no usable trajectory: " + "; ".join(sorted(set(failed.values())))
+        res["seconds_data"] = time.perf_counter() - t0
+        res["integrations"] = data.integrations
+        return res
+    T = PROTOCOL["context"]
+    X = np.stack([trajs[i] for i in sorted(trajs)])
+    ctx, truth = X[:, :T], X[:, T:T + horizon]
+    long = data.long(long_steps) if long_steps else None
+    res["seconds_data"] = time.perf_counter() - t0
+    res["integrations"] = data.integrations
+    res.update(status="ok", dim=int(X.shape[-1]), vpt={}, rolling={}, smape={}, stopped={}, seconds={})
+    examples = {}
+    for label, method, uni in RUNS:
+        t1 = time.perf_counter()
+        pred, stopped = _rollouts(ctx, horizon, method, uni, device)
+        res["seconds"][label] = time.perf_counter() - t1
+        r = rolling_smape(truth, pred)  # (n, H)
+        res["vpt"][label] = vpt(truth, pred, pts_per_lyapunov=PROTOCOL["pts_per_period"]).tolist()
+        res["rolling"][label] = np.median(r, 0).tolist()
+        res["smape"][label] = {k: float(np.median(r[:, h - 1])) for k, h in HORIZONS.items() if h <= horizon}
+        res["stopped"][label] = stopped
+        if name in EXAMPLES and label in EXAMPLE_RUNS:
+            examples[label] = pred[0]
+    if examples:
+        res["example"] = {"context": ctx[0, -100:], "truth": truth[0], "pred": examples}
+    res["attractor"] = _attractor(data, long, long_steps, device) if long_steps else {}
+    return res
+
+
+def _attractor(data: SystemData, long: np.ndarray | None, steps: int, device: str) -> dict:
+    """KL(truth || rollout) (``knn_kl``) and correlation dimensions for a ``steps``-step rollout."""
+    if long is None:
+        return {"reason": data.reason(f"long{steps}") or data.reason("ics")}
+    T = PROTOCOL["context"]
+    ctx, truth = long[None, :T], long[T:]
+    out = {"truth_gp_dim": corr_dim(truth), "kl": {}, "gp_dim": {}, "seconds": {}}
+    for label in LONG_RUNS:
+        _, method, uni = next(r for r in RUNS if r[0] == label)
+        t1 = time.perf_counter()
+        pred = _rollouts(ctx, steps, method, uni, device)[0][0]
+        out["seconds"][label] = time.perf_counter() - t1
+        out["kl"][label] = knn_kl(truth, pred)
+        out["gp_dim"][label] = corr_dim(pred)
+    return out
+
+
+def summarise(results: dict, horizon: int) -> dict:
+    """Per run: median over systems of the per-system median VPT and sMAPE, win counts vs
+    ``REFERENCE``, the median rolling-sMAPE curve; the attractor test; excluded systems."""
+    ok = {s: r for s, r in results.items() if r["status"] == "ok"}
+    excluded = {s: r["reason"] for s, r in results.items() if r["status"] != "ok"}
+    ics_failed = {s: r["ics_failed"] for s, r in ok.items() if r["ics_failed"]}
+    runs = {}
+    ref = {s: float(np.median(r["vpt"][REFERENCE])) for s, r in ok.items()}
+    for label, _, _ in RUNS:
+        v = {s: float(np.median(r["vpt"][label])) for s, r in ok.items()}
+        curves = np.array([r["rolling"][label] for r in ok.values()]) if ok else np.zeros((0, horizon))
+        runs[label] = {
+            "setting": setting(label),
+            "median_vpt": float(np.median(list(v.values()))) if v else math.nan,
+            "mean_vpt": float(np.mean(list(v.values()))) if v else math.nan,
+            "median_smape": {k: float(np.median([r["smape"][label][k] for r in ok.values()]))
+                             for k in HORIZONS if HORIZONS[k] <= horizon} if ok else {},
+            "vs_reference": {"wins": sum(v[s] > ref[s] for s in v), "ties": sum(v[s] == ref[s] for s in v),
+                             "losses": sum(v[s] < ref[s] for s in v)},
+            "rolling_median": np.median(curves, 0).tolist() if len(curves) else [],
+            "rolling_q25": np.quantile(curves, 0.25, 0).tolist() if len(curves) else [],
+            "rolling_q75": np.quantile(curves, 0.75, 0).tolist() if len(curves) else [],
+            "stopped_steps": sum(r["stopped"][label] for r in ok.values()),
+            "seconds": sum(r["seconds"][label] for r in ok.values()),
+        }
+    att = {s: r["attractor"] for s, r in ok.items() if r.get("attractor", {}).get("kl")}
+    attractor = {}
+    for label in LONG_RUNS:
+        kl = {s: a["kl"][label] for s, a in att.items()}
+        gp = {s: abs(a["gp_dim"][label] - a["truth_gp_dim"]) for s, a in att.items()}
+        attractor[label] = {
+            "median_kl": float(np.median(list(kl.values()))) if kl else math.nan,
+            "kl_below_reference": f"{sum(kl[s] < att[s]['kl'][REFERENCE] for s in kl)}/{len(kl)}",
+            "median_abs_gp_dim_error": float(np.nanmedian(list(gp.values()))) if gp else math.nan,
+            "gp_dim_nan": sum(math.isnan(v) for v in gp.values()),
+        }
+    return {"n_systems": len(ok), "excluded": excluded, "ics_failed": ics_failed, "runs": runs,
+            "attractor": attractor, "attractor_systems": len(att)}
