@@ -86,7 +86,7 @@ def test_trajectories_are_identical_on_every_run():
 
 def test_quick_run_writes_figures_numbers_and_headlines(tmp_path):
     pytest.importorskip("dysts")
-    head = chaos.run(tmp_path, quick=True, seed=0, device="cpu")
+    head = chaos.run(tmp_path, size="quick", seed=0, device="cpu")
     for suffix in ("png", "pdf", "json"):
         assert (tmp_path / f"chaos.{suffix}").stat().st_size > 0
     assert (tmp_path / "chaos_systems.png").exists()

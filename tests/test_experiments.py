@@ -127,3 +127,29 @@ def test_reproduce_rejects_bad_requests(tmp_path, capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["reproduce", "induction-head", "--out", str(tmp_path / "file")]) == 2
+
+
+def test_interrupted_run_continues_and_force_runs_again(tmp_path, capsys):
+    """A finished experiment (same size, seed, device) is kept and skipped; another size or --force
+    runs it again; --quick and --full exclude each other."""
+    out = tmp_path / "r"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "induction-head", "--quick", "--out", str(out)]) == 0
+        first = json.loads((out / "summary.json").read_text())["induction-head"]
+        assert first["size"] == "quick"
+        (out / "induction-head.png").unlink()  # the figure is rewritten only when the experiment runs
+        capsys.readouterr()
+        assert main(["reproduce", "induction-head", "sweeps", "--quick", "--out", str(out)]) == 0
+        assert "kept (finished earlier" in capsys.readouterr().out
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["induction-head"] == first and not (out / "induction-head.png").exists()
+        assert summary["sweeps"]["status"] == "ok"
+        assert main(["reproduce", "induction-head", "--quick", "--force", "--out", str(out)]) == 0
+        assert (out / "induction-head.png").exists()
+        assert main(["reproduce", "induction-head", "--quick", "--seed", "1", "--out", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["induction-head"]["seed"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["reproduce", "--quick", "--full", "--out", str(tmp_path / "x")]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -322,7 +322,7 @@ def test_context_length_experiment_quick(tmp_path):
 
     from ckd.experiments import load
 
-    load("context-length").run(tmp_path, quick=True, seed=0, device="cpu")
+    load("context-length").run(tmp_path, size="quick", seed=0, device="cpu")
     for suffix in ("png", "pdf", "json"):
         assert (tmp_path / f"context-length.{suffix}").stat().st_size > 0
     r = json.loads((tmp_path / "context-length.json").read_text())["systems"]["map:Henon"]["median_error"]

@@ -6,12 +6,14 @@ one experiment does not break the others.
 
 Interface of an experiment module::
 
-    run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict
+    run(out: pathlib.Path, *, size: str, seed: int, device: str) -> dict
 
 It writes ``out/<name>.png``, ``out/<name>.pdf`` and ``out/<name>.json`` (the numbers
 plotted, the config and the seed; extra files allowed) and returns a flat dict of
-headline numbers (str -> float or str) for ``summary.md``. ``quick`` must finish in a
-few seconds on 2 CPU cores.
+headline numbers (str -> float or str) for ``summary.md``. ``size`` is one of ``SIZES``:
+"quick" must finish in a few seconds on 2 CPU cores, "default" (what ``ckd reproduce`` runs)
+keeps the whole set within about 15 minutes on 2 cores (the heavy experiments define a smaller
+``DEFAULT`` configuration; the others run at full size), "full" is the size of docs/.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ EXPERIMENTS: dict[str, str] = {
     "chaos": "ckd.experiments.chaos",
     "context-length": "ckd.experiments.context_length",
     "chaos-forecast": "ckd.experiments.chaos_forecast",
+}
+
+SIZES = ("quick", "default", "full")
+
+# measured seconds of each experiment on 2 cores, per size (the whole-run progress bar of ckd reproduce)
+EXPECTED_SECONDS: dict[str, dict[str, float]] = {
+    "depth-and-length": {"quick": 2, "default": 35, "full": 35},
+    "kaczmarz-limit": {"quick": 3, "default": 180, "full": 180},
+    "sweeps": {"quick": 2, "default": 6, "full": 6},
+    "continuous-depth": {"quick": 2, "default": 40, "full": 40},
+    "induction-head": {"quick": 1, "default": 5, "full": 5},
+    "raw-tokens": {"quick": 1, "default": 11, "full": 11},
+    "transformer-equals-descent": {"quick": 1, "default": 6, "full": 6},
+    "training": {"quick": 3, "default": 170, "full": 680},
+    "chaos": {"quick": 10, "default": 150, "full": 150},
+    "context-length": {"quick": 5, "default": 100, "full": 1200},
+    "chaos-forecast": {"quick": 20, "default": 200, "full": 5400},
 }
 
 

@@ -172,9 +172,10 @@ def regularisation(trajs: dict[str, np.ndarray], device: str, quick: bool) -> li
     return rows
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
     """The benchmark (module doc); one torch thread: the matrices are small (T <= 1000) and
     on a loaded machine two threads were measured 20-40x slower than one."""
+    quick = size == "quick"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -53,6 +53,8 @@ SIGMAS = (0.1, 0.3)
 PTS_PER_PERIOD = 30
 FULL = dict(systems=["map:Henon", "map:Ikeda", "map:Tinkerbell", "flow:Lorenz"],
             contexts=[64 * 2**k for k in range(11)], batch=4, features=1024)
+# the default size of ``ckd reproduce``: one map and one flow, contexts up to 8192
+DEFAULT = dict(systems=["map:Henon", "flow:Lorenz"], contexts=[64 * 2**k for k in range(8)], batch=4, features=1024)
 QUICK = dict(systems=["map:Henon"], contexts=[64, 256, 1024], batch=2, features=128)
 
 
@@ -124,8 +126,9 @@ def analogue_errors(z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
-    cfg = QUICK if quick else FULL
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
+    cfg = {"quick": QUICK, "default": DEFAULT}.get(size, FULL)
     contexts = cfg["contexts"]
     length = max(contexts) + WINDOW + 1
     results, headline = {}, {}

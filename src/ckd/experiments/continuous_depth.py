@@ -37,7 +37,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).numpy()
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     cfg = dict(batch=16, length=30, lengths=(10, 30), max_log2_depth=10, n_tau=12) if quick else \
         dict(batch=100, length=40, lengths=(10, 20, 40, 80), max_log2_depth=12, n_tau=25)
     depths = [2**k for k in range(cfg["max_log2_depth"] + 1)]

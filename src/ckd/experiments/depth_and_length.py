@@ -59,7 +59,8 @@ def errors_by_depth(x: torch.Tensor, kernel: str, opts: dict, max_depth: int, ch
     return {"finite": torch.cat(finite, 1), "inf": torch.cat(inf, 0), "overflowed": overflowed}
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     batch, length = (16, 102) if quick else (100, 502)
     t = np.arange(1, length - 1)  # row t predicts x_{t+1} from x_0..x_t; row 0 predicts 0
     results, headline = {}, {}

@@ -44,7 +44,8 @@ def query_distance(points: torch.Tensor) -> np.ndarray:
     return (points[:, 1:] - points[:, :1]).norm(dim=-1).min(1).values.numpy()
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     batch = 32 if quick else 200
     length = 4 * max(PERIODS) + 2
     t = np.arange(1, length - 1)

@@ -80,7 +80,8 @@ def transient_growth(R: torch.Tensor, step: float, max_power: int) -> np.ndarray
     return best.numpy()
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     cfg = dict(batch=16, length=30, lengths=(5, 10, 20), max_log2_depth=10, region_depth=256, growth_batch=4,
                growth_length=60, max_power=200, precision_batch=16, precision_length=102) if quick else \
         dict(batch=100, length=40, lengths=(5, 10, 20, 40), max_log2_depth=12, region_depth=1024, growth_batch=100,

@@ -51,7 +51,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a - b).flatten(1).abs().amax(1) / b.flatten(1).abs().amax(1)).cpu().numpy()
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     batch, length = (8, 30) if quick else (100, 60)
     res: dict = {"vs_prev_beta": {}, "linear_prev": {}}
     headline = {}

@@ -51,7 +51,8 @@ def lorenz(n: int, seed: int, pts: int = PTS) -> np.ndarray:
     return np.array(out)
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     cfg = dict(contexts=2, length=200, horizon=150, max_log2=12) if quick else \
         dict(contexts=10, length=512, horizon=300, max_log2=20)
     Ks = [2**k for k in range(cfg["max_log2"] + 1)]

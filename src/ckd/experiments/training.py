@@ -45,14 +45,17 @@ INITS = ("random", "construction")
 LR = {"random": 2e-2, "construction": 3e-3}
 FULL = dict(steps=1000, batch=32, length=32, dim=3, warmup=50, log_every=10, eval_every=50, eval_batch=128,
             checkpoint_every=1000)
+# the default size of ``ckd reproduce``: the same grid, a quarter of the steps (the curves' early part)
+DEFAULT = dict(FULL, steps=250, warmup=20, eval_every=25, checkpoint_every=250)
 QUICK = dict(steps=6, batch=8, length=10, dim=2, warmup=2, log_every=2, eval_every=3, eval_batch=8,
              checkpoint_every=6)
 BASELINE_NAMES = ("last", "ols", "krr", "analogues")
 
 
-def run(out: pathlib.Path, *, quick: bool = False, seed: int = 0, device: str = "cpu") -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     tasks, attentions, layers = (("periodic",), ("softmax",), (1,)) if quick else (TASKS, ATTENTIONS, LAYERS)
-    sizes = QUICK if quick else FULL
+    sizes = {"quick": QUICK, "default": DEFAULT}.get(size, FULL)
     sequences = 8 if quick else 64
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -38,7 +38,8 @@ SETTINGS = [
 ]
 
 
-def run(out: pathlib.Path, *, quick: bool, seed: int, device: str) -> dict:
+def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
+    quick = size == "quick"
     batch, length = (8, 24) if quick else (100, 40)
     rows = []
     with warnings.catch_warnings():
