@@ -67,3 +67,77 @@ def kaczmarz(x: np.ndarray, kernel: str, beta: float = 1.0, sigma: float = 1.0) 
             centres.append(key)
         pred[t] = g(x[t])
     return pred
+
+
+# ---------------------------------------------------------------- complex sequences (SPEC §10), linear kernel
+
+def complex_matrices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The linear kernel on complex x (T, d), k(a, b) = b^H a: P[t, s] = x_{s-1}^H x_t and
+    R[t, s] = x_{s-1}^H x_{t-1} for 1 <= s <= t, complex (T, T)."""
+    T = len(x)
+    P, R = np.zeros((T, T), dtype=complex), np.zeros((T, T), dtype=complex)
+    for t in range(T):
+        for s in range(1, t + 1):
+            P[t, s] = np.vdot(x[s - 1], x[t])  # vdot conjugates its first argument
+            R[t, s] = np.vdot(x[s - 1], x[t - 1])
+    return P, R
+
+
+def complex_ckd(x: np.ndarray, depth: int | str, step: float | None = None, ridge: float = 0.0) -> np.ndarray:
+    """SPEC §2 layer by layer on complex P, R (linear kernel); depth "inf": (R + lambda I) alpha = y by
+    forward substitution, one row at a time, and p = P alpha. step None: 0.5 / max_t (R[t,t] + lambda)."""
+    P, R = complex_matrices(x)
+    y = x.astype(complex)
+    y[0] = 0
+    if depth == "inf":
+        alpha = np.zeros_like(y)
+        for t in range(1, len(x)):
+            alpha[t] = (y[t] - sum(R[t, s] * alpha[s] for s in range(1, t))) / (R[t, t] + ridge)
+        return P @ alpha
+    if step is None:
+        step = 0.5 / max(R[t, t].real + ridge for t in range(1, len(x)))
+    r, p = y.copy(), np.zeros_like(y)
+    for _ in range(depth):
+        p, r = p + step * P @ r, r - step * (R @ r + ridge * r)
+    return p
+
+
+def complex_kaczmarz(x: np.ndarray) -> np.ndarray:
+    """One forward Kaczmarz sweep for complex x (T, d) in the RKHS of k(a, b) = b^H a (the maps
+    g(z) = W z): g <- g + (x_s - g(x_{s-1})) k(., x_{s-1}) / k(x_{s-1}, x_{s-1}) for s = 1, 2, ...
+    Row t is g_t(x_t), g_t after the first t projections."""
+    T, d = x.shape
+    centres: list[np.ndarray] = []
+    coefs: list[np.ndarray] = []
+
+    def g(z: np.ndarray) -> np.ndarray:
+        return sum((a * np.vdot(c, z) for c, a in zip(centres, coefs)), np.zeros(d, dtype=complex))
+
+    pred = np.zeros((T, d), dtype=complex)
+    for t in range(T):
+        if t >= 1:
+            key = x[t - 1]
+            coefs.append((x[t] - g(key)) / np.vdot(key, key))
+            centres.append(key)
+        pred[t] = g(x[t])
+    return pred
+
+
+def complex_sweeps(x: np.ndarray, sweeps: int, ridge: float = 0.0) -> np.ndarray:
+    """SPEC §7 for complex x, linear kernel: K[s, s'] = x_{s'-1}^H x_{s-1} (Hermitian), Gauss-Seidel
+    beta_s <- beta_s + (Y_s - (K beta)_s - lambda beta_s) / (K[s, s] + lambda), s = 1..T-1 in order;
+    row t predicts sum_{s<=t} k(x_t, x_{s-1}) beta^K_s + sum_{s>t} k(x_t, x_{s-1}) beta^{K-1}_s."""
+    T, d = x.shape
+    n = T - 1
+    K = np.array([[np.vdot(x[j], x[i]) for j in range(n)] for i in range(n)])
+    beta = np.zeros((n, d), dtype=complex)
+    before = beta.copy()
+    for _ in range(sweeps):
+        before = beta.copy()
+        for s in range(n):
+            beta[s] = beta[s] + (x[s + 1] - K[s] @ beta - ridge * beta[s]) / (K[s, s] + ridge)
+    p = np.zeros((T, d), dtype=complex)
+    for t in range(T):
+        for s in range(1, T):
+            p[t] += np.vdot(x[s - 1], x[t]) * (beta[s - 1] if s <= t else before[s - 1])
+    return p

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from ckd.sequences import TASKS, make_task
+from ckd.sequences import COMPLEX_TASKS, TASKS, make_task
 
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_shapes_seeds_and_maps(name):
     task = make_task(name, 4, 20, 5, seed=3)
-    assert task.x.shape == (4, 20, 5) and task.x.dtype == torch.float64
+    assert task.x.shape == (4, 20, 5) and task.x.dtype == (torch.complex128 if name in COMPLEX_TASKS else torch.float64)
     assert torch.equal(task.x, make_task(name, 4, 20, 5, seed=3).x)
     assert not torch.equal(task.x, make_task(name, 4, 20, 5, seed=4).x)
     # the returned map generates the sequence: x_{t+1} = f(x_t)

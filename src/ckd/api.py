@@ -20,6 +20,7 @@ from .validation import (  # noqa: F401 - re-exported: other modules import thes
     TOKENS,
     as_batch,
     as_dtype,
+    check_complex,
     check_memory_budget,
     check_number,
     check_options,
@@ -49,6 +50,10 @@ def predict(
 
     x: array or tensor (T, d) or (B, T, d); returns the same type and shape
     (numpy in, numpy out; a tensor stays on its device), in ``dtype``.
+    Complex x (SPEC §10; the linear kernel and the descent backend only, any depth, path and
+    sweeps): k(a, b) = b^H a, complex predictions. ``dtype`` then names the precision: a complex
+    x is computed in complex128 for float64 (the default) and complex64 for float32, never with
+    its imaginary part dropped; dtype complex128 / complex64 also turns a real x complex.
     kernel: linear | exp | softmax | gaussian (SPEC §2); depth: int >= 0 or "inf"
     (descent only); step None means eta = 0.5 / max_t (R[t,t] + ridge) over the
     batch; backend: descent | transformer | "pretrained:NAME" (a trained model of ``ckd.pretrained``,
@@ -67,11 +72,15 @@ def predict(
     Raises ``ValueError``/``TypeError`` with a one-line message on bad input and
     warns ``ckd.StabilityWarning`` for a step outside the convergence region.
     """
-    dtype = as_dtype(dtype)
+    dtype = as_dtype(dtype, complex_ok=True)
     opts = check_options(kernel, beta, sigma, depth, step, ridge, backend, tokens, sweeps)
     memory_budget = check_memory_budget(memory_budget)
     linear_opts = _linear_time_options(opts, backend, method, features, feature_seed)
-    batch, unbatched = as_batch(x, dtype)
+    batch, unbatched = as_batch(x, dtype, allow_complex=True)
+    if batch.is_complex():
+        if backend != "descent":
+            raise ValueError(f"complex x runs on the descent backend only (backend {backend!r} is real)")
+        check_complex(batch, kernel)
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
     elif backend.startswith(PRETRAINED):

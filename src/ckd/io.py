@@ -24,13 +24,14 @@ import numpy as np
 SUFFIXES = (".npy", ".csv")
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
+def load_array(path: str | os.PathLike, *, complex_ok: bool = False) -> np.ndarray:
     """Load a real numeric array from ``.npy`` or ``.csv`` (comma-separated, optional header row).
 
     A ``.npy`` of any byte order holding bool, integers or floats (float16 to float128) is
     returned in native byte order; float128 is converted to float64 (values beyond its range
-    refused). Raises ``ValueError`` with a one-line message naming the file for a missing,
-    unreadable or non-numeric file, or another dtype.
+    refused). ``complex_ok`` (the linear kernel of ``ckd predict``, SPEC §10): a complex ``.npy``
+    (complex64, complex128; complex256 as complex128) is accepted too. Raises ``ValueError`` with
+    a one-line message naming the file for a missing, unreadable or non-numeric file, or another dtype.
     """
     p = Path(path)
     if not p.exists():
@@ -48,20 +49,24 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{p}: not a readable .npy array ({type(err).__name__}: {err})".splitlines()[0]) from None
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"{p}: holds an archive of arrays, expected one array")
-    return _native_real(arr, p)
+    return _native_real(arr, p, complex_ok)
 
 
-def _native_real(arr: np.ndarray, p: Path) -> np.ndarray:
-    """``arr`` in native byte order; float types torch lacks (float128) as float64."""
+def _native_real(arr: np.ndarray, p: Path, complex_ok: bool = False) -> np.ndarray:
+    """``arr`` in native byte order; float types torch lacks (float128, complex256) as float64 / complex128."""
     kind = arr.dtype.kind
-    if kind not in "biuf" or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
+    kinds = "biufc" if complex_ok else "biuf"
+    if kind not in kinds or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
+        if kind == "c":
+            raise ValueError(f"{p}: dtype {arr.dtype} is complex; only the linear kernel of ckd predict takes "
+                             "complex sequences")
         raise ValueError(f"{p}: dtype {arr.dtype} is not a real number type; save bool, integers or floats")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if kind == "f" and arr.dtype.itemsize > 8:  # float128 / longdouble: torch has no such type
-        with np.errstate(over="ignore"):
+    if arr.dtype.itemsize > (16 if kind == "c" else 8) and kind in "fc":  # float128 / complex256: not in torch
+        with np.errstate(over="ignore", invalid="ignore"):
             wide = arr
-            arr = wide.astype(np.float64)
+            arr = wide.astype(np.complex128 if kind == "c" else np.float64)
         if (np.isfinite(wide) & ~np.isfinite(arr)).any():
             raise ValueError(f"{p}: dtype {wide.dtype} holds values beyond float64's range (~1.8e308); rescale them")
     return arr

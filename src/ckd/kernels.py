@@ -14,7 +14,7 @@ P[t, s] = G[t, s-1] and R[t, s] = G[t-1, s-1]. We compute G once.
 
 Kernels (``KERNELS``)::
 
-    linear    k(a, b) = a.b
+    linear    k(a, b) = a.b   (complex x: b^H a = sum_i conj(b_i) a_i, SPEC §10; R[t,t] = |x_{t-1}|^2 is real)
     exp       k(a, b) = exp(beta a.b)
     softmax   k(a, b) = exp(beta a.b), normalised over the keys a row may see
     gaussian  k(a, b) = exp(-|a - b|^2 / (2 sigma^2))
@@ -40,20 +40,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .validation import KERNELS, check_kernel  # noqa: F401 - the names accepted live with the other checks
+from .validation import KERNELS, check_complex, check_kernel  # noqa: F401 - the kernels accepted live with the checks
 
 
 def scores(a: Tensor, b: Tensor, kernel: str, beta: float = 1.0, sigma: float = 1.0) -> Tensor:
     """Score matrix S[..., i, j] between rows a_i (..., n, d) and b_j (..., m, d).
 
-    ``linear``: a.b (the kernel itself); ``exp``/``softmax``: beta a.b;
+    ``linear``: a.b (the kernel itself; b^H a for complex rows); ``exp``/``softmax``: beta a.b;
     ``gaussian``: -|a - b|^2 / (2 sigma^2). For the last three k = exp(S).
     """
     check_kernel(kernel)
+    check_complex(a, kernel)
     if kernel == "gaussian":
         sqdist = _self_sqdist(a) if a is b else _sqdist(a, b)
         return gaussian_scores_(sqdist, sigma)
-    dots = a @ b.transpose(-1, -2)
+    dots = a @ b.transpose(-1, -2).conj()  # conj: a no-op view for real b
     return dots if kernel == "linear" else beta * dots
 
 
@@ -144,6 +145,7 @@ def causal_matrices(x: Tensor, kernel: str, beta: float = 1.0, sigma: float = 1.
     (``causal_rows``) above a memory budget.
     """
     check_kernel(kernel)
+    check_complex(x, kernel)
     P, R, log_scale = _causal_block(x, kernel, beta, sigma, 0, x.shape[1], None)
     return CausalMatrices(P, R, log_scale)
 
@@ -158,8 +160,9 @@ def causal_rows(
     whole sequence's ``exp_log_scale`` so that every block uses the same scale.
     """
     check_kernel(kernel)
+    check_complex(x, kernel)
     if log_scale is None:
-        log_scale = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        log_scale = x.real.new_zeros(x.shape[0])  # real also for complex x
     P, R, _ = _causal_block(x, kernel, beta, sigma, start, stop, log_scale)
     return P, R
 
@@ -209,7 +212,7 @@ def _block_scores(x: Tensor, kernel: str, beta: float, sigma: float, start: int,
     buf = x.new_empty(B * (n + 1) * W + 1)
     buf[:1] = 0
     G = buf[1:].view(B, n + 1, W)
-    torch.bmm(q, keys.transpose(1, 2), out=G)
+    torch.bmm(q, keys.transpose(1, 2).conj(), out=G)  # complex (linear kernel): G[i, j] = keys_j^H q_i
     if kernel == "gaussian":  # |q - k|^2 = |q|^2 + |k|^2 - 2 q.k, with an exact 0 where q is k
         G.mul_(-2.0).add_(q.square().sum(-1)[:, :, None]).add_(keys.square().sum(-1)[:, None, :]).clamp_min_(0.0)
         torch.diagonal(G, offset=start - 1, dim1=-2, dim2=-1).zero_()
@@ -252,9 +255,9 @@ def _causal_block(
     B, T, _ = x.shape
     if T == 0 or stop <= start:
         empty = x.new_zeros(B, max(stop - start, 0), stop)
-        return empty, empty.clone(), x.new_zeros(B)
+        return empty, empty.clone(), x.real.new_zeros(B)
     if log_scale is None:
-        log_scale = exp_log_scale(x, beta) if kernel == "exp" else x.new_zeros(B)
+        log_scale = exp_log_scale(x, beta) if kernel == "exp" else x.real.new_zeros(B)
     G = _block_scores(x, kernel, beta, sigma, start, stop)
     P_view, R = _block_views(G, start, stop)
     if kernel == "softmax":

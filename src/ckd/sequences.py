@@ -13,6 +13,8 @@ Families (``TASKS``):
     periodic-gaussian  x_{t+P} = x_t, P points drawn N(0, I/d)
     nonlinear          f(x) = tanh(gain * W x), W ~ N(0, 1/d) (random tanh network)
     rotation-tanh      f(x) = u / |u|, u = tanh(gain * A x), A Haar-orthogonal
+    unitary            f(x) = W x, W Haar-unitary, x_0 on the complex unit sphere (complex128;
+                       ``COMPLEX_TASKS``: the linear kernel of ``ckd.predict`` only, SPEC §10)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .validation import MAX_INT, check_choice, check_int, check_number, check_size
+from .validation import MAX_INT, check_choice, check_int, check_number, check_size, complex_of
 
 Map = Callable[[Tensor], Tensor]
 
@@ -55,6 +57,20 @@ def haar_orthogonal(batch: int, dim: int, g: torch.Generator, dtype=torch.float6
     """Haar-distributed orthogonal matrices (batch, dim, dim) (QR with sign fix)."""
     q, r = torch.linalg.qr(torch.randn(batch, dim, dim, generator=g, dtype=dtype))
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+
+
+def complex_sphere(batch: int, n: int, dim: int, g: torch.Generator, dtype=torch.complex128) -> Tensor:
+    """Uniform points on the complex unit sphere {z in C^dim : |z| = 1}, (batch, n, dim)."""
+    z = torch.randn(batch, n, dim, generator=g, dtype=dtype)  # standard complex Gaussian: rotation invariant
+    return z / z.norm(dim=-1, keepdim=True)
+
+
+def haar_unitary(batch: int, dim: int, g: torch.Generator, dtype=torch.complex128) -> Tensor:
+    """Haar-distributed unitary matrices (batch, dim, dim): QR of a complex Gaussian matrix, each
+    column of Q multiplied by the phase r_ii / |r_ii| (without it Q is not Haar; Mezzadri 2007)."""
+    q, r = torch.linalg.qr(torch.randn(batch, dim, dim, generator=g, dtype=dtype))
+    d = torch.diagonal(r, dim1=-2, dim2=-1)
+    return q * (d / d.abs())[:, None, :]
 
 
 def rotation_blocks(batch: int, dim: int, g: torch.Generator, dtype=torch.float64) -> Tensor:
@@ -104,6 +120,18 @@ def linear(batch: int, length: int, dim: int, *, kind: str = "orthogonal", scale
     x = iterate(f, sphere(batch, 1, dim, g)[:, 0], length, noise, g)
     name = {"orthogonal": "linear", "rotation": "rotation", "gaussian": "gaussian-linear"}[kind]
     return Task(name, x.to(dtype), linear_map(A), {"A": A.to(dtype)})
+
+
+def unitary(batch: int, length: int, dim: int, *, noise: float = 0.0, seed: int | None = 0,
+            dtype: torch.dtype = torch.complex128) -> Task:
+    """x_{t+1} = W x_t, W Haar-unitary (``haar_unitary``), x_0 uniform on the complex unit sphere:
+    the linear class of SPEC §1 in complex form (SPEC §10). Complex: ``dtype`` complex128 or
+    complex64 (float64 / float32 name the precision); ``noise`` is complex Gaussian."""
+    g = _generator(seed)
+    W = haar_unitary(batch, dim, g)
+    x = iterate(linear_map(W), complex_sphere(batch, 1, dim, g)[:, 0], length, noise, g)
+    dtype = complex_of(dtype)
+    return Task("unitary", x.to(dtype), linear_map(W), {"W": W.to(dtype)})
 
 
 def cycle_map(points: Tensor) -> Map:
@@ -171,7 +199,9 @@ TASKS: dict[str, Callable[..., Task]] = {
     "periodic-gaussian": lambda *a, **k: periodic(*a, on="gaussian", **k),
     "nonlinear": lambda *a, **k: nonlinear(*a, kind="tanh", **k),
     "rotation-tanh": lambda *a, **k: nonlinear(*a, kind="rotation-tanh", **k),
+    "unitary": unitary,
 }
+COMPLEX_TASKS = ("unitary",)  # complex sequences: the linear kernel of ckd.predict / descend / Streaming only
 
 
 def make_task(name: str, batch: int, length: int, dim: int, **options) -> Task:

@@ -19,7 +19,10 @@ W_t = sum_{s<=t} alpha_s x_{s-1}^T instead of the keys and alphas:
     alpha_t = (x_t - W_{t-1} x_{t-1}) / (|x_{t-1}|^2 + lambda),  W_t = W_{t-1} + alpha_t x_{t-1}^T,
     p_t = W_t x_t
 
-so a push costs O(d^2) whatever t is (``docs/performance.md``).
+so a push costs O(d^2) whatever t is (``docs/performance.md``). Complex tokens (SPEC §10): with
+``dtype=torch.complex128`` (or complex64), k(a, b) = b^H a and W_t = sum_{s<=t} alpha_s x_{s-1}^H;
+a complex dtype needs the linear kernel, and a complex token pushed into a real Streaming is refused
+(its imaginary part is never dropped).
 
 ``softmax`` normalises each row of R and P over s = 1..t, as the batch does. ``exp`` weights can
 overflow: as in ``ckd.kernels``, once the largest log-weight seen exceeds half the log of the
@@ -37,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .kernels import check_kernel, gaussian_scores_
-from .validation import as_dtype, check_number, check_squares
+from .validation import as_dtype, check_complex, check_number, check_squares
 
 
 class Streaming:
@@ -60,7 +63,8 @@ class Streaming:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
         self.dim = int(dim)
-        self.dtype = as_dtype(dtype)
+        self.dtype = as_dtype(dtype, complex_ok=True)
+        check_complex(torch.empty(0, dtype=self.dtype), self.kernel)
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self._capacity0 = max(1, int(capacity))
         self._threshold = math.log(torch.finfo(self.dtype).max) / 2
@@ -107,8 +111,12 @@ class Streaming:
             return self._W @ x
         m = float(prev.abs().amax()) or 1.0  # |x_{t-1}|^2 + lambda as m (m |s|^2 + lambda / m), s = x_{t-1} / m:
         s = prev / m  # no underflow for tiny tokens, no overflow for huge ones
-        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(m).div_(m * float(s @ s) + self.ridge / m)
-        self._W.addr_(alpha, prev)
+        if self.dtype.is_complex:  # |s|^2 = s^H s, and W += alpha_t x_{t-1}^H (SPEC §10)
+            sq, key = float(torch.vdot(s, s).real), prev.conj()
+        else:  # (no extra op on the real hot path)
+            sq, key = float(s @ s), prev
+        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(m).div_(m * sq + self.ridge / m)
+        self._W.addr_(alpha, key)
         return self._W @ x
 
     def _scores(self, x: Tensor, t: int) -> Tensor:
@@ -180,14 +188,25 @@ class Streaming:
             new[:old.shape[0]] = old
             setattr(self, name, new)
 
+    def _check_kind(self, is_complex: bool, dtype: Any) -> None:
+        """A complex token needs a complex Streaming: casting it to a real dtype would drop its imaginary part."""
+        if is_complex and not self.dtype.is_complex:
+            dtype = str(dtype).replace("torch.", "")
+            raise TypeError(f"x_t is complex ({dtype}) but this Streaming is real ({str(self.dtype)[6:]}); create it "
+                            "with dtype=torch.complex128 (linear kernel) to push complex tokens")
+
     def _as_token(self, x_t: Any) -> Tensor:
         if isinstance(x_t, Tensor):
+            self._check_kind(x_t.is_complex(), x_t.dtype)
             x = x_t.detach().to(device=self.device, dtype=self.dtype)
         else:
             try:
-                x = torch.as_tensor(np.asarray(x_t, dtype=np.float64), dtype=self.dtype, device=self.device)
+                a = np.asarray(x_t)
+                a = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64, copy=False)
             except (TypeError, ValueError) as err:
                 raise TypeError(f"x_t must be a numeric array: {err}") from None
+            self._check_kind(np.iscomplexobj(a), a.dtype)
+            x = torch.as_tensor(a, dtype=self.dtype, device=self.device)
         if x.shape != (self.dim,):
             raise ValueError(f"x_t must have shape ({self.dim},), got {tuple(x.shape)}")
         # numpy's check on a CPU token costs ~1 us, torch's ~25 us (op dispatch): this is the hot path

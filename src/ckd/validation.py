@@ -9,14 +9,18 @@ from the rest of ``ckd``: it sits at the bottom of the import graph.
 
 Rules fixed here:
 
-- arrays (``as_batch``): real numeric, dense, with data (no meta tensor), rank 2 or 3,
-  non-empty, finite, and every squared norm |x_t|^2 finite in the working dtype ("input too
-  large; rescale it": every kernel needs x.x);
+- arrays (``as_batch``): real numeric (complex only where the caller allows it: the linear
+  kernel, SPEC §10), dense, with data (no meta tensor), rank 2 or 3, non-empty, finite, and
+  every squared norm |x_t|^2 finite in the working dtype ("input too large; rescale it": every
+  kernel needs x.x);
 - numbers (``check_number``): a real finite number, not a string or a bool, with an optional bound;
 - integers (``check_int``): an integer (or an integral float), not a bool, within bounds;
 - sizes (``check_size``): an integer >= 1 (batch, length, dim, ...);
 - memory budgets (``check_memory_budget``): None or a finite number of bytes > 0;
-- choices (``check_choice``, ``check_kernel``), depth (``parse_depth``), dtype (``as_dtype``).
+- choices (``check_choice``, ``check_kernel``), depth (``parse_depth``), dtype (``as_dtype``);
+- complex sequences (``check_complex``): the linear kernel only (k(a, b) = b^H a, SPEC §10); a
+  complex x is computed in the complex dtype of the requested precision (``complex_of``:
+  float64 -> complex128, float32 -> complex64), never with its imaginary part dropped.
 
 ``memory`` estimates: ``available_memory(device)`` (bytes free on that device, or None when it
 cannot be told) and ``check_fits(need, what, advice)`` refuse, before allocating, work that cannot
@@ -39,6 +43,7 @@ BACKENDS = ("descent", "transformer")
 PRETRAINED = "pretrained:"  # backend "pretrained:NAME": a model of ckd.pretrained
 TOKENS = ("augmented", "raw")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+COMPLEX_DTYPES = {"complex128": torch.complex128, "complex64": torch.complex64}  # the linear kernel only
 MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
 
 
@@ -55,13 +60,27 @@ def check_kernel(kernel: Any) -> str:
     return check_choice(kernel, "kernel", KERNELS)
 
 
-def as_dtype(dtype: Any) -> torch.dtype:
-    """torch.float64/float32 or their names."""
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+def as_dtype(dtype: Any, *, complex_ok: bool = False) -> torch.dtype:
+    """torch.float64/float32 or their names; also complex128/complex64 when ``complex_ok``."""
+    known = {**DTYPES, **COMPLEX_DTYPES} if complex_ok else DTYPES
+    if isinstance(dtype, str) and dtype in known:
+        return known[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in known.values():
         return dtype
-    raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
+    names = "float64, float32, complex128 or complex64" if complex_ok else "float64 or float32"
+    raise ValueError(f"dtype must be {names}, got {dtype!r}")
+
+
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype with the precision of ``dtype``: float64 -> complex128, float32 -> complex64."""
+    return dtype if dtype.is_complex else (torch.complex128 if dtype == torch.float64 else torch.complex64)
+
+
+def check_complex(x: Tensor, kernel: str) -> None:
+    """Complex x runs with the linear kernel only (k(a, b) = b^H a, SPEC §10): one ``TypeError`` otherwise."""
+    if x.is_complex() and kernel != "linear":
+        raise TypeError(f"complex x needs the linear kernel (k(a, b) = b^H a); the {kernel} kernel is defined "
+                         "for real x only")
 
 
 def check_number(value: Any, name: str, *, minimum: float | None = None, strict: bool = False,
@@ -185,13 +204,15 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
     )
 
 
-def as_batch(x: Any, dtype: torch.dtype, name: str = "x") -> tuple[Tensor, bool]:
+def as_batch(x: Any, dtype: torch.dtype, name: str = "x", *, allow_complex: bool = False) -> tuple[Tensor, bool]:
     """Check x is a finite, non-empty (T, d) or (B, T, d) real array; return (B, T, d) as a
     tensor of ``dtype`` (on x's device) and whether x had no batch axis.
 
-    Refused: ragged or non-numeric data, complex, sparse and meta tensors (no values), other
-    ranks, empty arrays, NaN / inf, and rows whose squared norm |x_t|^2 overflows ``dtype``
-    (every kernel computes x.x; rescale such data first)."""
+    Refused: ragged or non-numeric data, complex (unless ``allow_complex``), sparse and meta
+    tensors (no values), other ranks, empty arrays, NaN / inf, and rows whose squared norm
+    |x_t|^2 overflows ``dtype`` (every kernel computes x.x; rescale such data first).
+    ``allow_complex``: a complex x, or a complex ``dtype``, gives ``complex_of(dtype)`` (the
+    imaginary part is kept, never dropped)."""
     if isinstance(x, Tensor):
         if x.is_meta:
             raise TypeError(f"{name} is a meta tensor (it has a shape but no values)")
@@ -205,13 +226,16 @@ def as_batch(x: Any, dtype: torch.dtype, name: str = "x") -> tuple[Tensor, bool]
             raise TypeError(f"{name} must be a numeric array: {str(err).splitlines()[0]}") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-        if np.iscomplexobj(arr):
+        if np.iscomplexobj(arr) and not allow_complex:
             raise TypeError(f"{name} must be real, got {arr.dtype}")
-        if not arr.dtype.isnative or (arr.dtype.kind == "f" and arr.dtype.itemsize > 8):
-            arr = arr.astype(np.float64)  # big-endian or extended precision: numpy converts, torch cannot
+        wide = (arr.dtype.kind == "f" and arr.dtype.itemsize > 8) or (arr.dtype.kind == "c" and arr.dtype.itemsize > 16)
+        if not arr.dtype.isnative or wide:  # big-endian or extended precision: numpy converts, torch cannot
+            arr = arr.astype(np.complex128 if arr.dtype.kind == "c" else np.float64)
         t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_complex():
+    if t.is_complex() and not allow_complex:
         raise TypeError(f"{name} must be real, got {t.dtype}")
+    if t.is_complex() or dtype.is_complex:
+        dtype = complex_of(dtype)
     if t.ndim not in (2, 3):
         raise ValueError(f"{name} must have shape (T, d) or (B, T, d), got shape {tuple(t.shape)}")
     if t.numel() == 0:
@@ -229,7 +253,7 @@ def check_squares(t: Tensor, name: str = "x") -> None:
     big = float(t.abs().amax())
     if big * big * t.shape[-1] < torch.finfo(t.dtype).max / 4:  # the common case: no row can overflow
         return
-    if not bool(torch.isfinite(t.square().sum(-1)).all()):
+    if not bool(torch.isfinite((t.abs() if t.is_complex() else t).square().sum(-1)).all()):
         dtype = str(t.dtype).replace("torch.", "")
         raise ValueError(f"{name}: input too large (|x_t|^2 overflows {dtype}; largest |value| {big:.3g}); "
                          "rescale it")

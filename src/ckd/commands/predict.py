@@ -1,6 +1,11 @@
-"""``ckd predict IN -o OUT``: the CLI face of ``ckd.predict`` (SPEC §4)."""
+"""``ckd predict IN -o OUT``: the CLI face of ``ckd.predict`` (SPEC §4). A complex ``.npy`` IN runs
+with ``--kernel linear`` (SPEC §10) and gives a complex ``.npy`` OUT."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 
 from ..api import BACKENDS, DTYPES, TOKENS, predict
 from ..cli import MAX_INT, integer
@@ -12,7 +17,8 @@ from ..validation import parse_float
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="next-token predictions of causal kernel descent for IN",
                        description="Row t of OUT is the prediction of x_{t+1} from x_0..x_t.")
-    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d))")
+    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d)); a complex "
+                   ".npy needs --kernel linear")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the predictions (.npy)")
     p.add_argument("--kernel", default="exp", help=f"one of {', '.join(KERNELS)} (default exp)")
     p.add_argument("--beta", type=parse_float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
@@ -33,7 +39,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.depth.strip().isdigit() and int(args.depth) > MAX_INT:
         raise ValueError(f"--depth must be an integer in 0 .. 2**63 - 1 or inf, got {args.depth}")
-    x = load_array(args.input)
+    x = load_array(args.input, complex_ok=True)
+    if np.iscomplexobj(x):  # SPEC §10: the linear kernel of the descent backend only
+        if args.kernel != "linear" or args.backend != "descent":
+            raise ValueError(f"{args.input}: dtype {x.dtype} is complex; complex sequences need --kernel linear "
+                             "(k(a, b) = b^H a) and the descent backend")
+        if Path(args.output).suffix.lower() == ".csv":
+            raise ValueError(f"{args.output}: a .csv output holds real numbers; use .npy for complex predictions")
     out_path = check_output_path(args.output, x.ndim, inputs=[args.input])
     pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
                    ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps)

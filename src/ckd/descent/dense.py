@@ -164,7 +164,7 @@ def infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpla
     p = y.new_zeros(B, T, d)
     if p.numel() == 0:  # no sequence or no coordinate
         return p
-    a_maxes = [y.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
+    a_maxes = [y.real.new_zeros(())]  # max_t |(R[t,t] + lambda) alpha_t|: one fused reduction per block, no sync
     bar = progress_bar(n_blocks, "causal kernel descent, depth inf", "block", min_steps=8, work=B * T * T * d / 2)
     for start, stop, P, R in blocks:
         if bar is not None:
@@ -263,7 +263,7 @@ def descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: in
                      step: float | None, ridge: float, return_all: bool, rows: int) -> Tensor:
     """``descend`` in row blocks of ``rows``: never more than one block of P and R in memory."""
     y = targets(x)
-    log_scale = exp_log_scale(x, beta, rows) if kernel == "exp" else x.new_zeros(x.shape[0])
+    log_scale = exp_log_scale(x, beta, rows) if kernel == "exp" else x.real.new_zeros(x.shape[0])
     if depth == "inf":
         return infinite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, ridge, log_scale,
                                 inplace=True, zero_columns=kernel == "linear", n_blocks=-(-x.shape[1] // rows))
@@ -271,7 +271,7 @@ def descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: in
     if depth > 0:  # the step and its check need the diagonal of R first: one pass over the blocks
         parts = []
         for start, _, P, R in row_blocks(x, kernel, beta, sigma, log_scale, rows):
-            parts.append(torch.diagonal(R, offset=start, dim1=-2, dim2=-1).clone())
+            parts.append(torch.diagonal(R, offset=start, dim1=-2, dim2=-1).real.clone())  # real for complex x
             del P, R  # before the next block is built
         diag = torch.cat(parts, 1)[:, 1:]
         exact = exact_log_diagonal(x, kernel, beta)

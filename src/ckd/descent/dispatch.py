@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import linear_time
 from ..kernels import causal_matrices
-from ..validation import check_memory_budget
+from ..validation import check_complex, check_memory_budget
 from .dense import block_rows, check_memory, default_budget, descend_blocked, finite_from_log, infinite_depth
 from .scaling import mixed_scales, power_of_two_scale
 from .steps import (
@@ -63,8 +63,11 @@ def descend(
 
     Linear kernel: inputs beyond 2^+-64 are scaled by an exact power of two (``power_of_two_scale``);
     a zero token x_{t-1} (R[t,t] = 0) carries no information: the all-zero input predicts 0.
+    Complex x (linear kernel only, SPEC §10): k(a, b) = b^H a, on every path (dense, row blocks,
+    linear time, sweeps); the result is complex, the step real (R[t,t] = |x_{t-1}|^2).
     sweeps: K >= 1 Gauss-Seidel sweeps at depth inf (SPEC §7, ``swept``); 1 is depth inf.
     """
+    check_complex(x, kernel)
     features = linear_time.check_features(kernel, features, feature_seed, beta)
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:

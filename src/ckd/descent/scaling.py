@@ -18,7 +18,8 @@ def power_of_two_scale(x: Tensor) -> int:
     if big == 0.0:
         return 0
     k = math.frexp(big)[1]
-    limit = math.frexp(torch.finfo(x.dtype).max)[1] // 16 if x.is_floating_point() else 64  # 64, or 8 in float32
+    exact = x.is_floating_point() or x.is_complex()  # complex: its parts' precision (abs is the modulus)
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] // 16 if exact else 64  # 64, or 8 in float32 / complex64
     return k if abs(k) > limit else 0
 
 

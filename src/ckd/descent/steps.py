@@ -38,8 +38,9 @@ def targets(x: Tensor) -> Tensor:
 
 
 def diagonal(mats: CausalMatrices) -> Tensor:
-    """R[t, t] for t >= 1 in stored units, (B, T-1)."""
-    return torch.diagonal(mats.R, dim1=-2, dim2=-1)[:, 1:]
+    """R[t, t] for t >= 1 in stored units, (B, T-1); real also for complex x (|x_{t-1}|^2, SPEC §10)."""
+    diag = torch.diagonal(mats.R, dim1=-2, dim2=-1)[:, 1:]
+    return diag.real if diag.is_complex() else diag
 
 
 def default_step(mats: CausalMatrices, ridge: float = 0.0) -> float:

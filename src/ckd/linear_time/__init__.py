@@ -20,6 +20,10 @@ normaliser, ``features`` module doc). Then, with D = dim phi and no T x T matrix
                 rational function of z whose degree grows with t, so no fixed-size state carries
                 it from one token to the next, unlike the two forms above.
 
+Complex x (linear kernel, SPEC §10: k(a, b) = b^H a): the keys are stored conjugated, k_s = conj(x_{s-1}),
+so that every product above stays bilinear: u_t.k_s = x_{s-1}^H x_{t-1}, W_t = sum alpha_s x_{s-1}^H, and
+``naive`` and ``chunk`` run unchanged on complex tensors (``pairs``).
+
 ``naive`` holds the plain sequential loops (the reference), ``chunk`` the fast forms.
 ``ckd.descent.descend`` (hence ``ckd.predict``) calls ``descend`` here for the linear kernel, or
 when ``features`` is given, unless ``method="dense"``; the results equal the dense path's
@@ -48,7 +52,7 @@ from ..descent.steps import (
     log_of,
     warn_step,
 )
-from ..validation import check_fits
+from ..validation import check_complex, check_fits
 from .chunk import ATTENTION_CHUNK, DELTA_CHUNK, causal_linear_attention, delta_rule_chunked, descend_chunked
 from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices
 from .naive import delta_rule_naive, descend_naive, linear_attention_naive
@@ -104,10 +108,15 @@ def pairs(x: Tensor, kernel: str = "linear", features: int | None = None, featur
     residual queries u_i, prediction queries q_i (B, T-1, D) and targets x_{i+1} (B, T-1, d).
 
     softmax: u_i = phi(x_i) / (phi(x_i).Z_i), q_i = phi(x_{i+1}) / (phi(x_{i+1}).Z_i), with the one
-    prefix sum Z_i = sum_{j <= i} phi(x_j) (``features`` module doc)."""
+    prefix sum Z_i = sum_{j <= i} phi(x_j) (``features`` module doc).
+
+    Complex x (linear kernel): k_i = conj(x_i), so that u_i.k_j = x_j^H x_i = k(x_i, x_j) (SPEC §10)."""
+    check_complex(x, kernel)
     phi = x if features is None else feature_map(x, kernel, features, feature_seed, beta=beta, sigma=sigma)
     k, q, y = phi[:, :-1], phi[:, 1:], x[:, 1:]
     u = k
+    if k.is_complex():
+        k = k.conj().resolve_conj()
     if kernel == "softmax" and features is not None:
         Z = k.cumsum(1)
         u = k / _positive((k * Z).sum(-1, keepdim=True))
@@ -136,8 +145,9 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
     k, u, q, y = pairs(x, kernel, features, feature_seed, beta=beta, sigma=sigma)
-    diag = (u * k).sum(-1)  # R[t, t], t = 1..T-1
-    zeros = x.new_zeros(B)
+    diag = (u * k).sum(-1)  # R[t, t], t = 1..T-1 (|x_{t-1}|^2: real for complex x)
+    diag = diag.real if diag.is_complex() else diag
+    zeros = x.real.new_zeros(B)  # log scales (real also for complex x)
     y_max = float(y.abs().amax()) if y.numel() else 0.0
     if infinite:
         zero = diag + ridge == 0

@@ -10,7 +10,9 @@ j <= i, so with the state W_i = sum_{j<=i} a_j k_j^T (d x D):
                               p_i = W_i q_i
     linear attention (a layer): S_i = sum_{j<=i} r_j k_j^T,  (P r)_i = S_i q_i,  (R r)_i = S_i u_i
 
-O(n d D) time and a d x D state, with a Python loop over i: slow, obviously right.
+O(n d D) time and a d x D state, with a Python loop over i: slow, obviously right. Complex
+sequences (SPEC §10) come with conjugated keys k_j = conj(x_j) (``ckd.linear_time.pairs``), so the
+same loops compute R[s, s'] = x_j^H x_i and W_i = sum_j a_j x_j^H.
 """
 
 from __future__ import annotations

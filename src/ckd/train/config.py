@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from ..kernels import causal_matrices
-from ..sequences import TASKS, make_task
+from ..sequences import COMPLEX_TASKS, TASKS, make_task
 from ..validation import check_fits, check_number
 
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
@@ -71,6 +71,9 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(options)}")
 
         choice("task", tuple(TASKS))
+        if self.task in COMPLEX_TASKS:
+            raise ValueError(f"task {self.task!r} is complex: training and evaluation run on real sequences; "
+                             "use ckd.predict with the linear kernel on it")
         choice("attention", ATTENTIONS)
         choice("init", INITS)
         choice("tokens", TOKENS)
