@@ -1,4 +1,4 @@
-"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` and ``evaluate``
+"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` (``--data`` too) and ``evaluate``
 on generated inputs -- arrays of random shapes, dtypes, magnitudes and NaN/inf positions, CSV
 texts, flag values. Every run either exits 0 with finite output of the promised shape, or exits 2
 with exactly one stderr line ``ckd: error: ...``; never a traceback (an exception escaping
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import pathlib
 
@@ -200,6 +201,45 @@ def test_fuzz_train(flags, steps, existing, tmp_path, capsys):
     _check(argv, folder, capsys, None, None, "train")
     if existing:
         assert (run / "metrics.jsonl").read_text() == "theirs\n", "another run's metrics.jsonl was overwritten"
+
+
+DATA_FLAGS = {  # ckd train --data: the data flags, and the flags whose meaning --data changes
+    "--val-fraction": st.sampled_from(["0.1", "0.5", "0.25", "0", "1", "nan", "-1", "x"]),
+    "--val-data": st.sampled_from(["same", "other", "other", "missing"]),
+    "--length": st.sampled_from(["3", "4", "6", "100"]), "--dim": st.sampled_from(["1", "2", "3"]),
+    "--task": st.sampled_from(["linear"]), "--init": st.sampled_from(["random", "construction"]),
+    "--attention": st.sampled_from(["linear", "softmax"]), "--dtype": st.sampled_from(["float32", "float64"]),
+}
+
+
+@settings(max_examples=12 * LONG, **FUZZ)
+@given(data=st.one_of(good_arrays(), good_arrays(), good_arrays(), arrays(), CSV_TEXT),
+       suffix=st.sampled_from([".npy", ".npz", ".csv"]), steps=st.sampled_from(["1", "2"]),
+       flags=st.lists(st.sampled_from(list(DATA_FLAGS)), max_size=3, unique=True).flatmap(  # a few at a time
+           lambda keys: st.fixed_dictionaries({k: DATA_FLAGS[k] for k in keys})))
+def test_fuzz_train_data(data, suffix, flags, steps, tmp_path, capsys):
+    folder = _fresh(tmp_path)
+    if isinstance(data, str) or (suffix == ".csv" and data.ndim == 2 and data.dtype.kind in "fiub"):
+        inp = _write_input(folder, data, ".csv")
+    elif suffix == ".npz":
+        inp = folder / "in.npz"
+        np.savez(inp, sequences=data)
+    else:
+        inp = _write_input(folder, data, ".npy")
+    if "--val-data" in flags:
+        val = {"same": inp, "other": folder / "val.npy", "missing": folder / "none.npy"}[flags["--val-data"]]
+        if flags["--val-data"] == "other":
+            np.save(val, np.random.default_rng(0).normal(size=(2, 8, data.shape[-1] if not isinstance(data, str)
+                                                                 and data.ndim else 2)))
+        flags = flags | {"--val-data": str(val)}
+    run = folder / "run"
+    argv = ["train", "--data", str(inp), "--out", str(run), "--steps", steps, "--quiet", "--batch", "2", "--layers",
+            "1", "--log-every", "1", "--eval-every", "1"] + [a for kv in flags.items() for a in kv]
+    if _check(argv, folder, capsys, None, None, "train --data") == 0:
+        assert json.loads((run / "config.json").read_text())["data_sha256"] == hashlib.sha256(
+            inp.read_bytes()).hexdigest()
+    else:
+        assert not run.exists()
 
 
 @pytest.fixture(scope="module")

@@ -178,3 +178,29 @@ def test_float128_beyond_float64_range_refused(tmp_path, capsys):
     np.save(tmp_path / "a.npy", a)
     assert main(["predict", str(tmp_path / "a.npy"), "-o", str(tmp_path / "p.npy")]) == 2
     one_error(capsys, "beyond float64")
+
+
+def test_npz_of_one_array_read_others_refused(tmp_path, x, capsys):
+    """A .npz holding exactly one array reads as that array (compressed too, any byte order); none,
+    several, object arrays or a damaged archive: one line naming the file."""
+    np.savez(tmp_path / "one.npz", seq=x)
+    np.savez_compressed(tmp_path / "z.npz", x.astype(">f4"))
+    assert np.array_equal(load_array(tmp_path / "one.npz"), x)
+    z = load_array(tmp_path / "z.npz")
+    assert z.dtype == np.float32 and z.dtype.isnative and np.array_equal(z, x.astype(np.float32))
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    np.savez(tmp_path / "none.npz")
+    np.savez(tmp_path / "obj.npz", o=np.array([1, None], dtype=object))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 damaged")
+    for name, words in [("two.npz", "holds 2 arrays (a, b), expected exactly one"),
+                        ("none.npz", "holds 0 arrays, expected exactly one"),
+                        ("obj.npz", "array 'o' is not readable"), ("bad.npz", "not a readable .npz archive")]:
+        with pytest.raises(ValueError) as err:
+            load_array(tmp_path / name)
+        assert str(err.value).startswith(str(tmp_path / name)) and words in str(err.value), err.value
+        assert "\n" not in str(err.value)
+    assert main(["predict", str(tmp_path / "two.npz"), "-o", str(tmp_path / "p.npy")]) == 2
+    one_error(capsys, "two.npz", "holds 2 arrays")
+    assert not (tmp_path / "p.npy").exists()
+    assert main(["predict", str(tmp_path / "one.npz"), "-o", str(tmp_path / "p.npy")]) == 0
+    assert np.load(tmp_path / "p.npy").shape == x.shape

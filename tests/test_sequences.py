@@ -48,3 +48,44 @@ def test_unknown_task_and_bad_options():
         make_task("lorenz", 1, 5, 3)
     with pytest.raises(ValueError, match="period"):
         make_task("periodic", 1, 5, 3, period=0)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("shared", [True, False])
+def test_x0_fixes_the_start_and_keeps_the_maps(name, shared):
+    """x_0 = x0 (the first cycle point for the periodic families), the rest is f applied, and the
+    seed draws the same maps (the same other cycle points) and the same noise as without x0."""
+    x0 = torch.tensor([0.3, -1.2, 0.5, 2.0]) if shared else torch.randn(3, 4, dtype=torch.float64)
+    free = make_task(name, 3, 12, 4, seed=7)
+    fixed = make_task(name, 3, 12, 4, seed=7, x0=x0.numpy() if shared else x0)
+    assert torch.equal(fixed.x[:, 0], x0.to(torch.float64).expand(3, 4))
+    assert torch.allclose(fixed.f(fixed.x[:, :-1]), fixed.x[:, 1:], rtol=0, atol=1e-12)
+    for key, value in free.params.items():
+        if key == "points":  # c_0 is x0; c_1..c_{P-1} as drawn without it
+            assert torch.equal(fixed.params[key][:, 1:], value[:, 1:])
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(fixed.params[key], value), key
+    again = make_task(name, 3, 12, 4, seed=7, x0=free.x[:, 0])  # the drawn start given back: the same task
+    assert torch.equal(again.x, free.x)
+
+
+def test_x0_with_noise_draws_the_same_noise():
+    clean = make_task("linear", 2, 20, 3, seed=0, noise=0.01)
+    fixed = make_task("linear", 2, 20, 3, seed=0, noise=0.01, x0=clean.x[:, 0])
+    assert torch.equal(fixed.x, clean.x)
+
+
+@pytest.mark.parametrize("x0, error, words", [
+    ([1.0, 2.0], ValueError, "x0 must have shape (d,) = (3,) or (batch, d) = (2, 3), got (2,)"),
+    ([[1.0, 2.0, 3.0]] * 3, ValueError, "got (3, 3)"),
+    ([1.0, float("nan"), 0.0], ValueError, "x0 contains NaN or inf"),
+    ([1.0, float("inf"), 0.0], ValueError, "x0 contains NaN or inf"),
+    ([1 + 1j, 0, 0], TypeError, "x0 must be real, got dtype complex128"),
+    ("abc", TypeError, "x0 must be a numeric array, got str"),
+    ([[1.0, 2.0], [3.0]], TypeError, "x0 must be a numeric array"),
+])
+@pytest.mark.parametrize("name", ["linear", "periodic", "nonlinear"])
+def test_bad_x0_one_line(name, x0, error, words):
+    with pytest.raises(error) as err:
+        make_task(name, 2, 5, 3, x0=x0)
+    assert words in str(err.value) and "\n" not in str(err.value)

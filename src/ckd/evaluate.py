@@ -116,6 +116,9 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     """
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
         raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
+    if cfg.task == "data":  # no family to draw fresh prompts from
+        raise ValueError(f"the run was trained on the sequences of {cfg.data} (task 'data'), not on a task family: "
+                         "there are no fresh prompts to draw; score it on your sequences instead")
     seed = cfg.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")

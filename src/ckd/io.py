@@ -1,5 +1,5 @@
-"""Reading and writing arrays for the CLI: .npy and .csv; every OUT is checked before any work
-and written atomically (``check_output_path``, ``check_output_dir``, ``atomic_write``).
+"""Reading and writing arrays for the CLI: .npy and .csv (and reading a .npz of one array); every
+OUT is checked before any work and written atomically (``check_output_path``, ``check_output_dir``, ``atomic_write``).
 
 Rules for OUT, shared by every command that writes files (predict, forecast, evaluate, train,
 reproduce): OUT is never one of the inputs (same file through a link or another spelling
@@ -25,13 +25,15 @@ SUFFIXES = (".npy", ".csv")
 
 
 def load_array(path: str | os.PathLike, *, complex_ok: bool = False) -> np.ndarray:
-    """Load a real numeric array from ``.npy`` or ``.csv`` (comma-separated, optional header row).
+    """Load a real numeric array from ``.npy``, ``.npz`` (holding exactly one array) or ``.csv``
+    (comma-separated, optional header row).
 
-    A ``.npy`` of any byte order holding bool, integers or floats (float16 to float128) is
-    returned in native byte order; float128 is converted to float64 (values beyond its range
-    refused). ``complex_ok`` (the linear kernel of ``ckd predict``, SPEC §10): a complex ``.npy``
-    (complex64, complex128; complex256 as complex128) is accepted too. Raises ``ValueError`` with
-    a one-line message naming the file for a missing, unreadable or non-numeric file, or another dtype.
+    A ``.npy`` (or the array of a ``.npz``) of any byte order holding bool, integers or floats
+    (float16 to float128) is returned in native byte order; float128 is converted to float64 (values
+    beyond its range refused). ``complex_ok`` (the linear kernel of ``ckd predict``, SPEC §10): a
+    complex array (complex64, complex128; complex256 as complex128) is accepted too. Raises
+    ``ValueError`` with a one-line message naming the file for a missing, unreadable or non-numeric
+    file, or another dtype.
     """
     p = Path(path)
     if not p.exists():
@@ -46,10 +48,26 @@ def load_array(path: str | os.PathLike, *, complex_ok: bool = False) -> np.ndarr
     try:
         arr = np.load(p, allow_pickle=False)
     except Exception as err:
-        raise ValueError(f"{p}: not a readable .npy array ({type(err).__name__}: {err})".splitlines()[0]) from None
+        kind = ".npz archive" if suffix == ".npz" else ".npy array"
+        raise ValueError(f"{p}: not a readable {kind} ({type(err).__name__}: {err})".splitlines()[0]) from None
     if not isinstance(arr, np.ndarray):
-        raise ValueError(f"{p}: holds an archive of arrays, expected one array")
+        arr = _only_array(arr, p)
     return _native_real(arr, p, complex_ok)
+
+
+def _only_array(archive, p: Path) -> np.ndarray:
+    """The one array of a ``.npz`` archive (``np.load``'s ``NpzFile``); one-line errors otherwise."""
+    with archive:
+        names = list(archive.files)
+        if len(names) != 1:
+            listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ValueError(f"{p}: holds {len(names)} arrays{f' ({listed})' if names else ''}, expected exactly one; "
+                             "save the one to use with np.save or np.savez")
+        try:
+            return archive[names[0]]
+        except Exception as err:  # object arrays (pickle refused), a damaged member
+            raise ValueError(f"{p}: array {names[0]!r} is not readable ({type(err).__name__}: {err})"
+                             .splitlines()[0]) from None
 
 
 def _native_real(arr: np.ndarray, p: Path, complex_ok: bool = False) -> np.ndarray:

@@ -4,6 +4,13 @@ Every family returns a ``Task``: the sequences x (B, T, d) and, where it exists,
 map f (applied per sequence to (B, n, d) points), so that oracles and baselines can
 use it. Optional ``noise`` is process noise: x_{t+1} = f(x_t) + noise * eps_t.
 
+Optional ``x0`` ((d,), shared, or (B, d)) fixes the start x_0 of every sequence instead of
+drawing it: for the map families (linear, rotation, gaussian-linear, nonlinear, rotation-tanh)
+x_0 = x0 and x_{t+1} = f(x_t); for the periodic families x0 is the first point c_0 of the
+cycle (x_t = c_{t mod P}, the other P - 1 points drawn). The random draws are the same with
+and without x0 (the default start is drawn and discarded), so a seed gives the same maps f
+(the same c_1..c_{P-1}) and the same noise either way.
+
 Families (``TASKS``):
 
     linear             f(x) = A x, A Haar-orthogonal, x_0 on the unit sphere
@@ -23,6 +30,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,6 +95,29 @@ def rotation_blocks(batch: int, dim: int, g: torch.Generator, dtype=torch.float6
     return q @ blocks @ q.transpose(-1, -2)
 
 
+def start(x0, drawn: Tensor) -> Tensor:
+    """The start x_0 (B, d) of a family: ``drawn`` (B, d), or ``x0`` when given, checked (one-line
+    ``TypeError`` / ``ValueError``): a numeric array of shape (d,) (shared by every sequence) or
+    (B, d), finite, real unless ``drawn`` is complex (the unitary family); returned in ``drawn``'s
+    dtype (float64 or complex128), (B, d)."""
+    if x0 is None:
+        return drawn
+    batch, dim = drawn.shape
+    try:
+        arr = torch.as_tensor(x0.detach().cpu() if isinstance(x0, Tensor) else np.asarray(x0))
+    except Exception:  # ragged lists, strings and the like
+        raise TypeError(f"x0 must be a numeric array, got {type(x0).__name__}") from None
+    if arr.is_complex() and not drawn.is_complex():
+        raise TypeError(f"x0 must be real, got dtype {str(arr.dtype).replace('torch.', '')}")
+    if tuple(arr.shape) not in ((dim,), (batch, dim)):
+        raise ValueError(f"x0 must have shape (d,) = ({dim},) or (batch, d) = ({batch}, {dim}), "
+                         f"got {tuple(arr.shape)}")
+    arr = arr.to(drawn.dtype)
+    if not torch.isfinite(arr).all():
+        raise ValueError("x0 contains NaN or inf")
+    return arr.expand(batch, dim).clone()
+
+
 def linear_map(A: Tensor) -> Map:
     """f(z) = A z per sequence, z (B, n, d)."""
     return lambda z: z @ A.transpose(-1, -2).to(z.dtype)
@@ -104,9 +135,9 @@ def iterate(f: Map, x0: Tensor, length: int, noise: float = 0.0, g: torch.Genera
 
 
 def linear(batch: int, length: int, dim: int, *, kind: str = "orthogonal", scale: float = 1.0,
-           noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64) -> Task:
+           noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64, x0=None) -> Task:
     """x_{t+1} = A x_t with A ``orthogonal`` (Haar), ``rotation`` blocks, or ``gaussian``
-    (scale * G / sqrt(d)); x_0 uniform on the unit sphere."""
+    (scale * G / sqrt(d)); x_0 uniform on the unit sphere, or ``x0`` ((d,) or (B, d))."""
     g = _generator(seed)
     if kind == "orthogonal":
         A = haar_orthogonal(batch, dim, g)
@@ -117,19 +148,20 @@ def linear(batch: int, length: int, dim: int, *, kind: str = "orthogonal", scale
     else:
         raise ValueError(f"unknown linear kind {kind!r}; choose orthogonal, rotation or gaussian")
     f = linear_map(A)
-    x = iterate(f, sphere(batch, 1, dim, g)[:, 0], length, noise, g)
+    x = iterate(f, start(x0, sphere(batch, 1, dim, g)[:, 0]), length, noise, g)
     name = {"orthogonal": "linear", "rotation": "rotation", "gaussian": "gaussian-linear"}[kind]
     return Task(name, x.to(dtype), linear_map(A), {"A": A.to(dtype)})
 
 
 def unitary(batch: int, length: int, dim: int, *, noise: float = 0.0, seed: int | None = 0,
-            dtype: torch.dtype = torch.complex128) -> Task:
-    """x_{t+1} = W x_t, W Haar-unitary (``haar_unitary``), x_0 uniform on the complex unit sphere:
-    the linear class of SPEC §1 in complex form (SPEC §10). Complex: ``dtype`` complex128 or
-    complex64 (float64 / float32 name the precision); ``noise`` is complex Gaussian."""
+            dtype: torch.dtype = torch.complex128, x0=None) -> Task:
+    """x_{t+1} = W x_t, W Haar-unitary (``haar_unitary``), x_0 uniform on the complex unit sphere or
+    ``x0`` ((d,) or (B, d), real or complex): the linear class of SPEC §1 in complex form (SPEC §10).
+    Complex: ``dtype`` complex128 or complex64 (float64 / float32 name the precision); ``noise`` is
+    complex Gaussian."""
     g = _generator(seed)
     W = haar_unitary(batch, dim, g)
-    x = iterate(linear_map(W), complex_sphere(batch, 1, dim, g)[:, 0], length, noise, g)
+    x = iterate(linear_map(W), start(x0, complex_sphere(batch, 1, dim, g)[:, 0]), length, noise, g)
     dtype = complex_of(dtype)
     return Task("unitary", x.to(dtype), linear_map(W), {"W": W.to(dtype)})
 
@@ -147,8 +179,9 @@ def cycle_map(points: Tensor) -> Map:
 
 
 def periodic(batch: int, length: int, dim: int, *, period: int = 5, on: str = "sphere",
-             noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64) -> Task:
-    """x_t = c_{t mod P}: P points on the unit ``sphere`` or ``gaussian`` N(0, I/d)."""
+             noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64, x0=None) -> Task:
+    """x_t = c_{t mod P}: P points on the unit ``sphere`` or ``gaussian`` N(0, I/d); ``x0`` ((d,) or
+    (B, d)), when given, is the first point c_0 (the other points are drawn as without it)."""
     if period < 1:
         raise ValueError(f"period must be >= 1, got {period}")
     g = _generator(seed)
@@ -158,6 +191,7 @@ def periodic(batch: int, length: int, dim: int, *, period: int = 5, on: str = "s
         points = torch.randn(batch, period, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
     else:
         raise ValueError(f"unknown periodic support {on!r}; choose sphere or gaussian")
+    points = torch.cat([start(x0, points[:, 0])[:, None], points[:, 1:]], dim=1)
     f = cycle_map(points)
     x = iterate(f, points[:, 0], length, noise, g)
     name = "periodic" if on == "sphere" else "periodic-gaussian"
@@ -165,10 +199,11 @@ def periodic(batch: int, length: int, dim: int, *, period: int = 5, on: str = "s
 
 
 def nonlinear(batch: int, length: int, dim: int, *, kind: str = "tanh", gain: float = 2.0,
-              noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64) -> Task:
+              noise: float = 0.0, seed: int | None = 0, dtype: torch.dtype = torch.float64, x0=None) -> Task:
     """``tanh``: f(x) = tanh(gain W x), W ~ N(0, 1/d) (a random tanh network, chaotic
     for gain > 1 and large d); ``rotation-tanh``: f(x) = u/|u|, u = tanh(gain A x),
-    A Haar-orthogonal (a rotation followed by a pointwise nonlinearity, on the sphere)."""
+    A Haar-orthogonal (a rotation followed by a pointwise nonlinearity, on the sphere).
+    x_0 uniform on the unit sphere, or ``x0`` ((d,) or (B, d))."""
     g = _generator(seed)
     if kind == "tanh":
         W = torch.randn(batch, dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
@@ -187,7 +222,7 @@ def nonlinear(batch: int, length: int, dim: int, *, kind: str = "tanh", gain: fl
         name, params = "rotation-tanh", {"A": A.to(dtype), "gain": gain}
     else:
         raise ValueError(f"unknown nonlinear kind {kind!r}; choose tanh or rotation-tanh")
-    x = iterate(f, sphere(batch, 1, dim, g)[:, 0], length, noise, g)
+    x = iterate(f, start(x0, sphere(batch, 1, dim, g)[:, 0]), length, noise, g)
     return Task(name, x.to(dtype), f, params)
 
 
@@ -208,7 +243,8 @@ def make_task(name: str, batch: int, length: int, dim: int, **options) -> Task:
     """Build a task family by name (see ``TASKS``); options go to the family.
 
     Sizes (batch, length, dim, period) must be integers >= 1, noise a finite number >= 0, the
-    seed None or an integer in [-2^63, 2^63) (``ckd.validation``): one clear error otherwise."""
+    seed None or an integer in [-2^63, 2^63) (``ckd.validation``), ``x0`` (the start: module doc)
+    None or a finite real (d,) or (batch, d) array: one clear error otherwise."""
     check_choice(name, "task", TASKS)
     batch, length, dim = (check_size(v, n) for v, n in ((batch, "batch"), (length, "length"), (dim, "dim")))
     if "period" in options:

@@ -11,12 +11,26 @@ from ..train import ATTENTIONS, DTYPES, INITS, TOKENS, TrainConfig, train
 DEFAULTS = TrainConfig()
 
 
+class _Default(int):
+    """An int flag's default that ``run`` tells from the same number given on the command line
+    (with --data, --dim and --length left out come from the data)."""
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a Transformer in context (random init or the CKD construction)",
                        description="Train a causal Transformer on fresh prompts of a task family (a new map f "
-                                   "per prompt). Writes DIR/config.json, DIR/metrics.jsonl, DIR/checkpoint.pt. "
+                                   "per prompt), or on windows of your sequences (--data). Writes DIR/config.json, "
+                                   "DIR/metrics.jsonl, DIR/checkpoint.pt. "
                                    "Runs under torchrun --nproc_per_node=K with DistributedDataParallel.")
-    p.add_argument("--task", default=DEFAULTS.task, choices=list(TASKS), help=f"task family (default {DEFAULTS.task})")
+    p.add_argument("--task", default=None, choices=list(TASKS), help=f"task family (default {DEFAULTS.task})")
+    p.add_argument("--data", metavar="SEQS", default=None,
+                   help="train on your sequences instead of a task family: (B, T, d) in a .npy or a .npz of one "
+                        "array, or one (T, d) sequence (.csv); each step draws windows of --length tokens")
+    p.add_argument("--val-data", metavar="V", default=None,
+                   help="with --data: the evaluation sequences (default: hold out --val-fraction of SEQS)")
+    p.add_argument("--val-fraction", metavar="F", type=float, default=None,
+                   help="with --data: evaluate on the last ceil(F B) sequences of SEQS, train on the others "
+                        "(0 < F < 1; default 0.1; a single sequence is evaluated on itself)")
     p.add_argument("--attention", default=DEFAULTS.attention, choices=ATTENTIONS,
                    help=f"attention score function (default {DEFAULTS.attention})")
     p.add_argument("--layers", type=integer(1), default=DEFAULTS.layers, help=f"layers (default {DEFAULTS.layers})")
@@ -32,9 +46,10 @@ def add_parser(sub) -> None:
                    help=f"optimizer steps (default {DEFAULTS.steps})")
     p.add_argument("--batch", type=integer(1), default=DEFAULTS.batch,
                    help=f"prompts per step (default {DEFAULTS.batch})")
-    p.add_argument("--length", type=integer(3), default=DEFAULTS.length,
-                   help=f"tokens per prompt (default {DEFAULTS.length})")
-    p.add_argument("--dim", type=integer(1), default=DEFAULTS.dim, help=f"token dimension d (default {DEFAULTS.dim})")
+    p.add_argument("--length", type=integer(3), default=_Default(DEFAULTS.length),
+                   help=f"tokens per prompt (default {DEFAULTS.length}; with --data: T, whole sequences)")
+    p.add_argument("--dim", type=integer(1), default=_Default(DEFAULTS.dim),
+                   help=f"token dimension d (default {DEFAULTS.dim}; with --data: the data's d)")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help=f"peak AdamW learning rate (default {DEFAULTS.lr})")
     p.add_argument("--warmup", type=integer(0), default=DEFAULTS.warmup,
                    help=f"warm-up steps (default {DEFAULTS.warmup})")
@@ -58,12 +73,25 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    cfg = TrainConfig(task=args.task, attention=args.attention, layers=args.layers, heads=args.heads,
+    data, task, dim, length = None, args.task or DEFAULTS.task, args.dim, args.length
+    if args.data is not None:
+        from ..train.data import load_data
+
+        if args.task is not None:
+            raise ValueError("give --task or --data, not both (a run trains on a task family or on your sequences)")
+        data, task = load_data(args.data, args.val_data, args.val_fraction), "data"
+        dim = data.dim if isinstance(dim, _Default) else dim
+        length = data.length if isinstance(length, _Default) else length
+    elif args.val_data is not None or args.val_fraction is not None:
+        raise ValueError("--val-data and --val-fraction need --data")
+    cfg = TrainConfig(task=task, attention=args.attention, layers=args.layers, heads=args.heads,
                       width=args.width, mlp=args.mlp, layernorm=args.layernorm,
                       init=args.init, tokens=args.tokens, steps=args.steps,
-                      batch=args.batch, length=args.length, dim=args.dim, lr=args.lr, warmup=args.warmup,
+                      batch=args.batch, length=int(length), dim=int(dim), lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, curriculum=args.curriculum, seed=args.seed, dtype=args.dtype,
                       log_every=args.log_every,
-                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
-    train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet)
+                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      **(data.fields if data is not None else {}))
+    train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet,
+          data=data)
     return 0

@@ -23,12 +23,14 @@ DistributedDataParallel (gloo on CPU, nccl on GPU); the global batch is split ov
 the K ranks and only rank 0 writes.
 
 Usage: ``ckd train --task periodic --attention softmax --layers 2 --out runs/p2`` (see
-``docs/training.md``).
+``docs/training.md``); ``ckd train --data SEQS.npy ...`` trains on windows of the user's sequences
+instead (``ckd.train.data``: task "data", the file's SHA-256, shape and dtype in the config).
 
 The package, nanoGPT-style: ``config`` (``TrainConfig`` and what depends on it alone: seeds, prompts,
 loss, ``tune_ckd``, model, memory check, lr schedule), ``checkpoint`` (checkpoints, RNG states, the
-run folder: inspection, lock, ``config.json``, ``metrics.jsonl``) and ``loop`` (DDP setup and the
-training loop, ``train``). Every name is re-exported here: ``from ckd.train import ...`` as before.
+run folder: inspection, lock, ``config.json``, ``metrics.jsonl``), ``data`` (the user's sequences:
+read, split, windows) and ``loop`` (DDP setup and the training loop, ``train``). Every name is
+re-exported here: ``from ckd.train import ...`` as before.
 """
 
 from ..io import atomic_write
@@ -50,6 +52,7 @@ from .checkpoint import (
 )
 from .config import (
     ATTENTIONS,
+    DATA_FIELDS,
     DTYPES,
     EVAL,
     INITS,
@@ -74,11 +77,23 @@ from .config import (
     tune_ckd,
     tuning_prompts,
 )
+from .data import (
+    VAL_FRACTION,
+    Sequences,
+    attach,
+    eval_windows,
+    load_data,
+    read_sequences,
+    train_windows,
+    tune_windows,
+    windows,
+)
 from .loop import Dist, eval_metrics, setup, train
 
 __all__ = [
     "ATTENTIONS",
     "CHECKPOINT_FORMAT",
+    "DATA_FIELDS",
     "DTYPES",
     "EVAL",
     "INITS",
@@ -91,24 +106,30 @@ __all__ = [
     "TRAIN",
     "TUNE",
     "TUNE_SEQUENCES",
+    "VAL_FRACTION",
     "Dist",
     "FolderLock",
+    "Sequences",
     "TrainConfig",
     "atomic_write",
+    "attach",
     "build_model",
     "check_memory",
     "check_model_state",
     "check_resume_state",
     "construction_setting",
     "eval_metrics",
+    "eval_windows",
     "inspect_out",
     "length_at",
     "load_checkpoint",
+    "load_data",
     "load_model",
     "load_states",
     "lr_factor",
     "next_token_loss",
     "read_metrics",
+    "read_sequences",
     "rng_state",
     "sample",
     "save_checkpoint",
@@ -116,8 +137,11 @@ __all__ = [
     "set_rng_state",
     "setup",
     "train",
+    "train_windows",
     "transformer_config",
     "tune_ckd",
+    "tune_windows",
     "tuning_prompts",
+    "windows",
     "write_json",
 ]

@@ -215,7 +215,8 @@ def check_resume_state(state: dict, cfg: TrainConfig, path: Path) -> None:
         old = TrainConfig.from_dict(state["config"])
     except (ValueError, TypeError) as err:
         raise _field(path, "config", f"is not a run config ({err})") from None
-    old, new = asdict(old), asdict(cfg)  # older runs: missing fields default
+    # older runs: missing fields default; the data files' paths may change (their SHA-256 may not)
+    old, new = ({k: v for k, v in asdict(c).items() if k not in ("data", "val_data")} for c in (old, cfg))
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         raise ValueError(f"--resume: {path.parent} was trained with a different config ({'; '.join(diff)}); "

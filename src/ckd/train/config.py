@@ -5,6 +5,7 @@ and the lr schedule."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, fields
 
@@ -32,13 +33,27 @@ PARAM_GRID = {"softmax": ("beta", (1.0, 4.0, 16.0, 64.0)), "exp": ("beta", (0.5,
               "gaussian": ("sigma", (0.25, 0.5, 1.0, 2.0)), "linear": (None, (None,))}
 STEP_FACTORS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 1.9)
 TUNE_SEQUENCES = 64
+DATA_FIELDS = ("data", "data_sha256", "data_shape", "data_dtype", "val_data", "val_sha256", "val_shape", "val_dtype",
+               "val_fraction")  # a run on the user's sequences (ckd.train.data); None for a task family
+HEX64 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run (``--resume`` refuses a different one)."""
 
-    task: str = "periodic"
+    task: str = "periodic"  # a family of ckd.sequences.TASKS, or "data": the sequences of the file `data`
+    # --data / --val-data / --val-fraction (ckd.train.data): the files' paths as given (not part of a run's
+    # identity: --resume compares the SHA-256), SHA-256, shape and dtype as stored; the held-out fraction
+    data: str | None = None
+    data_sha256: str | None = None
+    data_shape: list[int] | None = None
+    data_dtype: str | None = None
+    val_data: str | None = None
+    val_sha256: str | None = None
+    val_shape: list[int] | None = None
+    val_dtype: str | None = None
+    val_fraction: float | None = None
     attention: str = "softmax"
     layers: int = 2
     heads: int | None = None  # None: 2 (the construction's two heads)
@@ -70,7 +85,7 @@ class TrainConfig:
             if getattr(self, name) not in options:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(options)}")
 
-        choice("task", tuple(TASKS))
+        choice("task", (*TASKS, "data"))
         if self.task in COMPLEX_TASKS:
             raise ValueError(f"task {self.task!r} is complex: training and evaluation run on real sequences; "
                              "use ckd.predict with the linear kernel on it")
@@ -95,11 +110,38 @@ class TrainConfig:
         check_number(self.min_lr, "min_lr", minimum=0.0)
         check_number(self.weight_decay, "weight_decay", minimum=0.0)
         check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
+        self._validate_data()
         if self.init == "construction" and (self.heads is not None or self.width is not None or self.mlp
                                             or self.layernorm):
             raise ValueError("--init construction fixes the architecture (2 heads, its own width, no MLP, "
                              "no LayerNorm); drop --heads/--width/--mlp/--layernorm")
         return self
+
+    def _validate_data(self) -> None:
+        """The data fields: all None for a task family; for task "data", the path and well-formed records."""
+        if self.task != "data":
+            given = [k for k in DATA_FIELDS if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{given[0]} is set: it needs task 'data' (a run trains on a task family or on "
+                                 "a data file, not both)")
+            return
+        for name in ("data", "val_data", "data_dtype", "val_dtype", "data_sha256", "val_sha256"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or
+                                      (name.endswith("sha256") and not HEX64.fullmatch(value))):
+                raise ValueError(f"{name} must be {'64 hex digits' if 'sha' in name else 'a string'}, got {value!r}")
+        if self.data is None:
+            raise ValueError("task 'data' needs data: the path of the training sequences (ckd train --data FILE)")
+        for name in ("data_shape", "val_shape"):
+            shape = getattr(self, name)
+            if shape is not None and not (isinstance(shape, (list, tuple)) and len(shape) in (2, 3) and all(
+                    not isinstance(n, bool) and isinstance(n, int) and 1 <= n <= MAX_INT for n in shape)):
+                raise ValueError(f"{name} must be a list of 2 or 3 sizes (T, d) or (B, T, d), got {shape!r}")
+        if self.val_fraction is not None:
+            if self.val_data is not None:
+                raise ValueError("give val_data or val_fraction, not both")
+            if check_number(self.val_fraction, "val_fraction", minimum=0.0, strict=True) >= 1:
+                raise ValueError(f"val_fraction must be < 1, got {self.val_fraction!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -180,9 +222,10 @@ def tuning_prompts(cfg: TrainConfig, seed: int | None = None) -> Tensor:
     return make_task(cfg.task, TUNE_SEQUENCES, cfg.length, cfg.dim, seed=seed_for(seed, TUNE)).x
 
 
-def construction_setting(cfg: TrainConfig) -> dict:
-    """CKD setting the construction runs: ``tune_ckd`` at depth ``cfg.layers`` on ``tuning_prompts``."""
-    return tune_ckd(tuning_prompts(cfg), cfg.attention, [cfg.layers])[cfg.layers]
+def construction_setting(cfg: TrainConfig, x: Tensor | None = None) -> dict:
+    """CKD setting the construction runs: ``tune_ckd`` at depth ``cfg.layers`` on ``x`` (default
+    ``tuning_prompts``; a data run passes its tuning windows, ``ckd.train.data.tune_windows``)."""
+    return tune_ckd(tuning_prompts(cfg) if x is None else x, cfg.attention, [cfg.layers])[cfg.layers]
 
 
 # --------------------------------------------------------------------------- model
@@ -226,16 +269,19 @@ def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: in
     Floor of the bytes (``ckd.transformer.memory_bytes``): the model with gradients and AdamW
     moments and a batch's activations (``training``; else the model and one forward of ``batch``
     prompts), the prompts and their maps f ((B, d, d) for the linear and nonlinear families),
-    the held-out prompts, and the construction's tuning matrices (64 T^2)."""
+    the held-out prompts, the construction's tuning matrices (64 T^2), and on CPU the sequences
+    of a data run (``data_shape``, ``val_shape``)."""
     from ..transformer import memory_bytes
 
     item = 8 if cfg.dtype == "float64" else 4
     T, d = cfg.length, cfg.dim
     B = (cfg.batch // world) if batch is None else batch
     model = memory_bytes(transformer_config(cfg), B, T, item, training=training)
-    maps = 3 * d * d * 8 if cfg.task not in ("periodic", "periodic-gaussian") else 0
+    maps = 3 * d * d * 8 if cfg.task not in ("periodic", "periodic-gaussian", "data") else 0
     data = max(B, cfg.eval_batch if training else 0) * (T * d * 8 * 2 + maps)
     tune = TUNE_SEQUENCES * T * T * 8 * 3 if (training and cfg.init == "construction") else 0
+    if training and torch.device(device).type == "cpu":  # a data run holds its sequences (float64) in memory
+        data += 8 * sum(math.prod(s) for s in (cfg.data_shape, cfg.val_shape) if s)
     what = (f"training (layers {cfg.layers}, width {transformer_config(cfg).d_model}, batch {B}, length {T}, dim {d})"
             if training else f"the model of layers {cfg.layers}, dim {d}, length {T}")
     check_fits(model + data + tune, what, "use smaller --layers, --width, --heads, --batch, --length or --dim"

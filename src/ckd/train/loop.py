@@ -44,6 +44,7 @@ from .config import (
     next_token_loss,
     sample,
 )
+from .data import Sequences, attach, eval_windows, train_windows, tune_windows
 
 
 @torch.no_grad()
@@ -96,8 +97,12 @@ def setup(device: str) -> Dist:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
-          stop_after: int | None = None, progress: bool = True) -> list[dict]:
+          stop_after: int | None = None, progress: bool = True, data: Sequences | None = None) -> list[dict]:
     """Run (or resume) training; returns the metrics records of this run (all steps so far).
+
+    Task ``"data"`` trains on the sequences of the file ``cfg.data`` (``ckd.train.data``): ``data``
+    (from ``load_data``) when already read, else read here; the file's SHA-256, shape and dtype fill
+    the config's fields (a field already set to another value is refused).
 
     ``stop_after``: stop once ``stop_after`` updates are done, leaving a checkpoint that
     ``resume=True`` continues exactly (the schedule still spans ``cfg.steps``).
@@ -111,14 +116,19 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
                                    or not 0 <= stop_after <= MAX_INT):
         raise ValueError(f"--stop-after must be an integer >= 0, got {stop_after!r}")
     out = Path(out)
+    if cfg.task == "data":  # the user's sequences: read and checked before anything is created
+        cfg, data = attach(cfg, data)
+    elif data is not None:
+        raise ValueError(f"data= needs task 'data', got task {cfg.task!r}")
     d = setup(device)
     if cfg.batch % d.world:
         raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes {d.world}")
     check_memory(cfg, d.device, d.world)
     fresh = inspect_out(out, resume)
     setting = None
+    tune = tune_windows(cfg, data) if data is not None and cfg.init == "construction" else None
     if fresh and d.main and cfg.init == "construction":  # before creating anything: it can fail
-        setting = construction_setting(cfg)
+        setting = construction_setting(cfg, tune)
     created = False
     if d.main and not out.exists():
         try:
@@ -128,7 +138,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
             pass
     with FolderLock(out) if d.main else contextlib.nullcontext():  # refused: another run owns the folder
         try:
-            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting)
+            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting, data, tune)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # nothing was written: leave no folder behind
@@ -136,7 +146,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
 
 
 def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: bool, stop_after: int | None,
-                  progress: bool, setting: dict | None) -> list[dict]:
+                  progress: bool, setting: dict | None, data: Sequences | None, tune: Tensor | None) -> list[dict]:
     """``train`` once the folder is checked and locked."""
     if inspect_out(out, resume) != fresh:  # another run changed the folder before the lock
         raise ValueError(f"{out}: changed by another ckd train while this one started; choose another --out")
@@ -149,7 +159,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
         if stop_after is not None and stop_after < state["step"]:
             raise ValueError(f"--stop-after {stop_after} is before the checkpoint's step {state['step']}")
     elif cfg.init == "construction" and setting is None:  # other ranks
-        setting = construction_setting(cfg)
+        setting = construction_setting(cfg, tune)
     if d.world > 1:
         dist.barrier()  # every rank has checked DIR before rank 0 writes into it
     dtype = DTYPES[cfg.dtype]
@@ -174,7 +184,13 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     if d.main:
         write_json(out / "config.json", {**asdict(cfg), "setting": setting})
         atomic_write(metrics_path, lambda fh: fh.writelines((json.dumps(r) + "\n").encode() for r in records))
-    x_eval = sample(cfg, cfg.eval_batch, EVAL).to(d.device, dtype) if d.main else None
+
+    def draw(batch: int, *stream: int) -> Tensor:  # prompts of the task family, or windows of the data
+        return sample(cfg, batch, *stream) if data is None else train_windows(cfg, data, batch, *stream)
+
+    x_eval = None
+    if d.main:  # the fixed held-out prompts (the held-out windows of a data run)
+        x_eval = (sample(cfg, cfg.eval_batch, EVAL) if data is None else eval_windows(cfg, data)).to(d.device, dtype)
     saved = start if state else None  # step of the checkpoint on disk
 
     def diverged(step: int, what: str) -> FloatingPointError:
@@ -224,7 +240,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file:
         for step in range(start, end):
             # the loss logged at `step` is measured on fresh prompts after `step` updates
-            x = sample(cfg, cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
+            x = draw(cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
             x = x.to(d.device, dtype)
             loss = next_token_loss(net(x), x)
             log(step, loss)  # stops at a non-finite loss
@@ -241,7 +257,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3g}")
         if end == cfg.steps:  # the final model, measured on fresh prompts too
-            x = sample(cfg, cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
+            x = draw(cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
             with torch.no_grad():
                 log(end, next_token_loss(model(x), x))
         checkpoint(end)
