@@ -11,13 +11,14 @@ its mode; a failure leaves no OUT and no temp file.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ SUFFIXES = (".npy", ".csv")
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
-    """Load a real numeric array from ``.npy`` or ``.csv`` (comma-separated, optional header row).
+    """Load a real numeric array from ``.npy``, ``.npz`` holding one array, or ``.csv``
+    (comma-separated, optional header row).
 
     A ``.npy`` of any byte order holding bool, integers or floats (float16 to float128) is
     returned in native byte order; float128 is converted to float64 (values beyond its range
@@ -46,6 +48,17 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         arr = np.load(p, allow_pickle=False)
     except Exception as err:
         raise ValueError(f"{p}: not a readable .npy array ({type(err).__name__}: {err})".splitlines()[0]) from None
+    if isinstance(arr, np.lib.npyio.NpzFile):  # .npz: exactly one array
+        with arr:
+            names = arr.files
+            if len(names) != 1:
+                raise ValueError(f"{p}: holds {len(names)} arrays ({', '.join(names[:3])}"
+                                 f"{', ...' if len(names) > 3 else ''}); expected one array")
+            try:
+                arr = arr[names[0]]
+            except Exception as err:
+                raise ValueError(f"{p}: array {names[0]!r} is not readable ({type(err).__name__}: {err})"
+                                 .splitlines()[0]) from None
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"{p}: holds an archive of arrays, expected one array")
     return _native_real(arr, p)
@@ -212,3 +225,23 @@ def save_array(path: str | os.PathLike, arr: np.ndarray) -> None:
         atomic_write(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt="%.17g"))
     else:
         atomic_write(path, lambda fh: np.save(fh, arr))
+
+
+def jsonable(value: Any, digits: int = 6) -> Any:
+    """Tensors, arrays and numpy scalars as lists/floats rounded to ``digits`` significant
+    digits; non-finite floats as None (for ``json.dumps``; no matplotlib or torch import needed)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), digits)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, digits) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (np.floating, float)):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
