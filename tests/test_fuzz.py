@@ -1,4 +1,5 @@
-"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` (``--data`` too) and ``evaluate``
+"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` (``--data`` too), ``evaluate``
+and ``compare``
 on generated inputs -- arrays of random shapes, dtypes, magnitudes and NaN/inf positions, CSV
 texts, flag values. Every run either exits 0 with finite output of the promised shape, or exits 2
 with exactly one stderr line ``ckd: error: ...``; never a traceback (an exception escaping
@@ -12,6 +13,7 @@ after an error.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -258,6 +260,50 @@ def test_fuzz_evaluate(checkpoint, sequences, seed, out, tmp_path, capsys):
     argv = ["evaluate", str(checkpoint), "--sequences", sequences] + (["--seed", seed] if seed else [])
     argv += ["--out", str(folder / "eval")] if out else []
     _check(argv, folder, capsys, None, None, "evaluate")
+
+
+COMPARE_STEPS = NUM + (["fit", "fit-per-row"] if importlib.util.find_spec("ckd.descent.fit") else [])
+
+
+@settings(max_examples=25 * LONG, **FUZZ)
+@given(data=st.one_of(good_arrays(), good_arrays(), arrays()), pred=st.sampled_from(["copy", "noisy", "zero", "short",
+                                                                                      "nan", "self"]),
+       existing=st.sampled_from([None, None, "foreign", "ours"]), flags=st.fixed_dictionaries({}, optional={
+           "--kernel": st.sampled_from(["linear", "exp", "softmax", "gaussian", "cosine"]),
+           "--depth": st.sampled_from(["1", "0,inf", "1,4,16,inf", "2,2", "x", "", "inf", "-1"]),
+           "--step": st.sampled_from(COMPARE_STEPS), "--ridge": st.sampled_from(NUM), "--beta": st.sampled_from(NUM)}))
+def test_fuzz_compare(data, pred, existing, flags, tmp_path, capsys):
+    """``ckd compare PRED --data SEQS --out DIR``: DIR holds only compare.* after success, nothing after an error,
+    and a compare.json it did not write is never replaced."""
+    folder = _fresh(tmp_path)
+    seqs = _write_input(folder, data, ".npy")
+    q = data
+    with np.errstate(all="ignore"):
+        if data.dtype.kind == "f" and pred == "noisy":
+            q = data + np.random.default_rng(0).normal(size=data.shape).astype(data.dtype)
+        elif data.dtype.kind == "f" and pred == "zero":
+            q = np.zeros_like(data)
+        elif pred == "short" and data.ndim >= 2:
+            q = data[..., :-1, :]
+        elif data.dtype.kind == "f" and pred == "nan" and data.size:
+            q = data.copy()
+            q.reshape(-1)[0] = np.nan
+    path = folder / "pred.npy"
+    np.save(path, q)
+    out = folder / "cmp"
+    if existing:
+        out.mkdir()
+        mark = '{"format": "ckd-compare-1"}' if existing == "ours" else '{"theirs": 1}'
+        (out / "compare.json").write_text(mark)
+    argv = ["compare", str(seqs if pred == "self" else path), "--data", str(seqs), "--out", str(out)]
+    rc = _check(argv + [a for kv in flags.items() for a in kv], folder, capsys, None, None, "compare")
+    if existing == "foreign":
+        assert rc == 2 and (out / "compare.json").read_text() == '{"theirs": 1}'
+    elif rc == 2:
+        assert not out.exists() or sorted(p.name for p in out.iterdir()) == ["compare.json"]
+    else:
+        assert {p.name for p in out.iterdir()} <= {"compare.json", "compare.md", "compare.png"}
+        assert json.loads((out / "compare.json").read_text())["format"] == "ckd-compare-1"
 
 
 def test_fuzz_counts_are_reported():

@@ -6,6 +6,7 @@ Prediction* (ICLR 2025, arXiv 2410.03011). See ``SPEC.md`` and the README.
 """
 
 from .api import predict
+from .compare import compare
 from .descent import StabilityWarning, continuous_depth, descend, finite_depth, infinite_depth
 from .kernels import KERNELS, CausalMatrices, causal_matrices, kernel_matrix
 from .metrics import next_token_error
@@ -22,6 +23,7 @@ __all__ = [
     "Streaming",
     "Task",
     "causal_matrices",
+    "compare",
     "continuous_depth",
     "descend",
     "finite_depth",
@@ -34,9 +36,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``ckd.pretrained`` (the model zoo) without ``import ckd.pretrained``: loaded on first use."""
-    if name == "pretrained":
+    """``ckd.pretrained`` (the model zoo), ``ckd.evaluate`` (a module, callable as its function ``evaluate``)
+    and ``ckd.inspect`` without importing them first: loaded on first use (they need the training code)."""
+    if name in ("pretrained", "evaluate", "inspect"):
         import importlib
 
-        return importlib.import_module(".pretrained", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import warnings
 from .validation import MAX_INT  # noqa: F401 - every integer flag fits a torch int64 / numpy seed
 
 # Subcommands in the order ``ckd --help`` lists them.
-COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "forecast", "zoo"]
+COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "compare", "forecast", "zoo"]
 
 
 def integer(minimum: int = 0, maximum: int = MAX_INT):

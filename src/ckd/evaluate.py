@@ -24,12 +24,26 @@ depth-L setting); on the test prompts we report
 
 A constructed model holds p_l in a slot (probe_to_ckd ~ 1e-30 in float64); a model
 trained from random init need not. Depth 0 has p_0 = 0: probe_to_ckd is NaN there.
+
+Any model, any data (``evaluate(model, data=x)``): ``model`` may also be any callable
+(B, T, d) -> (B, T, d) (a torch module or a function on tensors), scored on the user's sequences x
+against CKD at its depth (``depth=``, default the model's layers) and at depth inf with its kernel
+(``kernel=``, default the model's attention) and the baselines. User sequences come without their
+map f: there is no oracle. CKD's kernel parameter and step, and the probe's read-outs (a
+``CausalTransformer`` only), are chosen on ``tune_data`` when given, else on x itself (in-sample;
+the report says which).
+
+``ckd.evaluate`` is this module and is also callable as its function ``evaluate``:
+``ckd.evaluate(model, data=x, kernel="linear", depth=1)``; ``from ckd.evaluate import ...`` keeps working.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import sys
+import types
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +56,8 @@ from .descent import StabilityWarning, descend
 from .metrics import next_token_error
 from .sequences import make_task
 from .train import TEST, TrainConfig, load_model, next_token_loss, seed_for, tune_ckd, tuning_prompts
+from .transformer import CausalTransformer, memory_bytes
+from .validation import as_batch, check_fits, check_int, check_kernel
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
 PROBE = 4  # seed stream of the probe's fitting prompts
@@ -50,8 +66,13 @@ PROBE = 4  # seed stream of the probe's fitting prompts
 def ckd_settings(cfg: TrainConfig, x_tune: Tensor, layers: tuple[int, ...] = ()) -> dict[str, dict]:
     """CKD settings chosen on ``x_tune``: at depth ``cfg.layers`` (and each of ``layers``), at the best
     depth of ``DEPTHS``, and at depth inf."""
-    at = sorted({cfg.layers, *layers})
-    tuned = tune_ckd(x_tune, cfg.attention, sorted({*DEPTHS, *at}) + ["inf"])
+    return settings_for(cfg.attention, cfg.layers, x_tune, layers)
+
+
+def settings_for(kernel: str, depth: int, x_tune: Tensor, layers: tuple[int, ...] = ()) -> dict[str, dict]:
+    """``ckd_settings`` for a kernel and a depth."""
+    at = sorted({depth, *layers})
+    tuned = tune_ckd(x_tune, kernel, sorted({*DEPTHS, *at}) + ["inf"])
     best = min((tuned[n] for n in DEPTHS), key=lambda s: s["loss"])
     return {**{f"ckd depth {n}": tuned[n] for n in at}, f"ckd depth {best['depth']} (best)": best,
             "ckd depth inf": tuned["inf"]}
@@ -143,8 +164,6 @@ def check_memory(cfg: TrainConfig, sequences: int) -> None:
     kernel matrices of CKD and the kernel baselines (4 at once, float64) and the model's residual
     streams of every layer on the test and probe prompts."""
     from .train import transformer_config
-    from .transformer import memory_bytes
-    from .validation import check_fits
 
     T = cfg.length
     need = 4 * sequences * T * T * 8 + 2 * memory_bytes(transformer_config(cfg), sequences, T, 8, hidden=True)
@@ -162,14 +181,107 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, ref: dict) -> dict:
                 probe=probe(model, ref["x_fit"], ref["x"], ref["settings"][f"ckd depth {cfg.layers}"]))
 
 
-def evaluate(checkpoint: str | os.PathLike, *, sequences: int = 64, seed: int | None = None) -> dict:
-    """Errors vs t of the trained model, CKD and the baselines on fresh prompts, and the probe.
+def evaluate(model, *, data=None, sequences: int | None = None, seed: int | None = None, kernel: str | None = None,
+             depth: int | None = None, tune_data=None) -> dict:
+    """Errors vs t of a model, CKD and the baselines, and the probe.
+
+    model: the ``checkpoint.pt`` of a ``ckd train`` run (a path), or any callable (B, T, d) -> (B, T, d)
+    (a torch module, run in its own dtype and in eval mode, or a function on tensors).
+    data: sequences (B, T, d) or (T, d) to score on (array or tensor; needed for a callable); None: fresh
+    prompts of the run's task (``sequences``, default 64, and ``seed``, default the run's).
+    kernel, depth: the CKD compared with (default: the model's attention and layers, for a checkpoint or a
+    ``CausalTransformer``); tune_data: sequences on which CKD's settings and the probe are fitted (default: data).
 
     Returns {"config", "step", "t", "errors": {method: (B, T-1) tensor}, "summary": {method: {...}},
-    "settings": {ckd method: setting}, "probe": [...], "sequences", "seed"}. ``seed`` defaults to the run's seed.
+    "settings": {ckd method: setting}, "probe": [...], "sequences", "seed"}; with data also "data" (its shape,
+    what CKD was tuned on), "model" (the model's key in errors), "kernel" and "depth"; no oracle then.
     """
-    cfg, model, state = load_model(checkpoint)
-    return evaluate_trained(model, cfg, int(state["step"]), sequences=sequences, seed=seed)
+    own = [name for name, v in (("sequences", sequences), ("seed", seed)) if v is not None]
+    if isinstance(model, (str, os.PathLike)):
+        cfg, net, state = load_model(model)
+        if data is None:
+            extra = [n for n, v in (("kernel", kernel), ("depth", depth), ("tune_data", tune_data)) if v is not None]
+            if extra:
+                raise ValueError(f"{extra[0]} applies with data= (the user's sequences); drop it or give data")
+            return evaluate_trained(net, cfg, int(state["step"]), sequences=64 if sequences is None else sequences,
+                                    seed=seed)
+        model, config, step = net, asdict(cfg), int(state["step"])
+    elif callable(model):
+        if data is None:
+            raise ValueError("a model that is not a ckd train checkpoint needs data=: the sequences (B, T, d) "
+                             "to score it on")
+        config, step = None, None
+    else:
+        raise TypeError(f"model must be a checkpoint path or a callable (B, T, d) -> (B, T, d), got "
+                        f"{type(model).__name__}")
+    if own:
+        raise ValueError(f"{own[0]} draws ckd's own prompts; it does not apply with data=")
+    return evaluate_on(model, data, kernel=kernel, depth=depth, tune_data=tune_data, config=config, step=step)
+
+
+def evaluate_on(model, data, *, kernel: str | None = None, depth: int | None = None, tune_data=None,
+                config: dict | None = None, step: int | None = None) -> dict:
+    """``evaluate`` on the user's sequences ``data`` (module doc): the model, CKD at ``depth`` (and the best
+    depth, and depth inf) with ``kernel``, and the baselines; the probe for a ``CausalTransformer``."""
+    x, _ = as_batch(data, torch.float64, "data")
+    B, T, d = x.shape
+    if T < 3:
+        raise ValueError(f"data needs sequences of at least 3 tokens (errors are scored on t = 1..T-2), got T = {T}")
+    x_fit = x if tune_data is None else as_batch(tune_data, torch.float64, "tune_data")[0].to(x.device)
+    if x_fit.shape[-1] != d or x_fit.shape[1] < 3:
+        raise ValueError(f"tune_data must hold sequences of dimension {d} and at least 3 tokens, got shape "
+                         f"{tuple(x_fit.shape)}")
+    net = copy.deepcopy(model).double().eval() if isinstance(model, CausalTransformer) else None
+    own = ((config["attention"], config["layers"]) if config is not None else
+           (net.config.attention, net.config.n_layers) if net is not None else (None, None))
+    kernel, depth = own[0] if kernel is None else kernel, own[1] if depth is None else depth
+    if kernel is None or depth is None:
+        raise ValueError("give kernel= and depth=: the CKD to compare this model with (e.g. kernel='linear', depth=1)")
+    kernel, depth = check_kernel(kernel), check_int(depth, "depth", minimum=1)
+    need = 4 * max(B * T, x_fit.shape[0] * x_fit.shape[1]) * T * 8
+    if net is not None:
+        need += 2 * memory_bytes(net.config, max(B, x_fit.shape[0]), T, 8, hidden=True)
+    check_fits(need, f"evaluating on {B} sequences of length {T}", "use fewer or shorter sequences")
+    settings = settings_for(kernel, depth, x_fit)
+    name = "transformer" if net is not None else "model"
+    preds = {name: model_predictions(net if net is not None else model, x)}
+    preds |= {n: run_ckd(x, s) for n, s in settings.items()}
+    preds |= {n: fn(x) for n, fn in BASELINES.items()}
+    errors = {n: next_token_error(p, x) for n, p in preds.items()}
+    rows = probe(net, x_fit, x, settings[f"ckd depth {depth}"]) if net is not None else []
+    return dict(config=config, step=step, t=list(range(T - 1)), errors=errors,
+                summary={n: summarize(errors[n], p, x) for n, p in preds.items()}, settings=settings, probe=rows,
+                sequences=B, seed=None, model=name, kernel=kernel, depth=depth,
+                data=dict(shape=list(x.shape), tuned_on="data" if tune_data is None else
+                          f"tune_data ({x_fit.shape[0]} sequences)"))
+
+
+def model_predictions(model, x: Tensor) -> Tensor:
+    """model(x) as float64 on x's device, under ``no_grad``; a torch module runs in its own dtype and
+    device, in eval mode (its mode is restored). One-line error for a wrong shape or non-finite values."""
+    with torch.no_grad():
+        if isinstance(model, torch.nn.Module):
+            first = next((p for p in model.parameters() if p.is_floating_point()), None)
+            was = model.training
+            model.eval()
+            try:
+                out = model(x if first is None else x.to(first.device, first.dtype))
+            finally:
+                model.train(was)
+        else:
+            out = model(x.clone())  # the function cannot alter the sequences scored afterwards
+    if not isinstance(out, Tensor):
+        try:
+            out = torch.as_tensor(out)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"the model returned {type(out).__name__}, not an array of predictions") from None
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"the model returned shape {tuple(out.shape)} for sequences of shape {tuple(x.shape)}; "
+                         "it must return (B, T, d), row t predicting x_{t+1}")
+    out = out.detach().to(x.device, torch.float64)
+    if not torch.isfinite(out).all():
+        raise ValueError("the model's predictions contain NaN or inf")
+    return out
 
 
 def evaluate_trained(model: torch.nn.Module, cfg: TrainConfig, step: int, *, sequences: int = 64,
@@ -183,14 +295,36 @@ def evaluate_trained(model: torch.nn.Module, cfg: TrainConfig, step: int, *, seq
                 probe=mine["probe"], sequences=ref["sequences"], seed=ref["seed"])
 
 
+def title(result: dict) -> str:
+    """One line: the model and the sequences of ``evaluate``'s result."""
+    c = result["config"]
+    model = (f"{c['task']} / {c['attention']} attention / {c['layers']} layers / init {c['init']} / "
+             f"step {result['step']}" if c is not None else f"{result['model']} (CKD kernel {result['kernel']}, "
+             f"depth {result['depth']})")
+    if "data" not in result:
+        return f"{model}: {result['sequences']} fresh prompts, T = {c['length']}, d = {c['dim']}"
+    _, T, d = result["data"]["shape"]
+    return f"{model}: {result['sequences']} given sequences, T = {T}, d = {d}"
+
+
+def notes(result: dict) -> list[str]:
+    """What differs on the user's sequences: no oracle, where CKD's settings were chosen."""
+    if "data" not in result:
+        return []
+    where = ("on these same sequences (in-sample)"
+             if result["data"]["tuned_on"] == "data" else f"on {result['data']['tuned_on']}")
+    return ["no oracle: the given sequences come without their map f",
+            f"CKD's kernel parameter and step{' and the probe read-outs' if result['probe'] else ''} chosen {where}"]
+
+
 def report(result: dict) -> str:
     """A plain-text table of ``evaluate``'s summary and probe."""
-    c = result["config"]
-    lines = [f"{c['task']} / {c['attention']} attention / {c['layers']} layers / init {c['init']} / "
-             f"step {result['step']}: {result['sequences']} fresh prompts, T = {c['length']}, d = {c['dim']}",
+    lines = [title(result), *notes(result),
              "", f"{'method':<22}{'mse (t>=1)':>12}{'med err t=T/2':>15}{'med err last':>14}"]
     for name, s in sorted(result["summary"].items(), key=lambda kv: kv[1]["mse"]):
         lines.append(f"{name:<22}{s['mse']:>12.3e}{s['median_err_mid']:>15.3e}{s['median_err_last']:>14.3e}")
+    if not result["probe"]:
+        return "\n".join(lines)
     lines += ["", "probe: least-squares read-out of each residual stream vs CKD after that many layers",
               f"{'hidden':<22}{'ckd depth':>10}{'probe mse':>12}{'ckd mse':>12}{'ckd read-out rel err':>22}"
               f"{'from embedding':>16}"]
@@ -204,17 +338,22 @@ def plot(result: dict, out: Path, name: str = "evaluation") -> list[Path]:
     """Error vs t (median and quartiles) of every method, and the probe, as out/name.png/.pdf."""
     from .experiments.plotting import band, figure, log_axes, save_figure
 
-    fig, (ax, axp) = figure(1, 2, width=4.6)
-    shown = ["transformer", *[k for k in result["errors"] if k.startswith("ckd")], "last", "ols", "krr",
-             "analogues", "oracle"]
-    for name_ in shown:
+    mine = result.get("model", "transformer")
+    fig, axes = figure(1, 2 if result["probe"] else 1, width=4.6)
+    ax, axp = (axes[0], axes[1]) if result["probe"] else (axes, None)
+    shown = [mine, *[k for k in result["errors"] if k.startswith("ckd")], "last", "ols", "krr", "analogues", "oracle"]
+    for name_ in (k for k in shown if k in result["errors"]):
         band(ax, result["t"][1:], result["errors"][name_][:, 1:], label=name_,
-             linestyle="-" if name_ == "transformer" or name_.startswith("ckd") else ":")
+             linestyle="-" if name_ == mine or name_.startswith("ckd") else ":")
     log_axes(ax)
     c = result["config"]
-    ax.set(xlabel="t", ylabel="|prediction - x_{t+1}|", title=f"{c['task']}, {c['attention']}, L={c['layers']}, "
-           f"init {c['init']} ({result['sequences']} prompts)")
+    head = (f"{c['task']}, {c['attention']}, L={c['layers']}, init {c['init']}" if c else
+            f"{mine}, CKD {result['kernel']}")
+    ax.set(xlabel="t", ylabel="|prediction - x_{t+1}|",
+           title=f"{head} ({result['sequences']} {'given sequences' if 'data' in result else 'prompts'})")
     ax.legend(ncol=2)
+    if axp is None:
+        return save_figure(fig, out, name)
     depths = [r["ckd_depth"] for r in result["probe"]]
     labels = [r["hidden"].replace("previous-token layer", "prev") for r in result["probe"]]
     axp.plot(range(len(depths)), [r["probe_mse"] for r in result["probe"]], "o-", label="read-out mse")
@@ -234,3 +373,13 @@ def save(result: dict, out: Path) -> list[Path]:
     data = {k: v for k, v in result.items() if k != "errors"}
     data["errors"] = {k: quantiles(e) for k, e in result["errors"].items()}
     return [save_json(out, "evaluation", data), *plot(result, out)]
+
+
+class _CallableModule(types.ModuleType):
+    """``ckd.evaluate`` is this module; calling it calls its function ``evaluate`` (module doc)."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -11,13 +11,14 @@ its mode; a failure leaves no OUT and no temp file.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -235,3 +236,23 @@ def save_array(path: str | os.PathLike, arr: np.ndarray) -> None:
         atomic_write(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt="%.17g"))
     else:
         atomic_write(path, lambda fh: np.save(fh, arr))
+
+
+def jsonable(value: Any, digits: int = 6) -> Any:
+    """Tensors, arrays and numpy scalars as lists/floats rounded to ``digits`` significant
+    digits; non-finite floats as None (for ``json.dumps``; no matplotlib or torch import needed)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), digits)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, digits) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (np.floating, float)):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from ..cli import integer
@@ -18,13 +19,17 @@ def add_parser(sub) -> None:
     p.add_argument("--pretrained", metavar="NAME", default=None,
                    help="a model of the zoo instead of CHECKPOINT (ckd zoo list)")
     p.add_argument("--out", metavar="DIR", default=None, help="write DIR/evaluation.json, .png and .pdf")
-    p.add_argument("--sequences", type=integer(2), default=64, help="fresh prompts (default 64)")
+    p.add_argument("--data", metavar="SEQS", default=None,
+                   help="score on these sequences (B, T, d) (.npy, .npz with one array, .csv) instead of fresh prompts "
+                        "of the run's task (no oracle then; CKD's settings are chosen on them)")
+    p.add_argument("--sequences", type=integer(2), default=None, help="fresh prompts (default 64)")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the fresh prompts (default: the run's seed)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate, report, save
+    from ..evaluate import evaluate, evaluate_on, report, save
+    from ..io import load_array
     from .reproduce import require_matplotlib
 
     if (args.checkpoint is None) == (args.pretrained is None):
@@ -37,16 +42,23 @@ def run(args) -> int:
     if args.out is not None:
         if check_output_dir(args.out).exists():  # its files: never through a pipe, never onto a folder
             for suffix in (".json", ".png", ".pdf"):
-                check_file_target(Path(args.out) / f"evaluation{suffix}", [path] if path else [])
+                check_file_target(Path(args.out) / f"evaluation{suffix}", [p for p in (path, args.data) if p])
         require_matplotlib("ckd evaluate --out")
+    data = None
+    if args.data is not None:
+        if args.sequences is not None or args.seed is not None:
+            raise ValueError("--sequences and --seed draw fresh prompts; they do not apply with --data")
+        data = load_array(args.data)
     if args.pretrained is not None:
         from ..evaluate import evaluate_trained
         from ..pretrained import load_with_config
 
         cfg, model, card = load_with_config(args.pretrained)
-        result = evaluate_trained(model, cfg, card["training"]["steps"], sequences=args.sequences, seed=args.seed)
+        result = (evaluate_trained(model, cfg, card["training"]["steps"], sequences=args.sequences or 64,
+                                   seed=args.seed) if data is None else
+                  evaluate_on(model, data, config=asdict(cfg), step=card["training"]["steps"]))
     else:
-        result = evaluate(path, sequences=args.sequences, seed=args.seed)
+        result = evaluate(path, data=data, sequences=args.sequences, seed=args.seed)
     print(report(result))
     if args.out is not None:
         paths = save(result, Path(args.out))

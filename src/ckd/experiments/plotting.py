@@ -9,7 +9,6 @@ the number of sequences in the title or legend.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from typing import Any
 
@@ -20,6 +19,8 @@ matplotlib.use("Agg")  # no display needed; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from ..io import jsonable  # noqa: E402, F401 - lives in ckd.io (no matplotlib needed); used here and by experiments
 
 STYLE = {
     "figure.dpi": 110,
@@ -115,26 +116,6 @@ def save_figure(fig, out: pathlib.Path, name: str) -> list[pathlib.Path]:
             fig.savefig(p)
     plt.close(fig)
     return paths
-
-
-def jsonable(value: Any, digits: int = 6) -> Any:
-    """Tensors, arrays and numpy scalars as lists/floats rounded to ``digits`` significant
-    digits; non-finite floats as None."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist(), digits)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, digits) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, digits) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (np.floating, float)):
-        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def save_json(out: pathlib.Path, name: str, data: dict, digits: int = 6) -> pathlib.Path:
