@@ -49,11 +49,13 @@ from .checkpoint import (
     write_json,
 )
 from .config import (
+    ATTENTION_NORMS,
     ATTENTIONS,
     DTYPES,
     EVAL,
     INITS,
     MAX_INT,
+    NORMS,
     PARAM_GRID,
     STEP_FACTORS,
     TEST,
@@ -77,12 +79,14 @@ from .config import (
 from .loop import Dist, eval_metrics, setup, train
 
 __all__ = [
+    "ATTENTION_NORMS",
     "ATTENTIONS",
     "CHECKPOINT_FORMAT",
     "DTYPES",
     "EVAL",
     "INITS",
     "MAX_INT",
+    "NORMS",
     "PARAM_GRID",
     "RUN_FILES",
     "STEP_FACTORS",
