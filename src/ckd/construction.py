@@ -26,6 +26,12 @@ Residual stream of width 4d + 1 (+ pos_dim for raw tokens); d = dim::
     softmax    beta   1      beta x.x'                 softmax
     gaussian   1/sig  1/sig  -|x - x'|^2 / (2 sig^2)   gaussian
 
+Per-row steps (SPEC §10: p <- p + D P r, r <- r - D (R r + lambda r), D = diag(eta)): W_o =
+-+I (times e^c, see below) and the per-row gains of every block hold eta (``row_gain``: heads'
+outputs and the ridge MLP's hidden units, whose down map is then -+lambda). Position-normalised
+heads (``attention_norm="keys"``) divide their sums by the t keys row t sees, so a constant gain c
+runs eta_t = c / t. One head (depth <= 1): the prediction head alone.
+
 Token 0 is never a key and row 0 gets no update (``mask_first``), so p_0 = 0 and
 r_0 is never read: exactly the CKD conventions (row 0 has no pair). Both heads
 attend with the same keys and values; the attention and the ridge MLP read the

@@ -203,8 +203,10 @@ class Block(nn.Module):
     """
 
     def __init__(self, width: int, attention: CausalSelfAttention, mlp_width: int | None,
-                 norm: str, bias: bool, gains: int = 0):
+                 norm: str | bool, bias: bool, gains: int = 0):
         super().__init__()
+        if isinstance(norm, bool):  # the older signature: layernorm
+            norm = "pre" if norm else "none"
         branch = norm in ("pre", "output")  # one LayerNorm per branch, before it or after it
         self.norm = norm
         self.ln_attn = nn.LayerNorm(width, bias=bias) if branch else nn.Identity()
