@@ -263,3 +263,12 @@ def test_every_option_is_a_plain_module(norm):
     m(x).square().mean().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_train_flags_name_the_same_options():
+    """ckd.train keeps its own copies of the option names (no torch import to parse flags): the same."""
+    import ckd.train
+    from ckd.attention import ATTENTION_NORMS
+
+    assert ckd.train.NORMS == NORMS and ckd.train.ATTENTION_NORMS == ATTENTION_NORMS
+    assert set(ckd.train.ATTENTIONS) == set(ATTENTION)
