@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import reference
 import torch
 from conftest import RTOL, rel_err
 
@@ -217,3 +218,187 @@ def test_transformer_backend_default_step_is_exact_when_it_underflows():
         got = ckd.predict(x, "exp", beta=1e3, depth=4, backend="transformer")
     want = descend(x, "exp", beta=1e3, depth=4)
     assert (want != 0).any() and rel_err(got, want) < 1e-9
+
+
+# --------------------------------------------------------------------------- per-row steps (SPEC §10)
+
+
+def perrow_reference(x: torch.Tensor, kernel: str, depth: int, eta, ridge: float = 0.0, beta: float = 1.0,
+                     sigma: float = 1.0) -> np.ndarray:
+    """The per-row recursion of SPEC §10, literally: D = diag(eta) (eta_0 unused: row 0 has no key),
+    p <- p + D P r, r <- r - D (R r + lambda r). Returns p after 0..depth layers, (depth + 1, B, T, d)."""
+    eta = np.asarray(eta, dtype=np.float64).copy()
+    eta[0] = 0.0
+    D = np.diag(eta)
+    out = []
+    for xb in x.numpy():
+        P, R = reference.matrices(xb, kernel, beta, sigma)
+        r = xb.copy()
+        r[0] = 0
+        p = np.zeros_like(xb)
+        ps = [p]
+        for _ in range(depth):
+            p, r = p + D @ P @ r, r - D @ (R @ r + ridge * r)
+            ps.append(p)
+        out.append(np.stack(ps))
+    return np.stack(out, axis=1)
+
+
+def ckd_layers(model, x, tokens):
+    """p slot after each CKD layer (0..depth), and the output."""
+    with torch.no_grad():
+        pred, hidden = model(x, return_hidden=True)
+    return p_slot(hidden[1:] if tokens == "raw" else hidden, x.shape[-1]).numpy(), pred.numpy()
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def per_row_steps(x, kernel, ridge, seed=0):
+    """Steps around the default one, different on every row (eta_0 = NaN: unused)."""
+    base = default_step(causal_matrices(x, kernel, **KW), ridge)
+    g = torch.Generator().manual_seed(seed)
+    eta = base * (0.3 + 1.4 * torch.rand(x.shape[1], generator=g, dtype=torch.float64))
+    eta[0] = float("nan")
+    return eta
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+@pytest.mark.parametrize("tokens", ["augmented", "raw"])
+def test_per_row_steps_equal_the_plain_loop(kernel, ridge, tokens):
+    """construct(step=VECTOR): after l = 1..4 layers the p slot is the per-row recursion, to 1e-12."""
+    x = sequences()
+    eta = per_row_steps(x, kernel, ridge)
+    model = construct(kernel, dim=4, depth=4, step=eta, ridge=ridge, tokens=tokens, **KW)
+    assert model.config.row_gain and model.config.max_len == x.shape[1]
+    got, pred = ckd_layers(model, x, tokens)
+    ref = perrow_reference(x, kernel, 4, eta, ridge, **KW)
+    for depth in range(1, 5):
+        assert rel(got[depth], ref[depth]) < 1e-12, depth
+    assert rel(pred, ref[4]) < 1e-12
+    assert rel(ref[4], descend(x, kernel, depth=4, step=float(eta[1:].mean()), ridge=ridge, **KW).numpy()) > 1e-3
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+@pytest.mark.parametrize("tokens", ["augmented", "raw"])
+def test_position_normalised_attention_runs_eta_c_over_t(kernel, ridge, tokens):
+    """construct(attention_norm="keys", step=c): heads that divide their sums by the t keys row t sees
+    run CKD with eta_t = c / t (the ridge MLP takes its 1/t from per-row gains), to 1e-12."""
+    x = sequences(seed=1)
+    T = x.shape[1]
+    c = 2.0 * default_step(causal_matrices(x, kernel, **KW), ridge)
+    model = construct(kernel, dim=4, depth=4, step=c, ridge=ridge, tokens=tokens, attention_norm="keys",
+                      max_len=T, **KW)
+    assert model.config.attention_norm == "keys" and model.config.row_gain == (ridge > 0)
+    got, pred = ckd_layers(model, x, tokens)
+    eta = np.array([0.0] + [c / t for t in range(1, T)])
+    ref = perrow_reference(x, kernel, 4, eta, ridge, **KW)
+    for depth in range(1, 5):
+        assert rel(got[depth], ref[depth]) < 1e-12, depth
+    assert rel(pred, ref[4]) < 1e-12
+    numerators = eta * np.arange(T)  # per-row numerators c_t: eta_t = c_t / t
+    twice = construct(kernel, dim=4, depth=2, step=2 * numerators, ridge=ridge, tokens=tokens,
+                      attention_norm="keys", **KW)
+    assert rel(ckd_layers(twice, x, tokens)[1], perrow_reference(x, kernel, 2, 2 * eta, ridge, **KW)[2]) < 1e-12
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_constant_vector_is_the_scalar_step(kernel):
+    x = sequences(seed=2)
+    eta = default_step(causal_matrices(x, kernel, **KW), 0.2)
+    vector = torch.full((x.shape[1],), eta, dtype=torch.float64)
+    kw = dict(kernel=kernel, depth=4, ridge=0.2, tokens="augmented", **KW)
+    one = run_constructed(x, step=eta, **kw)
+    rows = run_constructed(x, step=vector, **kw)
+    assert rel_err(rows, one) < 1e-13 and rel_err(rows, descend(x, depth=4, step=eta, ridge=0.2, **KW,
+                                                                 kernel=kernel)) < 1e-12
+    as_list = run_constructed(x, step=vector.tolist(), **kw)
+    assert rel_err(as_list, rows) == 0 and rel_err(run_constructed(x, step=vector.numpy(), **kw), rows) == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_run_constructed_per_row_batched(kernel):
+    x = sequences(B=4, T=30, d=3, seed=3)
+    eta = per_row_steps(x, kernel, 0.1, seed=1)
+    got = run_constructed(x, kernel=kernel, depth=3, step=eta, ridge=0.1, tokens="raw", **KW)
+    ref = perrow_reference(x, kernel, 3, eta, 0.1, **KW)[3]
+    assert got.shape == x.shape and rel(got.numpy(), ref) < 1e-12
+
+
+def test_per_row_steps_with_the_exp_rescaling():
+    """exp with beta = 500 on unit vectors: heads compute exp(beta x.x' - c), the gains hold eta_t e^c."""
+    x = sequences(B=2, T=16, d=3, seed=4)
+    x = x / x.norm(dim=-1, keepdim=True)
+    eta = 0.4 * torch.exp(-500.0 * torch.ones(16, dtype=torch.float64)) * torch.linspace(0.5, 1.5, 16,
+                                                                                          dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        got = run_constructed(x, kernel="exp", beta=500.0, sigma=1.0, depth=3, step=eta, ridge=0.0, tokens="augmented")
+    ref = perrow_reference(x, "exp", 3, eta, beta=500.0)[3]
+    assert np.isfinite(ref).all() and rel(got.numpy(), ref) < 1e-12
+
+
+def test_per_row_steps_refused_or_warned():
+    x = sequences(B=2, T=10, d=3, seed=5)
+    kw = dict(kernel="linear", beta=1.0, sigma=1.0, depth=2, ridge=0.0, tokens="augmented")
+    with pytest.raises(ValueError, match="length 9 but the sequences have T = 10"):
+        run_constructed(x, step=torch.full((9,), 0.1), **kw)
+    eta = torch.full((10,), 0.1, dtype=torch.float64)
+    for bad, words in [(torch.cat([eta[:3], torch.tensor([-0.1]), eta[4:]]), "finite numbers >= 0"),
+                       (torch.cat([eta[:3], torch.tensor([float("inf")]), eta[4:]]), "finite numbers >= 0"),
+                       (eta[None], "real vector"), (eta.to(torch.complex128), "real vector"), ("0.1", "number")]:
+        with pytest.raises(ValueError, match=words):
+            run_constructed(x, step=bad, **kw)
+    big = eta.clone()
+    big[5] = 50.0
+    with pytest.warns(StabilityWarning, match="per-row step eta_t is outside the convergence region"):
+        run_constructed(x, step=big, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_constructed(x, step=eta, **kw)  # inside the region: no warning
+    with pytest.raises(ValueError, match="per-row steps have length 10 but max_len is 12"):
+        construct("linear", dim=3, depth=1, step=eta, max_len=12)
+    with pytest.raises(ValueError, match="log_step goes with one step"):
+        construct("exp", dim=3, depth=1, step=eta, log_step=-3.0)
+    with pytest.raises(ValueError, match="per-row gains"):
+        construct("linear", dim=3, depth=1, step=eta)(torch.zeros(1, 11, 3, dtype=torch.float64))
+
+
+def test_one_head_runs_depth_one_and_biases_stay_zero():
+    """heads=1: the prediction head alone is CKD at depth 1 (one gradient step); bias=True adds zero biases."""
+    x = sequences(seed=6)
+    for kernel in KERNELS:
+        eta = default_step(causal_matrices(x, kernel, **KW))
+        model = construct(kernel, dim=4, depth=1, step=eta, heads=1, bias=True, ridge=0.1, **KW)
+        assert model.config.n_heads == 1 and model.blocks[0].attn.query.weight.shape[0] == 4
+        biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+        assert biases and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+        with torch.no_grad():
+            assert rel_err(model(x), descend(x, kernel, depth=1, step=eta, **KW)) < 1e-12
+    with pytest.raises(ValueError, match="1 \\(the prediction head\\) at depth <= 1; got heads=1 at depth 2"):
+        construct("linear", dim=3, depth=2, step=0.1, heads=1)
+    with pytest.raises(ValueError, match="got heads=3"):
+        construct("linear", dim=3, depth=1, step=0.1, heads=3)
+
+
+def test_row_gain_model_is_a_plain_module():
+    """The per-row gains are buffers: in the state_dict, moved by .to(), not trained."""
+    x = sequences(B=2, T=12, d=3, seed=7)
+    eta = per_row_steps(x, "gaussian", 0.2)
+    model = construct("gaussian", dim=3, depth=2, step=eta, ridge=0.2, **KW)
+    state = model.state_dict()
+    assert {"blocks.0.attn.row_gain", "blocks.0.mlp.row_gain", "blocks.1.attn.row_gain"} <= set(state)
+    assert "row_gain" not in " ".join(name for name, _ in model.named_parameters())
+    fresh = CausalTransformer(model.config).double()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.equal(fresh(x), want)
+        m32 = fresh.to(torch.float32)
+        assert m32.blocks[0].attn.row_gain.dtype == torch.float32
+        assert rel_err(m32(x.float()).double(), want) < 1e-5
+    model(x).square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -114,6 +114,13 @@ def test_cli_resume_refuses_another_config_and_corrupted_checkpoints(tmp_path, c
     (["--init", "construction", "--layernorm"], "--init construction fixes the architecture"),
     (["--stop-after", "-1"], "--stop-after: must be an integer in 0 .."),
     (["--steps", "ten"], "invalid int value: 'ten'"),
+    (["--layernorm", "--norm", "post"], "--norm post contradicts --layernorm (--layernorm is --norm pre)"),
+    (["--norm", "post", "--no-layernorm"], "--no-layernorm contradicts --norm post"),
+    (["--norm", "sandwich"], "invalid choice: 'sandwich'"),
+    (["--attention-norm", "all"], "invalid choice: 'all'"),
+    (["--init", "construction", "--norm", "output"], "--init construction fixes the architecture"),
+    (["--init", "construction", "--attention-norm", "keys"], "--init construction fixes the architecture"),
+    (["--init", "construction", "--heads", "1", "--layers", "2"], "2 heads, or 1 at --layers 1"),
 ])
 def test_bad_flags_one_line_nothing_written(tmp_path, capsys, args, words):
     out = tmp_path / "run"
@@ -487,3 +494,93 @@ def test_pipes_in_the_run_folder_never_opened(tmp_path, capsys, name):
     os.mkfifo(fresh / name)
     assert main(["train", *cli_flags(tiny(steps=2)), "--out", str(fresh)]) == 2
     one_error(capsys, "not a ckd training run")
+
+
+# --------------------------------------------------------------------------- architecture options (issue 16)
+
+NEW_OPTIONS = [dict(norm="post", mlp=True), dict(norm="output", bias=True), dict(heads=1, attention="linear"),
+               dict(attention_norm="keys", attention="linear", layernorm=True, bias=True)]
+
+
+@pytest.mark.parametrize("changes", NEW_OPTIONS, ids=["post", "output-bias", "one-head", "keys-pre-bias"])
+def test_new_options_train_and_resume_bit_for_bit(tmp_path, changes):
+    cfg = tiny(steps=4, checkpoint_every=2, eval_every=2, **changes)
+    full = train(cfg, tmp_path / "full", progress=False)
+    assert len(full) == 5 and all(math.isfinite(r["loss"]) for r in full)
+    train(cfg, tmp_path / "run", stop_after=2, progress=False)
+    assert train(cfg, tmp_path / "run", resume=True, progress=False) == full
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("full", "run"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    loaded, model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
+    c = model.config
+    assert (c.norm, c.attention_norm, c.bias, c.n_heads) == (loaded.norm, loaded.attention_norm, loaded.bias,
+                                                             loaded.heads or 2)
+    assert c.bias == any(name.endswith("bias") for name in a)
+
+
+def test_cli_new_architecture_flags(tmp_path, capsys):
+    """The ICML 2024 model shape: one linear-attention layer, one head, biases, LayerNorm on its output,
+    position-normalised; the flags reach config.json, the rebuilt model and ckd evaluate."""
+    out = tmp_path / "run"
+    args = ["--attention", "linear", "--layers", "1", "--heads", "1", "--bias", "--norm", "output",
+            "--attention-norm", "keys", "--task", "linear", "--steps", "3", "--warmup", "1", "--batch", "4",
+            "--length", "8", "--dim", "2", "--log-every", "1", "--quiet"]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert {k: cfg[k] for k in ("heads", "bias", "norm", "layernorm", "attention_norm")} == dict(
+        heads=1, bias=True, norm="output", layernorm=False, attention_norm="keys")
+    _, model, _ = load_model(out / "checkpoint.pt")
+    attn = model.blocks[0].attn
+    assert attn.n_heads == 1 and attn.norm == "keys" and attn.out.bias is not None
+    assert isinstance(model.blocks[0].ln_attn, nn.LayerNorm) and isinstance(model.ln_out, nn.Identity)
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--sequences", "4"]) == 0
+    assert main(["train", *args, "--out", str(out), "--resume", "--layernorm"]) == 2
+    one_error(capsys, "--layernorm contradicts --norm output")
+    assert main(["train", *args[:-1], "--norm", "post", "--out", str(out), "--resume", "--quiet"]) == 2
+    one_error(capsys, "different config", "norm: 'output' -> 'post'")
+
+
+def test_construction_init_with_one_head_and_biases(tmp_path):
+    """--init construction --heads 1 --layers 1 --bias: one gradient step (depth-1 CKD) at step 0."""
+    cfg = tiny(attention="linear", layers=1, heads=1, bias=True, steps=0, dtype="float64", init="construction")
+    rec = train(cfg, tmp_path / "run", progress=False)
+    setting = construction_setting(cfg)
+    x_eval = sample(cfg, cfg.eval_batch, EVAL)
+    want = next_token_loss(descend(x_eval, "linear", depth=1, step=setting["step"]), x_eval)
+    assert rel_err(torch.tensor(rec[0]["eval_loss"], dtype=torch.float64), want) < 1e-9
+    _, model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.config.n_heads == 1 and model.blocks[0].attn.query.bias is not None
+
+
+def test_runs_and_cards_older_than_the_new_fields(tmp_path):
+    """A checkpoint or zoo card written before norm / attention_norm / bias existed loads and resumes
+    with today's behaviour (LayerNorm before the branches when it says layernorm)."""
+    import dataclasses
+
+    from ckd import pretrained
+
+    cfg, out = tiny(steps=4, layernorm=True), tmp_path / "run"
+    train(cfg, out, stop_after=2, progress=False)
+    state = load_checkpoint(out / "checkpoint.pt")
+    for key in ("norm", "attention_norm", "bias"):
+        del state["config"][key]
+    save_checkpoint(out / "checkpoint.pt", state)
+    old, model, _ = load_model(out / "checkpoint.pt")
+    assert (old.norm, old.layernorm, model.config.norm) == ("pre", True, "pre")
+    assert train(cfg, out, resume=True, progress=False)[-1]["step"] == 4
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    name = "linear-linear-8"  # layernorm: true
+    card = json.loads((pretrained.zoo_dir() / f"{name}.json").read_text())
+    for key in ("norm", "attention_norm", "bias"):
+        card["training"]["config"].pop(key, None)
+    for key in ("norm", "attention_norm", "row_gain"):
+        card["architecture"].pop(key, None)
+    (zoo / f"{name}.json").write_text(json.dumps(card))
+    shutil.copy(pretrained.zoo_dir() / f"{name}.safetensors", zoo)
+    loaded, model, upgraded = pretrained.load_with_config(name, zoo)
+    assert loaded.norm == "pre" and upgraded["training"]["config"] == dataclasses.asdict(loaded)
+    assert upgraded["architecture"]["norm"] == "pre" and upgraded["architecture"]["row_gain"] is False
+    assert "--norm" not in pretrained.train_command(loaded) and "--layernorm" in pretrained.train_command(loaded)

@@ -104,7 +104,26 @@ def card(name: str, root: str | os.PathLike | None = None) -> dict:
         raise ValueError(f"pretrained model {name!r}: its card {path} cannot be read ({err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"pretrained model {name!r}: {path} is not a ckd model card (format {FORMAT})")
-    return data
+    return upgrade(data)
+
+
+def upgrade(info: dict) -> dict:
+    """A card as this version writes it: fields added to ``TrainConfig`` / ``TransformerConfig`` after
+    the card was built take their defaults (the behaviour it was trained with) in ``training.config``
+    and ``architecture``. A part that does not parse is left as is (``load`` then says why)."""
+    from .transformer import TransformerConfig
+
+    try:
+        info["training"]["config"] = asdict(TrainConfig.from_dict(info["training"]["config"]))
+    except (KeyError, TypeError, ValueError):
+        pass
+    try:
+        arch = info["architecture"]
+        fields = {k: v for k, v in arch.items() if k not in ("class", "width_used", "parameters")}
+        info["architecture"] = {**arch, **asdict(TransformerConfig(**fields))}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return info
 
 
 def sha256(data: bytes) -> str:
@@ -200,6 +219,8 @@ def train_command(cfg: TrainConfig) -> str:
     """The ``ckd train`` command line that trains ``cfg`` (flags for the fields off their defaults)."""
     flags, defaults = [], asdict(TrainConfig())
     for key, value in asdict(cfg).items():
+        if key == "norm" and cfg.layernorm:
+            continue  # --layernorm says it (the spelling of the older cards)
         if value != defaults[key] or key in ("task", "attention", "layers"):
             flag = "--" + key.replace("_", "-")
             flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")

@@ -7,22 +7,24 @@ predicts x_{t+1} from x_0..x_t. Top to bottom:
                 raw:       e_t = (x_t, 1, pos_t)                one-hot or sinusoidal pos_t
     embedding   h = W_in e_t                                    (learned, in_dim -> width)
     [raw only]  h <- h + PrevAttn(h)                            one previous-token head
-    L blocks    h <- h + Attn(LN(h)) [+ MLP(LN(h))]             parallel MLP (GPT-J style), off by default
-    read-out    prediction = W_out LN(h)                        (learned, width -> d)
+    L blocks    norm "none"    h <- h + Attn(h) [+ MLP(h)]       parallel MLP (GPT-J style), off by default
+                norm "pre"     h <- h + Attn(LN(h)) [+ MLP(LN(h))]        (GPT-2; ``layernorm=True``)
+                norm "post"    h <- LN(h + Attn(h) [+ MLP(h)])            (Vaswani et al. 2017)
+                norm "output"  h <- h + LN(Attn(h)) [+ LN(MLP(h))]        (LayerNorm on each branch's
+                                                                output: Sander et al. 2024's code)
+    read-out    prediction = W_out LN(h) ("pre"), W_out h (otherwise)       (learned, width -> d)
 
-Attention score functions (SPEC §3), per head, for a query q_t and keys k_s:
-
-    linear    a[t, s] = q_t . k_s
-    exp       a[t, s] = exp(q_t . k_s)                           not normalised
-    softmax   a[t, s] = exp(q_t . k_s) / sum_s' exp(q_t . k_s')  (scaled_dot_product_attention)
-    gaussian  a[t, s] = exp(-|q_t - k_s|^2 / 2)                  distance attention, not normalised
-
-and the head output is sum_s a[t, s] v_s. Scores are q.k with no 1/sqrt(head_dim)
-factor (the query weights carry any temperature). Causality: the blocks let row t
-attend to tokens 1 <= s <= t (``mask_first``: token 0 carries no pair
-(x_{-1} -> x_0), so it is never a key; row 0 then sees no key and its attention
-output is 0, for softmax too). The previous-token layer of raw tokens attends to
-0 <= s <= t.
+The attention (``ckd.attention``: score functions linear / exp / softmax / gaussian, scores
+q.k with no 1/sqrt(head_dim) factor) lets the blocks' row t attend to tokens 1 <= s <= t
+(``mask_first``: token 0 carries no pair (x_{-1} -> x_0), so it is never a key; row 0 then
+sees no key and its attention output is 0, for softmax too); the previous-token layer of raw
+tokens attends to 0 <= s <= t. Options of the blocks: ``attention_norm="keys"`` divides each
+head's sum by the number t of keys row t sees (position-normalised attention: in CKD terms the
+per-row step eta_t = c / t, SPEC §10); ``row_gain`` adds fixed per-row gains g (buffers
+``blocks.l.attn.row_gain`` and ``blocks.l.mlp.row_gain``, ones at init, saved in the
+state_dict) that multiply row t of every head's output and of the MLP's hidden units: a
+position-dependent output scaling, where the construction writes a per-row step eta_t.
+``bias`` puts biases on every linear map (and LayerNorm).
 
 Everything is a plain parameter or buffer: the module trains from random init
 (nanoGPT's: weights N(0, 0.02^2), residual writes scaled by 1/sqrt(2 L);
@@ -42,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear_time.chunk import causal_linear_attention
+from .attention import ATTENTION, ATTENTION_NORMS, CausalSelfAttention, attend  # noqa: F401 - public here too
 
-ATTENTION = ("linear", "exp", "softmax", "gaussian")
 TOKENS = ("augmented", "raw")
 POSITIONAL = ("onehot", "sinusoidal")
+NORMS = ("none", "pre", "post", "output")
 
 
 @dataclass
@@ -57,6 +59,12 @@ class TransformerConfig:
     head_dim = dim; value_dim = head_dim; mlp_width = 4 width;
     pos_dim = max_len (one-hot) or 32 (sinusoidal);
     prev_attention = attention.
+
+    Options (defaults: the model of earlier versions): ``norm`` none | pre | post | output, where
+    the LayerNorms sit (module doc; None: "pre" if ``layernorm`` else "none"; ``layernorm`` is kept
+    as the older spelling and is True exactly when norm is "pre"); ``attention_norm`` none | keys
+    (position-normalised attention in the L blocks); ``row_gain``: per-row gain buffers of length
+    max_len in the L blocks (sequences then have T <= max_len).
     """
 
     dim: int  # token dimension d of the sequence x
@@ -76,8 +84,21 @@ class TransformerConfig:
     pos_dim: int | None = None  # size of pos_t (one-hot: must be max_len)
     prev_attention: str | None = None  # score function of the previous-token layer (raw tokens)
     mask_first: bool = True  # blocks never attend to token 0 (it carries no pair)
+    attention_norm: str = "none"  # none | keys: each block head divides its sum by the keys it sees
+    norm: str | None = None  # none | pre | post | output (None: from layernorm)
+    row_gain: bool = False  # fixed per-row gains (buffers, ones at init) on the blocks' heads and MLPs
 
     def __post_init__(self):
+        if self.norm is None:
+            self.norm = "pre" if self.layernorm else "none"
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.layernorm and self.norm != "pre":
+            raise ValueError(f"layernorm=True is norm='pre'; it contradicts norm={self.norm!r}")
+        self.layernorm = self.norm == "pre"
+        if self.attention_norm not in ATTENTION_NORMS:
+            raise ValueError(f"unknown attention_norm {self.attention_norm!r}; "
+                             f"choose one of {', '.join(ATTENTION_NORMS)}")
         for name in ("attention", "prev_attention"):
             kind = getattr(self, name)
             if kind is not None and kind not in ATTENTION:
@@ -157,109 +178,54 @@ def sinusoidal_frequencies(pos_dim: int) -> Tensor:
     return 10000.0 ** (-torch.arange(0, pos_dim, 2, dtype=torch.float64) / pos_dim)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, kind: str) -> Tensor:
-    """Causal attention o_t = sum_{s <= t} a[t, s] v_s with the score function ``kind`` (module doc).
-
-    q, k: (B, H, T, E); v: (B, H, T, Ev). Returns (B, H, T, Ev). Exact (no approximation);
-    no (T, T) matrix is stored:
-
-    linear    o_t = q_t^T C_t with C_t = sum_{s <= t} k_s v_s^T: chunked prefix sums,
-              O(T (C + E) Ev) time with chunks of C = 16 tokens and O(T (E + Ev)) memory
-              (``ckd.linear_time.causal_linear_attention``; Katharopoulos et al. 2020).
-    softmax   ``scaled_dot_product_attention`` (flash kernel on CPU, float64 included).
-    exp       softmax attention over the keys plus one "sink" key of score 0 whose value is a unit
-              vector in an extra channel: that channel returns 1 / (Z_t + 1), Z_t = sum_s exp(q_t.k_s),
-              and the other channels sum_s exp(q_t.k_s) v_s / (Z_t + 1); their ratio is o_t.
-    gaussian  exp attention with q' = (q, -|q|^2/2, 1), k' = (k, 1, -|k|^2/2): q'.k' = -|q - k|^2/2.
-    """
-    T, Ev = q.shape[-2], v.shape[-1]
-    if T == 0:
-        return v.new_zeros(v.shape)
-    if kind == "linear":
-        return causal_linear_attention(q, k, v)
-    if kind == "softmax":
-        return _sdpa(q, k, v)
-    if kind == "gaussian":
-        half_q = -0.5 * q.square().sum(-1, keepdim=True)
-        half_k = -0.5 * k.square().sum(-1, keepdim=True)
-        q = torch.cat([q, half_q, torch.ones_like(half_q)], dim=-1)
-        k = torch.cat([k, torch.ones_like(half_k), half_k], dim=-1)
-    # exp (and gaussian): token 0 of the padded sequence is the sink (query and key 0, value e_Ev)
-    sink_value = torch.zeros(Ev + 1, dtype=v.dtype, device=v.device)
-    sink_value[Ev] = 1.0
-    v = torch.cat([sink_value.expand(*v.shape[:-2], 1, Ev + 1), F.pad(v, (0, 1))], dim=-2)
-    o = _sdpa(F.pad(q, (0, 0, 1, 0)), F.pad(k, (0, 0, 1, 0)), v)[..., 1:, :]
-    return o[..., :Ev] / o[..., Ev:]
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax attention, scale 1. Query/key and value sizes are padded with zero channels to
-    the same size (which leaves scores and outputs unchanged): the CPU flash kernel needs E == Ev."""
-    E, Ev = q.shape[-1], v.shape[-1]
-    n = max(E, Ev)
-    if E < n:
-        q, k = F.pad(q, (0, n - E)), F.pad(k, (0, n - E))
-    o = F.scaled_dot_product_attention(q, k, F.pad(v, (0, n - Ev)) if Ev < n else v, is_causal=True, scale=1.0)
-    return o[..., :Ev]
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: Attn(h)_t = W_o concat_heads(sum_s a[t, s] W_v h_s).
-
-    mask_first: token 0 is never a key, and row 0 gets 0 (it sees no key).
-    """
-
-    def __init__(self, width: int, n_heads: int, head_dim: int, value_dim: int, kind: str,
-                 bias: bool = False, mask_first: bool = True):
-        super().__init__()
-        self.n_heads, self.head_dim, self.value_dim = n_heads, head_dim, value_dim
-        self.kind, self.mask_first = kind, mask_first
-        self.query = nn.Linear(width, n_heads * head_dim, bias=bias)
-        self.key = nn.Linear(width, n_heads * head_dim, bias=bias)
-        self.value = nn.Linear(width, n_heads * value_dim, bias=bias)
-        self.out = nn.Linear(n_heads * value_dim, width, bias=bias)
-
-    def forward(self, h: Tensor) -> Tensor:
-        B, T, _ = h.shape
-        H = self.n_heads
-        q = self.query(h).view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, E)
-        k = self.key(h).view(B, T, H, self.head_dim).transpose(1, 2)
-        v = self.value(h).view(B, T, H, self.value_dim).transpose(1, 2)  # (B, H, T, Ev)
-        if self.mask_first:  # rows and keys 1..T-1 only; row 0 gets 0
-            o = F.pad(attend(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], self.kind), (0, 0, 1, 0))
-        else:
-            o = attend(q, k, v, self.kind)
-        return self.out(o.transpose(1, 2).reshape(B, T, H * self.value_dim))
-
-
 class MLP(nn.Module):
-    """Per-token MLP(h) = W_2 relu(W_1 h)."""
+    """Per-token MLP(h) = W_2 (g_t relu(W_1 h)), g_t = 1 unless ``gains`` = n > 0: then a buffer
+    ``row_gain`` (n,) of fixed per-row gains (ones at init) scales row t of the hidden units."""
 
-    def __init__(self, width: int, hidden: int, bias: bool = False):
+    def __init__(self, width: int, hidden: int, bias: bool = False, gains: int = 0):
         super().__init__()
         self.up = nn.Linear(width, hidden, bias=bias)
         self.down = nn.Linear(hidden, width, bias=bias)
+        self.register_buffer("row_gain", torch.ones(gains) if gains else None)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.down(F.relu(self.up(h)))
+        hidden = F.relu(self.up(h))
+        if self.row_gain is not None:
+            hidden = hidden * self.row_gain[:h.shape[-2], None]
+        return self.down(hidden)
 
 
 class Block(nn.Module):
-    """h <- h + Attn(LN_1(h)) + MLP(LN_2(h)): attention and MLP read the same h (parallel block)."""
+    """One layer; attention and MLP read the same h (parallel block). ``norm`` places the LayerNorms:
+
+        none    h + Attn(h) + MLP(h)                pre     h + Attn(LN_1(h)) + MLP(LN_2(h))
+        post    LN(h + Attn(h) + MLP(h))            output  h + LN_1(Attn(h)) + LN_2(MLP(h))
+    """
 
     def __init__(self, width: int, attention: CausalSelfAttention, mlp_width: int | None,
-                 layernorm: bool, bias: bool):
+                 norm: str | bool, bias: bool, gains: int = 0):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(width, bias=bias) if layernorm else nn.Identity()
+        if isinstance(norm, bool):  # the older signature: layernorm
+            norm = "pre" if norm else "none"
+        branch = norm in ("pre", "output")  # one LayerNorm per branch, before it or after it
+        self.norm = norm
+        self.ln_attn = nn.LayerNorm(width, bias=bias) if branch else nn.Identity()
         self.attn = attention
-        self.ln_mlp = nn.LayerNorm(width, bias=bias) if (layernorm and mlp_width) else nn.Identity()
-        self.mlp = MLP(width, mlp_width, bias) if mlp_width else None
+        self.ln_mlp = nn.LayerNorm(width, bias=bias) if (branch and mlp_width) else nn.Identity()
+        self.mlp = MLP(width, mlp_width, bias, gains) if mlp_width else None
+        if norm == "post":
+            self.ln_post = nn.LayerNorm(width, bias=bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        update = self.attn(self.ln_attn(h))
+        if self.norm == "output":
+            update = self.ln_attn(self.attn(h))
+            if self.mlp is not None:
+                update = update + self.ln_mlp(self.mlp(h))
+            return h + update
+        update = self.attn(self.ln_attn(h))  # ln_* are the identity unless norm is "pre"
         if self.mlp is not None:
             update = update + self.mlp(self.ln_mlp(h))
-        return h + update
+        return self.ln_post(h + update) if self.norm == "post" else h + update
 
 
 class CausalTransformer(nn.Module):
@@ -274,14 +240,16 @@ class CausalTransformer(nn.Module):
         if c.tokens == "raw":
             self.register_buffer("positions", positional_table(c.positional, c.max_len, c.d_pos), persistent=False)
             attn = CausalSelfAttention(width, 1, c.d_pos, c.dim, c.prev_kind, c.bias, mask_first=False)
-            self.prev = Block(width, attn, None, c.layernorm, c.bias)
+            self.prev = Block(width, attn, None, c.norm, c.bias)
+        gains = c.max_len if c.row_gain else 0
         self.blocks = nn.ModuleList(
             Block(width,
-                  CausalSelfAttention(width, c.n_heads, c.d_head, c.d_value, c.attention, c.bias, c.mask_first),
-                  c.d_mlp if c.mlp else None, c.layernorm, c.bias)
+                  CausalSelfAttention(width, c.n_heads, c.d_head, c.d_value, c.attention, c.bias, c.mask_first,
+                                      c.attention_norm, gains),
+                  c.d_mlp if c.mlp else None, c.norm, c.bias, gains)
             for _ in range(c.n_layers)
         )
-        self.ln_out = nn.LayerNorm(width, bias=c.bias) if c.layernorm else nn.Identity()
+        self.ln_out = nn.LayerNorm(width, bias=c.bias) if c.norm == "pre" else nn.Identity()
         self.readout = nn.Linear(width, c.dim, bias=c.bias)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual writes scaled by 1/sqrt(2 L)
@@ -305,7 +273,7 @@ class CausalTransformer(nn.Module):
         return torch.cat([x, one, self.positions[:T].to(x.dtype).expand(B, T, -1)], dim=-1)
 
     def check_input(self, x: Tensor) -> None:
-        """Raise a one-line ``ValueError`` unless x is (B, T, dim) with T <= max_len (raw tokens)."""
+        """Raise a one-line ``ValueError`` unless x is (B, T, dim) with T <= max_len (raw tokens, row gains)."""
         c = self.config
         if not isinstance(x, Tensor) or x.ndim != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -314,6 +282,8 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"x has feature dimension {x.shape[-1]} but this transformer was built for dim={c.dim}")
         if c.tokens == "raw" and x.shape[1] > c.max_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds the positional table (max_len={c.max_len})")
+        if c.row_gain and x.shape[1] > c.max_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds the per-row gains (max_len={c.max_len})")
 
     def forward(self, x: Tensor, return_hidden: bool = False):
         """x: the sequence (B, T, d). Returns predictions (B, T, d) (row t predicts x_{t+1}),
@@ -337,15 +307,17 @@ LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its
 
 def parameter_count(c: TransformerConfig) -> int:
     """Number of weights of ``CausalTransformer(c)``, from the config alone (nothing is built)."""
-    w, b, ln = c.d_model, int(c.bias), int(c.layernorm)
+    w, b = c.d_model, int(c.bias)
+    ln = (1 + b) * w  # one LayerNorm
+    branch, post, pre = int(c.norm in ("pre", "output")), int(c.norm == "post"), int(c.norm == "pre")
 
     def block(heads: int, E: int, Ev: int, mlp: bool) -> int:
-        n = heads * (2 * E + Ev) * w + heads * Ev * w + b * (heads * (2 * E + Ev) + w) + ln * (1 + b) * w
+        n = heads * (2 * E + Ev) * w + heads * Ev * w + b * (heads * (2 * E + Ev) + w) + (branch + post) * ln
         if mlp:
-            n += 2 * w * c.d_mlp + b * (c.d_mlp + w) + ln * (1 + b) * w
+            n += 2 * w * c.d_mlp + b * (c.d_mlp + w) + branch * ln
         return n
 
-    n = (c.d_in + b) * w + (w + b) * c.dim + ln * (1 + b) * w
+    n = (c.d_in + b) * w + (w + b) * c.dim + pre * ln
     n += c.n_layers * block(c.n_heads, c.d_head, c.d_value, c.mlp)
     if c.tokens == "raw":  # the previous-token block: one head, queries/keys of pos_dim, values of dim
         n += block(1, c.d_pos, c.dim, False)

@@ -6,9 +6,26 @@ import argparse
 
 from ..cli import integer
 from ..sequences import TASKS
-from ..train import ATTENTIONS, DTYPES, INITS, TOKENS, TrainConfig, train
+from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, NORMS, TOKENS, TrainConfig, train
 
 DEFAULTS = TrainConfig()
+
+
+class NormChoice(argparse.Action):
+    """--norm X, --layernorm (= --norm pre) and --no-layernorm (= --norm none) set one choice (and
+    ``layernorm``, True exactly for pre). Repeating one spelling keeps the last, as argparse does;
+    --norm and --[no-]layernorm that disagree are refused with one line."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = values if self.const is None else self.const
+        this = option_string if self.const is not None else f"{option_string} {value}"
+        given = dict(getattr(namespace, "norm_given", None) or {})  # spelling -> (flag, value), the last of each
+        spelling = "norm" if self.const is None else "layernorm"
+        for flag, other in [v for k, v in given.items() if k != spelling]:
+            if other != value:
+                parser.error(f"{this} contradicts {flag} (--layernorm is --norm pre)")
+        given[spelling] = (this, value)
+        namespace.norm, namespace.layernorm, namespace.norm_given = value, value == "pre", given
 
 
 class _Default(int):
@@ -37,8 +54,19 @@ def add_parser(sub) -> None:
     p.add_argument("--heads", type=integer(1), default=None, help="heads per layer (default 2)")
     p.add_argument("--width", type=integer(1), default=None, help="residual width (default: the Transformer's)")
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="add MLPs (default no)")
-    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
-                   help="LayerNorm before attention, MLP and read-out (default no)")
+    p.add_argument("--norm", action=NormChoice, choices=NORMS, default=DEFAULTS.norm,
+                   help="LayerNorm placement: none; pre (before attention, MLP and read-out); post (after each "
+                        "residual sum); output (on each attention / MLP output, before the sum) (default none)")
+    p.add_argument("--layernorm", dest="norm", action=NormChoice, nargs=0, const="pre",
+                   help="same as --norm pre (the older spelling)")
+    p.add_argument("--no-layernorm", dest="norm", action=NormChoice, nargs=0, const="none",
+                   help="same as --norm none")
+    p.add_argument("--attention-norm", default=DEFAULTS.attention_norm, choices=ATTENTION_NORMS,
+                   help="keys: each head divides its sum by the t keys row t sees (position-normalised attention: "
+                        "the per-row step c/t of CKD) (default none)")
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=DEFAULTS.bias,
+                   help="biases on every linear map (embedding, attention, MLP, read-out) and LayerNorm (default no)")
+    p.set_defaults(layernorm=DEFAULTS.layernorm, norm_given=None)
     p.add_argument("--init", default=DEFAULTS.init, choices=INITS,
                    help="random, or the construction running CKD (step and kernel chosen on separate prompts)")
     p.add_argument("--tokens", default=DEFAULTS.tokens, choices=TOKENS, help="input tokens (default augmented)")
@@ -85,8 +113,9 @@ def run(args) -> int:
     elif args.val_data is not None or args.val_fraction is not None:
         raise ValueError("--val-data and --val-fraction need --data")
     cfg = TrainConfig(task=task, attention=args.attention, layers=args.layers, heads=args.heads,
-                      width=args.width, mlp=args.mlp, layernorm=args.layernorm,
-                      init=args.init, tokens=args.tokens, steps=args.steps,
+                      width=args.width, mlp=args.mlp, layernorm=args.layernorm, norm=args.norm,
+                      attention_norm=args.attention_norm, bias=args.bias, init=args.init, tokens=args.tokens,
+                      steps=args.steps,
                       batch=args.batch, length=int(length), dim=int(dim), lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, curriculum=args.curriculum, seed=args.seed, dtype=args.dtype,
                       log_every=args.log_every,

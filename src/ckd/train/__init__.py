@@ -51,12 +51,14 @@ from .checkpoint import (
     write_json,
 )
 from .config import (
+    ATTENTION_NORMS,
     ATTENTIONS,
     DATA_FIELDS,
     DTYPES,
     EVAL,
     INITS,
     MAX_INT,
+    NORMS,
     PARAM_GRID,
     STEP_FACTORS,
     TEST,
@@ -91,6 +93,7 @@ from .data import (
 from .loop import Dist, eval_metrics, setup, train
 
 __all__ = [
+    "ATTENTION_NORMS",
     "ATTENTIONS",
     "CHECKPOINT_FORMAT",
     "DATA_FIELDS",
@@ -98,6 +101,7 @@ __all__ = [
     "EVAL",
     "INITS",
     "MAX_INT",
+    "NORMS",
     "PARAM_GRID",
     "RUN_FILES",
     "STEP_FACTORS",

@@ -19,6 +19,8 @@ from ..sequences import COMPLEX_TASKS, TASKS, make_task
 from ..validation import check_fits, check_number
 
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
+ATTENTION_NORMS = ("none", "keys")  # ckd.attention.ATTENTION_NORMS (not imported: torch-free CLI parsing)
+NORMS = ("none", "pre", "post", "output")  # ckd.transformer.NORMS
 INITS = ("random", "construction")
 TOKENS = ("augmented", "raw")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -59,7 +61,10 @@ class TrainConfig:
     heads: int | None = None  # None: 2 (the construction's two heads)
     width: int | None = None  # None: the Transformer's default width for these tokens
     mlp: bool = False
-    layernorm: bool = False
+    layernorm: bool = False  # the older spelling of norm="pre" (kept: True exactly when norm is "pre")
+    norm: str | None = None  # none | pre | post | output: where the LayerNorms sit (None: from layernorm)
+    attention_norm: str = "none"  # none | keys: position-normalised attention (per-row step c / t)
+    bias: bool = False  # biases on every linear map (and LayerNorm)
     init: str = "random"
     tokens: str = "augmented"
     steps: int = 600
@@ -79,6 +84,12 @@ class TrainConfig:
     eval_batch: int = 128
     checkpoint_every: int = 100
 
+    def __post_init__(self):
+        if self.norm is None:  # a run older than ``norm``, or --layernorm alone
+            self.norm = "pre" if self.layernorm else "none"
+        if self.norm == "pre":
+            self.layernorm = True
+
     def validate(self) -> TrainConfig:
         """Raise a one-line ``ValueError`` for any bad field; return self."""
         def choice(name, options):
@@ -92,6 +103,12 @@ class TrainConfig:
         choice("attention", ATTENTIONS)
         choice("init", INITS)
         choice("tokens", TOKENS)
+        choice("norm", NORMS)
+        choice("attention_norm", ATTENTION_NORMS)
+        if self.layernorm and self.norm != "pre":
+            raise ValueError(f"--layernorm is --norm pre; it contradicts --norm {self.norm}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
         choice("dtype", tuple(DTYPES))
         for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
                           ("curriculum", 0), ("log_every", 1), ("eval_every", 1), ("eval_batch", 1),
@@ -111,10 +128,13 @@ class TrainConfig:
         check_number(self.weight_decay, "weight_decay", minimum=0.0)
         check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
         self._validate_data()
-        if self.init == "construction" and (self.heads is not None or self.width is not None or self.mlp
-                                            or self.layernorm):
-            raise ValueError("--init construction fixes the architecture (2 heads, its own width, no MLP, "
-                             "no LayerNorm); drop --heads/--width/--mlp/--layernorm")
+        if self.init == "construction":
+            one_head = self.heads == 1 and self.layers == 1  # depth 1 needs the prediction head only
+            if ((self.heads is not None and not one_head) or self.width is not None or self.mlp
+                    or self.norm != "none" or self.attention_norm != "none"):
+                raise ValueError("--init construction fixes the architecture (2 heads, or 1 at --layers 1; its own "
+                                 "width; no MLP; no LayerNorm; a constant step, so --attention-norm none); drop "
+                                 "--heads/--width/--mlp/--layernorm/--norm/--attention-norm")
         return self
 
     def _validate_data(self) -> None:
@@ -233,16 +253,16 @@ def construction_setting(cfg: TrainConfig, x: Tensor | None = None) -> dict:
 
 def transformer_config(cfg: TrainConfig, setting: dict | None = None):
     """The ``TransformerConfig`` of the run's model (the construction's for ``init='construction'``:
-    two heads, head_dim d, no MLP), without building it."""
+    two heads (or one at depth 1), head_dim d, no MLP), without building it."""
     from ..transformer import TransformerConfig
 
     if cfg.init == "construction":
-        return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=2, head_dim=cfg.dim,
+        return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, head_dim=cfg.dim,
                                  value_dim=cfg.dim, attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length,
-                                 mlp_width=2 * cfg.dim, prev_attention="linear")
+                                 mlp_width=2 * cfg.dim, prev_attention="linear", bias=cfg.bias)
     return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, width=cfg.width,
                              attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length, mlp=cfg.mlp,
-                             layernorm=cfg.layernorm)
+                             norm=cfg.norm, attention_norm=cfg.attention_norm, bias=cfg.bias)
 
 
 def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
@@ -254,7 +274,7 @@ def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
 
         model = construct(cfg.attention, dim=cfg.dim, depth=cfg.layers, step=setting["step"],
                           beta=setting["beta"], sigma=setting["sigma"], tokens=cfg.tokens,
-                          max_len=cfg.length, dtype=torch.float64)
+                          max_len=cfg.length, dtype=torch.float64, heads=cfg.heads or 2, bias=cfg.bias)
     else:
         from ..transformer import CausalTransformer
 
