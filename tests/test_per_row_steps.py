@@ -216,6 +216,18 @@ def test_step_outside_the_region_warns_naming_the_row():
         ckd.predict(x, "gaussian", depth=3, step=_eta(8))
 
 
+@pytest.mark.parametrize("method", ["linear", "dense"])
+def test_step_beyond_float32_is_one_clear_error(method):
+    """A float32 step past 3.4e38 (scalar or per row) is refused naming the dtype on both paths of the
+    linear kernel (the linear-time path used to raise a bare RuntimeError for the scalar)."""
+    x = _unit_x(B=1, T=8)
+    for step in (1e300, np.r_[0.0, 1e300, [0.1] * 6]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StabilityWarning)
+            with pytest.raises(ValueError, match="overflows float32"):
+                ckd.predict(x, "linear", depth=3, step=step, dtype=torch.float32, method=method)
+
+
 BAD_STEPS = [
     ([0.1] * 5, ValueError, "5 values but x has T = 8"),
     (np.ones((2, 8)), ValueError, "shape (2, 8)"),
@@ -386,3 +398,24 @@ def test_cli_bad_step_file_is_one_line_and_no_output(tmp_path, capsys, content, 
     one_error(capsys, words)
     assert (step.read_bytes() if step.exists() else None) == before
     assert out == step or not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_per_row_steps_on_cuda_equal_cpu(kernel):
+    """x on the GPU, the step a CPU tensor (moved by ckd): every path equals the CPU result."""
+    x = _unit_x(B=2, T=40)
+    eta = torch.from_numpy(_eta(40))
+    for depth in (3, "inf"):
+        for opts in ({}, {"memory_budget": 3 * 2 * 40 * 8 * 7}):
+            cpu = ckd.predict(x, kernel, depth=depth, step=eta, ridge=0.1, **opts, **OPTS[kernel])
+            gpu = ckd.predict(x.cuda(), kernel, depth=depth, step=eta, ridge=0.1, **opts, **OPTS[kernel])
+            assert gpu.is_cuda
+            _close(gpu.cpu(), cpu, 1e-10)
+    s = Streaming(kernel, dim=3, ridge=0.1, device="cuda", **OPTS[kernel])
+    got = torch.stack([s.push(t, step=float(e)) for t, e in zip(x[0].cuda(), eta)])
+    _close(got.cpu(), ckd.predict(x[0], kernel, depth="inf", step=eta, ridge=0.1, **OPTS[kernel]), 1e-10)
+    fit = fit_step(x.cuda(), ckd.predict(x.cuda(), kernel, depth=2, step=eta, **OPTS[kernel]), kernel, depth=2,
+                   **OPTS[kernel])
+    assert fit.is_cuda
+    _close(fit.cpu(), torch.cat([eta.new_zeros(1), eta[1:]]), 1e-9)

@@ -48,9 +48,9 @@ from .steps import (
     diagonal,
     effective_log,
     exact_log_diagonal,
-    format_step,
     log_of,
     row_steps,
+    step_overflow,
     targets,
     warn_unless_converges,
 )
@@ -123,9 +123,7 @@ def finite_blocks(blocks, y: Tensor, depth: int, log_step: float | Tensor, ridge
         decay = 1.0 - step_ridge  # eta * lambda is the same in stored and true units
         fits = abs(alpha) <= top and abs(decay) <= top and bool((eta <= top).all())
     if not fits:
-        dtype = str(y.dtype).replace("torch.", "")
-        raise ValueError(f"step {format_step(log_step)} (with ridge {ridge:g}) overflows {dtype}; "
-                         "use a smaller step" + (" or float64" if y.dtype != torch.float64 else ""))
+        raise step_overflow(log_step, ridge, y.dtype)
     history = y.new_zeros(depth + 1, B, T, d) if return_all else None
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block

@@ -48,7 +48,8 @@ from .dispatch import descend
 from .steps import StabilityWarning, default_step
 
 MAX_ITERATIONS = 100  # Levenberg-Marquardt; a zero-residual fit converges in about ten
-CHUNK_BYTES = 2**28  # tangents held at once (bytes)
+CHUNK_BYTES = 2**28  # tangents held at once (bytes), at least one sequence's
+TANGENTS = 6  # (b, T, T-1, d) buffers alive at once in ``_finite_terms`` / ``_infinite_terms``
 
 
 def fit_step(x: Any, target: Any, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1.0,
@@ -80,8 +81,9 @@ def fit_step(x: Any, target: Any, kernel: str = "exp", *, beta: float = 1.0, sig
     if depth == "inf" and not per_row:
         return default_step(mats, ridge)
     B, T, d = x.shape
-    check_fits(8 * (3 * B * T * T + 6 * B * T * d) + 6 * CHUNK_BYTES, f"fit_step on B={B}, T={T}, d={d}",
-               "use fewer or shorter sequences, or depth 1 (any length)", x.device)
+    tangents = TANGENTS * 8 * min(B, _per_chunk(T, d)) * T * max(T - 1, 1) * d
+    check_fits(8 * (3 * B * T * T + 6 * B * T * d) + tangents, f"fit_step at depth {depth} on B={B}, T={T}, d={d}",
+               "use shorter sequences, or depth 1 (any length)", x.device)
     P, R = mats.true_matrices()
     if not (bool(torch.isfinite(P).all()) and bool(torch.isfinite(R).all())):
         raise ValueError(f"fit_step at depth {depth} needs the {kernel} kernel's weights within the float range; "
@@ -144,13 +146,18 @@ def _chunked(terms: Callable, P: Tensor, M: Tensor, y: Tensor, z: Tensor, theta:
              ) -> tuple[float, Tensor, Tensor]:
     """Sum over chunks of sequences of (loss, J^T J, J^T res): the tangents of one chunk at a time."""
     B, T, d = y.shape
-    per = max(1, CHUNK_BYTES // (8 * 6 * T * max(T - 1, 1) * d))
+    per = _per_chunk(T, d)
     loss, JtJ, Jtr = 0.0, 0.0, 0.0
     for b in range(0, B, per):
         s = slice(b, b + per)
         part = terms(P[s], M[s], y[s], z[s], theta, **kw)
         loss, JtJ, Jtr = loss + part[0], JtJ + part[1], Jtr + part[2]
     return loss, JtJ, Jtr
+
+
+def _per_chunk(T: int, d: int) -> int:
+    """Sequences per chunk: their tangents fit in CHUNK_BYTES (at least one sequence)."""
+    return max(1, CHUNK_BYTES // (TANGENTS * 8 * T * max(T - 1, 1) * d))
 
 
 def _finite_terms(P: Tensor, M: Tensor, y: Tensor, z: Tensor, theta: Tensor, *, depth: int

@@ -218,6 +218,13 @@ def warn_step(log_step: float, stacklevel: int = 4) -> None:
     )
 
 
+def step_overflow(log_step: float | Tensor, ridge: float, dtype: torch.dtype) -> ValueError:
+    """The one-line error for a step (with its ridge) beyond the working dtype's range."""
+    name = str(dtype).replace("torch.", "")
+    return ValueError(f"step {format_step(log_step)} (with ridge {ridge:g}) overflows {name}; use a smaller step"
+                      + (" or float64" if dtype != torch.float64 else ""))
+
+
 def check_tiny_step(diag: Tensor, log_scale: Tensor, step: float | Tensor, ridge: float,
                     exact: Tensor | None = None) -> None:
     """An explicit step so small that eta (R[t,t] + lambda) is below the dtype's smallest normal

@@ -50,6 +50,7 @@ from ..descent.steps import (
     check_tiny_step,
     default_log_step_of,
     log_of,
+    step_overflow,
     warn_unless_converges,
 )
 from ..validation import check_fits, parse_step
@@ -181,6 +182,10 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
         log_step = log_of(step)
         eta = step[1:].to(x) if per_row else step  # per pair: rows t = 1..T-1
     check_depth_and_step(depth, eta)
+    top = torch.finfo(x.dtype).max
+    if depth > 0 and not (bool((torch.as_tensor(eta).abs() <= top).all())
+                          and bool((torch.as_tensor(eta * ridge).abs() <= top).all())):
+        raise step_overflow(log_step, ridge, x.dtype)  # a float32 step past 3.4e38, scalar or per row
     if depth > 0:
         warn_unless_converges(diag, zeros, log_step, ridge)
     _check_memory(k, y, depth, return_all)
