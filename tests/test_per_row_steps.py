@@ -167,8 +167,10 @@ def test_return_all_and_float32_with_a_per_row_step():
     x = _unit_x(B=2, T=12)
     eta = _eta(12)
     history = descend(x, "gaussian", depth=4, step=eta, return_all=True, **OPTS["gaussian"])
+    linear = descend(x, "linear", depth=4, step=eta, ridge=0.1, return_all=True)  # linear time
     for n in range(5):
         _close(history[n], _closed(x, "gaussian", eta, 0.0, n))
+        _close(linear[n], _closed(x, "linear", eta, 0.1, n))
     low = ckd.predict(x.float(), "gaussian", depth=4, step=eta, dtype=torch.float32, **OPTS["gaussian"])
     assert low.dtype == torch.float32 and rel_err(low.double(), history[4]) < 1e-5
 
