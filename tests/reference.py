@@ -141,3 +141,41 @@ def complex_sweeps(x: np.ndarray, sweeps: int, ridge: float = 0.0) -> np.ndarray
         for s in range(1, T):
             p[t] += np.vdot(x[s - 1], x[t]) * (beta[s - 1] if s <= t else before[s - 1])
     return p
+
+
+def ckd_per_row(x: np.ndarray, kernel: str, depth: int, step: np.ndarray, ridge: float = 0.0,
+                beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """The per-row layer recursion of SPEC §10, literally: D = diag(eta), row t uses eta_t,
+    p <- p + D P r, r <- r - D (R r + lambda r), one row at a time."""
+    P, R = matrices(x, kernel, beta, sigma)
+    T = len(x)
+    r = x.copy()
+    r[0] = 0
+    p = np.zeros_like(x)
+    for _ in range(depth):
+        Pr, Rr = P @ r, R @ r
+        new_r = r.copy()
+        for t in range(T):
+            p[t] = p[t] + step[t] * Pr[t]
+            new_r[t] = r[t] - step[t] * (Rr[t] + ridge * r[t])
+        r = new_r
+    return p
+
+
+def per_row_closed_forms(x: np.ndarray, kernel: str, step: np.ndarray, ridge: float = 0.0, depth: int | None = None,
+                         beta: float = 1.0, sigma: float = 1.0) -> np.ndarray:
+    """SPEC §10's closed forms: depth N: p = D P sum_{l<N} (I - D (R + lambda I))^l y; depth None (inf):
+    p = D P (R + lambda I)^{-1} D^{-1} y on rows 1..T-1 (row 0 predicts 0)."""
+    P, R = matrices(x, kernel, beta, sigma)
+    T = len(x)
+    y = x.copy()
+    y[0] = 0
+    D = np.diag(step)
+    M = R + ridge * np.eye(T)
+    if depth is not None:
+        A = np.eye(T) - D @ M
+        return D @ P @ sum((np.linalg.matrix_power(A, n) @ y for n in range(depth)), np.zeros_like(y))
+    p = np.zeros_like(x)
+    alpha = np.linalg.solve(M[1:, 1:], y[1:] / step[1:, None])
+    p[1:] = step[1:, None] * (P[1:, 1:] @ alpha)
+    return p

@@ -153,6 +153,39 @@ def test_fuzz_predict(data, csv, out_suffix, flags, tmp_path, capsys):
     _check(argv, folder, capsys, out, _shape_of(inp), "predict")
 
 
+@st.composite
+def step_vectors(draw, T: int):
+    """Per-row steps for a prompt of T rows: mostly the right length, some bad values."""
+    n = draw(st.sampled_from([T, T, T, T, T - 1, T + 1, 0]))
+    good = [0.01, 0.1, 0.5, 2.0, 1.0]
+    pool = good if draw(st.booleans()) else good + [0.0, 1e300, 1e-300, -0.5, np.nan, np.inf]
+    values = draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n))
+    with np.errstate(all="ignore"):
+        return np.array(values, dtype=np.float64).astype(draw(st.sampled_from(["<f8", "<f4", ">f8", "<i8", "|b1"])))
+
+
+@settings(max_examples=40 * LONG, **FUZZ)
+@given(data=st.data(), x=good_arrays(), csv=st.booleans(), wrong=st.sampled_from([None] * 3 + ["any"]),
+       flags=st.fixed_dictionaries({}, optional={
+           "--kernel": st.sampled_from(["linear", "exp", "softmax", "gaussian"]),
+           "--depth": st.sampled_from(["0", "1", "3", "inf"]), "--ridge": st.sampled_from(["0", "0.1"]),
+           "--sweeps": st.sampled_from(["1", "2"]), "--dtype": st.sampled_from(["float64", "float32"])}))
+def test_fuzz_predict_step_file(data, x, csv, wrong, flags, tmp_path, capsys):
+    """--step-file ETA: generated vectors (good, wrong length, NaN / inf / negative values, other dtypes)
+    or any array; the promise holds (one line and no OUT, or finite OUT of IN's shape)."""
+    folder = _fresh(tmp_path)
+    inp = _write_input(folder, x, ".npy")
+    eta = data.draw(arrays() if wrong else step_vectors(x.shape[-2]))
+    step = folder / ("eta.csv" if csv and eta.ndim == 1 and eta.dtype.kind in "fi" else "eta.npy")
+    if step.suffix == ".csv":
+        np.savetxt(step, eta[None], delimiter=",")
+    else:
+        np.save(step, eta)
+    out = folder / "out.npy"
+    argv = ["predict", str(inp), "-o", str(out), "--step-file", str(step)] + [a for kv in flags.items() for a in kv]
+    _check(argv, folder, capsys, out, x.shape, "predict --step-file")
+
+
 @settings(max_examples=10 * LONG, **FUZZ)
 @given(data=arrays(), command=st.sampled_from(["predict", "forecast"]), spelling=st.sampled_from(["same", "dot"]))
 def test_fuzz_output_is_input(data, command, spelling, tmp_path, capsys):

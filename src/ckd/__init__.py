@@ -7,7 +7,7 @@ Prediction* (ICLR 2025, arXiv 2410.03011). See ``SPEC.md`` and the README.
 
 from .api import predict
 from .compare import compare
-from .descent import StabilityWarning, continuous_depth, descend, finite_depth, infinite_depth
+from .descent import StabilityWarning, continuous_depth, descend, finite_depth, fit_step, infinite_depth
 from .kernels import KERNELS, CausalMatrices, causal_matrices, kernel_matrix
 from .metrics import next_token_error
 from .sequences import TASKS, Task, make_task
@@ -27,6 +27,7 @@ __all__ = [
     "continuous_depth",
     "descend",
     "finite_depth",
+    "fit_step",
     "infinite_depth",
     "kernel_matrix",
     "make_task",

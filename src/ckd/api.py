@@ -25,6 +25,7 @@ from .validation import (  # noqa: F401 - re-exported: other modules import thes
     check_number,
     check_options,
     parse_depth,
+    parse_step,
 )
 
 
@@ -35,7 +36,7 @@ def predict(
     beta: float = 1.0,
     sigma: float = 1.0,
     depth: int | str = 16,
-    step: float | None = None,
+    step: float | Any | None = None,
     ridge: float = 0.0,
     backend: str = "descent",
     tokens: str = "augmented",
@@ -56,7 +57,11 @@ def predict(
     its imaginary part dropped; dtype complex128 / complex64 also turns a real x complex.
     kernel: linear | exp | softmax | gaussian (SPEC §2); depth: int >= 0 or "inf"
     (descent only); step None means eta = 0.5 / max_t (R[t,t] + ridge) over the
-    batch; backend: descent | transformer | "pretrained:NAME" (a trained model of ``ckd.pretrained``,
+    batch; a vector of length T (list, NumPy array or tensor) is a per-row step eta_0..eta_{T-1}
+    (SPEC §10; eta_0 unused, eta_t >= 0): D = diag(eta), each layer p <- p + D P r,
+    r <- r - D (R r + ridge r); depth inf is then D P (R + ridge I)^{-1} D^{-1} y, which needs
+    eta_t > 0 and differs from the uniform-step answer unless eta is constant (``ckd.descent.descend``);
+    backend: descent | transformer | "pretrained:NAME" (a trained model of ``ckd.pretrained``,
     which brings its own attention, depth and tokens: kernel, beta, sigma, depth, step, ridge and
     tokens must then stay at their defaults); tokens: augmented | raw (transformer).
     memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
@@ -81,10 +86,12 @@ def predict(
         if backend != "descent":
             raise ValueError(f"complex x runs on the descent backend only (backend {backend!r} is real)")
         check_complex(batch, kernel)
+    opts["step"] = parse_step(opts["step"], batch.shape[1])  # a per-row step: its length is T
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
     elif backend.startswith(PRETRAINED):
-        given = [k for k, v in dict(opts, tokens=tokens).items() if v != _PREDICT_DEFAULTS[k]]
+        given = [k for k, v in dict(opts, tokens=tokens).items()
+                 if (v is not None if k == "step" else v != _PREDICT_DEFAULTS[k])]
         if given:
             raise ValueError(f"backend {backend!r} runs the model's own attention and layers; {given[0]} does not "
                              "apply to it")
@@ -104,9 +111,11 @@ _PREDICT_DEFAULTS = dict(kernel="exp", beta=1.0, sigma=1.0, depth=16, step=None,
 
 
 def _transformer_backend(x: Tensor, *, kernel: str, beta: float, sigma: float, depth: int,
-                         step: float | None, ridge: float, tokens: str) -> Tensor:
+                         step: float | Tensor | None, ridge: float, tokens: str) -> Tensor:
     from .construction import run_constructed
     check_transformer_memory(x, kernel=kernel, depth=depth, ridge=ridge, tokens=tokens)
+    if isinstance(step, Tensor):  # a per-row step (T,), validated: float64 on x's device
+        step = step.to(x.device)
     return run_constructed(x, kernel=kernel, beta=beta, sigma=sigma, depth=depth, step=step,
                            ridge=ridge, tokens=tokens)
 

@@ -77,8 +77,8 @@ def _native_real(arr: np.ndarray, p: Path, complex_ok: bool = False) -> np.ndarr
     kinds = "biufc" if complex_ok else "biuf"
     if kind not in kinds or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
         if kind == "c":
-            raise ValueError(f"{p}: dtype {arr.dtype} is complex; only the linear kernel of ckd predict takes "
-                             "complex sequences")
+            raise ValueError(f"{p}: dtype {arr.dtype} is not a real number type (complex sequences are for "
+                             "ckd predict --kernel linear only)")
         raise ValueError(f"{p}: dtype {arr.dtype} is not a real number type; save bool, integers or floats")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))

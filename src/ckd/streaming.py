@@ -24,6 +24,15 @@ so a push costs O(d^2) whatever t is (``docs/performance.md``). Complex tokens (
 a complex dtype needs the linear kernel, and a complex token pushed into a real Streaming is refused
 (its imaginary part is never dropped).
 
+Per-row steps (SPEC §10): ``push(x_t, step=eta_t)`` gives row t the step eta_t. Depth inf is then
+p = D P (R + lambda I)^{-1} D^{-1} y, D = diag(eta): the solve above with right-hand side
+x_t / eta_t and the prediction p_t scaled by eta_t. A push without ``step`` uses eta_t = 1; since a
+constant step cancels at depth inf, a stream that never passes one is plain depth-inf CKD, and
+one that always passes the same number gives the same predictions (up to rounding). Only the
+ratios between rows matter. eta_t must be > 0 for t >= 1 (as on the batch paths); eta_0 is unused.
+No convergence warning here (the batch paths warn when eta_t (R[t,t] + lambda) leaves (0, 2)).
+The rows equal ``ckd.predict(x, depth="inf", step=eta)``.
+
 ``softmax`` normalises each row of R and P over s = 1..t, as the batch does. ``exp`` weights can
 overflow: as in ``ckd.kernels``, once the largest log-weight seen exceeds half the log of the
 largest float, weights are stored divided by exp(M), M the largest log-weight so far, and the
@@ -39,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .descent.steps import zero_step_error
 from .kernels import check_kernel, gaussian_scores_
 from .validation import as_dtype, check_complex, check_number, check_squares
 
@@ -51,7 +61,8 @@ class Streaming:
     >>> p = s.push(x1)   # prediction of x_2 = row 1 of ckd.predict(x, depth="inf")
 
     ``push`` takes a (d,) array or tensor and returns the prediction of the next token in
-    the same kind (numpy or tensor, in ``dtype``). ``reset`` forgets the sequence.
+    the same kind (numpy or tensor, in ``dtype``); ``push(x_t, step=eta_t)`` for per-row steps
+    (module doc). ``reset`` forgets the sequence.
     """
 
     def __init__(self, kernel: str = "exp", *, beta: float = 1.0, sigma: float = 1.0, ridge: float = 0.0,
@@ -85,39 +96,61 @@ class Streaming:
     def __len__(self) -> int:
         return self.t
 
-    def push(self, x_t: Any) -> Any:
-        """Add token x_t (d,); return the prediction of x_{t+1} (zeros for the first token)."""
+    def push(self, x_t: Any, step: float | None = None) -> Any:
+        """Add token x_t (d,); return the prediction of x_{t+1} (zeros for the first token).
+        ``step``: this row's eta_t (SPEC §10, module doc): a number > 0 (any finite number for the
+        first token, whose step is unused); None: 1."""
         x = self._as_token(x_t)
         t = self.t
+        eta = self._check_step(step, t)
         if self.kernel == "linear":
-            pred = self._push_linear(x)
+            pred = self._push_linear(x, eta)
             self.t = t + 1
             return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
         if t + 1 > self._keys.shape[0]:
             self._grow()
         self._keys[t] = x  # overwritten by the next push if this one raises
         row = self._scores(x, t)  # scores of x_t vs x_0..x_t: one matrix-vector product
-        pred = torch.zeros_like(x) if t == 0 else self._advance(x, row, t)
+        pred = torch.zeros_like(x) if t == 0 else self._advance(x, row, t, eta)
         self._prev = row
         self.t = t + 1
         return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
 
-    def _push_linear(self, x: Tensor) -> Tensor:
-        """One step of the delta rule (module doc): O(d^2); the state is unchanged if it raises."""
+    def _check_step(self, step: Any, t: int) -> float:
+        """eta_t of a push: 1 when None; a finite number, > 0 from the second token on."""
+        if step is None:
+            return 1.0
+        eta = check_number(step, "step")
+        if t > 0 and eta == 0:
+            raise zero_step_error(t)  # as the batch paths
+        if t > 0 and eta < 0:
+            raise ValueError(f"step must be >= 0 on every row t >= 1, got eta_{t} = {eta:g}")
+        return eta
+
+    def _push_linear(self, x: Tensor, eta: float = 1.0) -> Tensor:
+        """One step of the delta rule (module doc): O(d^2); the state is unchanged if it raises.
+        With a per-row step eta_t the right-hand side is x_t / eta_t and the prediction eta_t W_t x_t."""
+        rhs = x if eta == 1.0 else x / eta
+        self._check_finite_rhs(rhs)
         prev, self._last = self._last, x.clone()
         if prev is None:
             return torch.zeros_like(x)
         if not bool(prev.any()) and self.ridge == 0:  # a zero token x_{t-1}: coefficient 0 (as the batch paths)
-            return self._W @ x
+            return self._W @ x if eta == 1.0 else (self._W @ x).mul_(eta)
         m = float(prev.abs().amax()) or 1.0  # |x_{t-1}|^2 + lambda as m (m |s|^2 + lambda / m), s = x_{t-1} / m:
         s = prev / m  # no underflow for tiny tokens, no overflow for huge ones
         if self.dtype.is_complex:  # |s|^2 = s^H s, and W += alpha_t x_{t-1}^H (SPEC §10)
             sq, key = float(torch.vdot(s, s).real), prev.conj()
         else:  # (no extra op on the real hot path)
             sq, key = float(s @ s), prev
-        alpha = torch.addmv(x, self._W, prev, alpha=-1.0).div_(m).div_(m * sq + self.ridge / m)
+        alpha = torch.addmv(rhs, self._W, prev, alpha=-1.0).div_(m).div_(m * sq + self.ridge / m)
         self._W.addr_(alpha, key)
-        return self._W @ x
+        return self._W @ x if eta == 1.0 else (self._W @ x).mul_(eta)
+
+    @staticmethod
+    def _check_finite_rhs(rhs: Tensor) -> None:
+        if not bool(torch.isfinite(rhs).all()):
+            raise ValueError("a per-row step this small overflows y_t / eta_t at depth inf; use larger steps")
 
     def _scores(self, x: Tensor, t: int) -> Tensor:
         """``ckd.kernels.scores`` of x_t against the keys x_0..x_t, with the keys' squared norms
@@ -135,8 +168,11 @@ class Streaming:
         row[t] = 0.0  # k(x_t, x_t) = 1 exactly, as in the batch
         return row
 
-    def _advance(self, x: Tensor, row: Tensor, t: int) -> Tensor:
-        """Solve for alpha_t (row t of R is ``self._prev``) and return p_t (row t of P is row[:t])."""
+    def _advance(self, x: Tensor, row: Tensor, t: int, eta: float = 1.0) -> Tensor:
+        """Solve for alpha_t (row t of R is ``self._prev``) and return p_t (row t of P is row[:t]);
+        a per-row step eta_t: right-hand side x_t / eta_t, prediction times eta_t."""
+        rhs = x if eta == 1.0 else x / eta
+        self._check_finite_rhs(rhs)
         alpha = self._alpha[1:t]  # alpha_1..alpha_{t-1}
         shift = self._shift
         if self.kernel == "exp":
@@ -166,9 +202,10 @@ class Streaming:
                 raise ValueError("exp weights span more than the float range; lower beta or rescale x")
             self._alpha[1:t] = alpha
             self._shift = shift
-        self._alpha[t] = torch.addmv(x, alpha.T, r_w[:t - 1], alpha=-1.0).div_(diag)
+        self._alpha[t] = torch.addmv(rhs, alpha.T, r_w[:t - 1], alpha=-1.0).div_(diag)
         self._prev_w = weights
-        return p_w @ self._alpha[1:t + 1]
+        pred = p_w @ self._alpha[1:t + 1]
+        return pred if eta == 1.0 else pred.mul_(eta)
 
     def _weights(self, s: Tensor, shift: float) -> Tensor:
         """Kernel weights from scores s (one row): k = s (linear), exp(s - shift) (exp),

@@ -14,6 +14,8 @@ Rules fixed here:
   every squared norm |x_t|^2 finite in the working dtype ("input too large; rescale it": every
   kernel needs x.x);
 - numbers (``check_number``): a real finite number, not a string or a bool, with an optional bound;
+- steps (``parse_step``): None, a number >= 0, or a per-row vector of length T (SPEC §10):
+  real numeric, finite, >= 0 on rows t >= 1 (eta_0 is unused: any finite value);
 - integers (``check_int``): an integer (or an integral float), not a bool, within bounds;
 - sizes (``check_size``): an integer >= 1 (batch, length, dim, ...);
 - memory budgets (``check_memory_budget``): None or a finite number of bytes > 0;
@@ -198,10 +200,56 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
         beta=check_number(beta, "beta"),
         sigma=check_number(sigma, "sigma", minimum=0.0, strict=True),
         depth=depth,
-        step=None if step is None else check_number(step, "step", minimum=0.0),
+        step=parse_step(step),
         ridge=check_number(ridge, "ridge", minimum=0.0),
         sweeps=sweeps,
     )
+
+
+def parse_step(step: Any, length: int | None = None) -> float | Tensor | None:
+    """A step of causal kernel descent: None (the default step), a number >= 0 (the constant step), or a
+    per-row vector eta_0..eta_{T-1} (SPEC §10; row t uses eta_t, eta_0 is unused) given as a list, tuple,
+    NumPy array or tensor of rank 1. A vector is returned as a float64 tensor (on its device, values
+    unchanged); ``length``: the number of rows T it must have. Refused with one line: text, bools,
+    complex, other ranks, a wrong length, NaN / inf, a negative eta_t for t >= 1."""
+    if step is None:
+        return None
+    if isinstance(step, Tensor):
+        if step.is_meta or step.layout != torch.strided:
+            raise TypeError("step must be a number or a dense numeric vector")
+        if step.ndim == 0:
+            return check_number(step, "step", minimum=0.0)
+        if step.is_complex() or step.dtype == torch.bool:
+            raise TypeError(f"step must be a real numeric vector, got dtype {step.dtype}")
+        v = step.detach().to(torch.float64)
+    else:
+        try:
+            scalar = isinstance(step, (str, bytes)) or np.ndim(step) == 0
+        except ValueError:  # a ragged list: reported below
+            scalar = False
+        if scalar:  # numbers, NumPy scalars; text and bools are refused there
+            return check_number(step, "step", minimum=0.0)
+        try:
+            arr = np.asarray(step)
+        except Exception as err:  # ragged lists and the like
+            raise TypeError(f"step must be a number or a numeric vector: {str(err).splitlines()[0]}") from None
+        if arr.dtype == object or arr.dtype.kind not in "iuf":
+            raise TypeError(f"step must be a number or a real numeric vector, got dtype {arr.dtype}")
+        v = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    if v.ndim != 1:
+        raise ValueError(f"step must be a number or a vector (eta_0..eta_(T-1)), got shape {tuple(v.shape)}")
+    if length is not None and v.shape[0] != length:
+        raise ValueError(f"step has {v.shape[0]} values but x has T = {length} rows; a per-row step needs one "
+                         "value per row (eta_0 unused)")
+    bad = ~torch.isfinite(v)
+    if bool(bad.any()):
+        t = int(bad.nonzero()[0, 0])
+        raise ValueError(f"step must be finite, got eta_{t} = {float(v[t])}")
+    negative = v[1:] < 0
+    if bool(negative.any()):
+        t = int(negative.nonzero()[0, 0]) + 1
+        raise ValueError(f"step must be >= 0 on every row t >= 1, got eta_{t} = {float(v[t]):g}")
+    return v
 
 
 def as_batch(x: Any, dtype: torch.dtype, name: str = "x", *, allow_complex: bool = False) -> tuple[Tensor, bool]:

@@ -11,7 +11,7 @@ from ..api import BACKENDS, DTYPES, TOKENS, predict
 from ..cli import MAX_INT, integer
 from ..io import check_output_path, load_array, save_array
 from ..kernels import KERNELS
-from ..validation import parse_float
+from ..validation import parse_float, parse_step
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,12 @@ def add_parser(sub) -> None:
     p.add_argument("--beta", type=parse_float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
     p.add_argument("--sigma", type=parse_float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
     p.add_argument("--depth", default="16", help="number of layers N >= 0, or inf (default 16)")
-    p.add_argument("--step", type=parse_float, default=None, help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--step", type=parse_float, default=None,
+                       help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
+    steps.add_argument("--step-file", metavar="ETA", default=None,
+                       help="per-row steps eta_0..eta_{T-1} (SPEC §10; eta_0 unused): a (T,) .npy, or one row or "
+                            "column of a .csv; at depth inf they change the answer (docs: per-row steps)")
     p.add_argument("--ridge", type=parse_float, default=0.0, help="ridge lambda >= 0 (default 0)")
     p.add_argument("--sweeps", type=integer(1), default=1,
                    help="sweeps over the prompt at depth inf (default 1; many -> kernel ridge, docs/results.md)")
@@ -46,8 +51,28 @@ def run(args) -> int:
                              "(k(a, b) = b^H a) and the descent backend")
         if Path(args.output).suffix.lower() == ".csv":
             raise ValueError(f"{args.output}: a .csv output holds real numbers; use .npy for complex predictions")
-    out_path = check_output_path(args.output, x.ndim, inputs=[args.input])
-    pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=args.step,
+    inputs = [args.input] + ([args.step_file] if args.step_file else [])
+    out_path = check_output_path(args.output, x.ndim, inputs=inputs)
+    step = args.step if args.step_file is None else load_step(args.step_file, x.shape[-2])
+    pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=step,
                    ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps)
     save_array(out_path, pred)
     return 0
+
+
+def load_step(path: str, length: int) -> np.ndarray:
+    """A per-row step file: a (T,) array (``ckd.io.load_array``: .npy, or .csv whose one row or one
+    column is the vector) with the checks of ``ckd.validation.parse_step`` (``length`` values, finite,
+    >= 0 from row 1 on), each error naming the file."""
+    eta = load_array(path)
+    if eta.ndim == 2 and Path(path).suffix.lower() == ".csv" and 1 in eta.shape:
+        eta = eta.reshape(-1)
+    if eta.ndim != 1:
+        raise ValueError(f"{path}: a step file holds one vector eta_0..eta_(T-1), got shape {eta.shape}")
+    if eta.dtype == np.bool_:
+        raise ValueError(f"{path}: dtype bool is not a step; save numbers")
+    try:
+        parse_step(eta, length)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return eta

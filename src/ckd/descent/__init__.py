@@ -14,7 +14,8 @@ and row t of p predicts x_{t+1}. The package, one idea per module (arrows point 
     continuous   the neural-ODE limit (eta = tau / N, N -> inf)
     scaling      exact power-of-two scaling of the linear kernel's inputs
     steps        step rules, convergence test, growth and overflow checks (also used by
-                 ``ckd.linear_time`` and ``ckd.construction``)
+                 ``ckd.linear_time`` and ``ckd.construction``); per-row steps (SPEC §10)
+    fit          ``fit_step``: least-squares steps against a target (SPEC §10; above dispatch)
 
 Reference: M. E. Sander, G. Peyré, *Towards Understanding the Universality of Transformers for
 Next-Token Prediction*, ICLR 2025 (arXiv 2410.03011).
@@ -32,6 +33,7 @@ from .dense import (
     row_blocks,
 )
 from .dispatch import descend
+from .fit import fit_step
 from .steps import (
     StabilityWarning,
     check_step,
@@ -55,6 +57,7 @@ __all__ = [
     "diagonal",
     "effective",
     "finite_depth",
+    "fit_step",
     "gauss_seidel",
     "gauss_seidel_doubling",
     "infinite_depth",

@@ -11,6 +11,14 @@ Closed forms (tested in ``tests/test_descent.py``):
     depth inf: (R + lambda I) alpha = y on rows 1..T-1 (forward substitution;
                for lambda = 0 one forward Kaczmarz sweep in the kernel's RKHS)
 
+Per-row steps (SPEC §10): ``step`` may be a vector eta (T,), D = diag(eta), and each layer is
+p <- p + D P r, r <- r - D (R r + lambda r) (row t's update scaled by eta_t), so that
+
+    p_N      = D P sum_{l<N} (I - D (R + lambda I))^l y
+    depth inf: p = D P (R + lambda I)^{-1} D^{-1} y on rows 1..T-1: the solve with right-hand side
+               y_t / eta_t, its predictions scaled by eta_t. Not the uniform-step answer unless eta
+               is constant (a constant cancels); it needs eta_t > 0 for t >= 1.
+
 The step rules and the stability checks are ``ckd.descent.steps``'s.
 
 Cost (``docs/performance.md``): P and R are built once per batch, then each layer is two
@@ -30,20 +38,21 @@ from torch import Tensor
 
 from ..kernels import CausalMatrices, causal_rows, exp_log_scale
 from ..progress import progress_bar
-from ..validation import available_memory, check_fits, check_memory_budget
+from ..validation import available_memory, check_fits, check_memory_budget, parse_step
 from .steps import (
     check_depth_and_step,
     check_growth,
+    check_infinite_step,
     check_tiny_step,
-    converges,
     default_log_step_of,
     diagonal,
     effective_log,
     exact_log_diagonal,
-    format_step,
     log_of,
+    row_steps,
+    step_overflow,
     targets,
-    warn_step,
+    warn_unless_converges,
 )
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of (T, T)-sized working memory before row blocks are used
@@ -53,36 +62,39 @@ def finite_depth(
     mats: CausalMatrices,
     y: Tensor,
     depth: int,
-    step: float,
+    step: float | Tensor,
     ridge: float = 0.0,
     *,
     return_all: bool = False,
 ) -> Tensor:
     """Depth-N CKD. y: (B, T, d) targets. Returns p (B, T, d), or (N+1, B, T, d) if
     ``return_all`` (the prediction after 0, 1, ..., N layers; no extra products).
+    ``step``: eta, or a per-row step (T,) (list, array or tensor; SPEC §10, module doc).
 
     Warns ``StabilityWarning`` when the step is outside the convergence region, or
     when the residuals grow so much (max_l |r_l| / |y|) that the dtype's precision
     is lost; raises ``FloatingPointError`` when the result is not finite.
     """
+    step = parse_step(step, y.shape[1])
     check_depth_and_step(depth, step)
     return finite_from_log(mats, y, depth, log_of(step), ridge, return_all)
 
 
-def finite_from_log(mats: CausalMatrices, y: Tensor, depth: int, log_step: float, ridge: float,
+def finite_from_log(mats: CausalMatrices, y: Tensor, depth: int, log_step: float | Tensor, ridge: float,
                     return_all: bool) -> Tensor:
-    """``finite_depth`` with the step given as log eta (the default step may underflow as a float)."""
+    """``finite_depth`` with the step given as log eta (the default step may underflow as a float;
+    a per-row step as the (T,) tensor of ``steps.log_of``)."""
     if y.numel() == 0:  # no sequence or no coordinate
         return y.new_zeros((depth + 1, *y.shape) if return_all else y.shape)
-    if depth > 0 and not converges(diagonal(mats), mats.log_scale, log_step, ridge):
-        warn_step(log_step)
+    if depth > 0:
+        warn_unless_converges(diagonal(mats), mats.log_scale, log_step, ridge)
     T = y.shape[1]
     out, r_max = finite_blocks([(0, T, mats.P, mats.R)], y, depth, log_step, ridge, mats.log_scale, return_all)
     check_growth(out, float(r_max), float(y.abs().amax()))
     return out
 
 
-def finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float, log_scale: Tensor,
+def finite_blocks(blocks, y: Tensor, depth: int, log_step: float | Tensor, ridge: float, log_scale: Tensor,
                    return_all: bool, n_blocks: int = 1) -> tuple[Tensor, Tensor]:
     """The layer recursion over row blocks (start, stop, P rows, R rows) given in order; blocks
     may be generated lazily. Each block's rows of P and R are used for every layer before the
@@ -90,21 +102,29 @@ def finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float, 
     and r_l of earlier blocks is kept (depth + 1, B, T, d). Returns (p or its history, max |r_l|).
 
     Per layer and block: p <- p + eta P r, r <- (1 - eta lambda) r - eta R r, as two baddbmm with
-    a scalar alpha (eta per sequence only when exp rescaling differs across the batch). Nothing
+    a scalar alpha (eta per sequence only when exp rescaling differs across the batch); a per-row log
+    step (T,) scales row t's two updates by eta_t e^m and (1 - eta_t lambda) instead. Nothing
     grows with the depth but ``history`` (``return_all``) and ``kept`` (more than one block); a
     tqdm bar on stderr (a terminal only) shows work that lasts more than a few seconds.
     """
     B, T, d = y.shape
     eta, _ = effective_log(log_scale, log_step, ridge)
-    uniform = bool((log_scale == log_scale[0]).all()) if B > 0 else True
-    alpha = float(eta.flatten()[0]) if uniform and B > 0 else 1.0
-    step_ridge = math.exp(log_step + math.log(ridge)) if ridge > 0 and log_step > -math.inf else 0.0
-    decay = 1.0 - step_ridge  # eta * lambda is the same in stored and true units
     top = torch.finfo(y.dtype).max
-    if not (abs(alpha) <= top and abs(decay) <= top and bool((eta <= top).all())):
-        dtype = str(y.dtype).replace("torch.", "")
-        raise ValueError(f"step {format_step(log_step)} (with ridge {ridge:g}) overflows {dtype}; "
-                         "use a smaller step" + (" or float64" if y.dtype != torch.float64 else ""))
+    per_row = isinstance(log_step, Tensor)
+    if per_row:  # eta_t e^m (B, T, 1) and 1 - eta_t lambda (1, T, 1), both 0 / 1 on row 0 (real, also for complex y)
+        real = y.real.dtype if y.is_complex() else y.dtype
+        eta = eta.to(device=y.device, dtype=real)
+        decay = (1.0 - torch.exp(log_step + math.log(ridge)) if ridge > 0 else torch.ones_like(log_step))
+        decay = decay.to(device=y.device, dtype=real)[None, :, None]
+        uniform, alpha, fits = False, 1.0, bool((eta <= top).all()) and bool((decay.abs() <= top).all())
+    else:
+        uniform = bool((log_scale == log_scale[0]).all()) if B > 0 else True
+        alpha = float(eta.flatten()[0]) if uniform and B > 0 else 1.0
+        step_ridge = math.exp(log_step + math.log(ridge)) if ridge > 0 and log_step > -math.inf else 0.0
+        decay = 1.0 - step_ridge  # eta * lambda is the same in stored and true units
+        fits = abs(alpha) <= top and abs(decay) <= top and bool((eta <= top).all())
+    if not fits:
+        raise step_overflow(log_step, ridge, y.dtype)
     history = y.new_zeros(depth + 1, B, T, d) if return_all else None
     out = None if return_all else y.new_zeros(B, T, d)
     kept = None  # r_l on the rows of every block so far: needed once there is more than one block
@@ -119,9 +139,14 @@ def finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float, 
             if kept is not None:
                 kept[layer, :, start:stop] = r
             prefix = r if kept is None else kept[layer, :, :stop]  # r_l on rows 0..stop-1
-            s = prefix if uniform else eta * prefix
-            p = torch.baddbmm(p, P, s, alpha=alpha)
-            r = torch.baddbmm(r, R, s, beta=decay, alpha=-alpha)
+            if per_row:  # row t's update times eta_t (the rows of the output, not of r)
+                e = eta[:, start:stop]
+                p = torch.addcmul(p, e, torch.bmm(P, prefix))
+                r = torch.addcmul(r * decay[:, start:stop], e, torch.bmm(R, prefix), value=-1.0)
+            else:
+                s = prefix if uniform else eta * prefix
+                p = torch.baddbmm(p, P, s, alpha=alpha)
+                r = torch.baddbmm(r, R, s, beta=decay, alpha=-alpha)
             r_max = torch.maximum(r_max, torch.linalg.vector_norm(r, math.inf))
             if history is not None:
                 history[layer + 1, :, start:stop] = p
@@ -135,8 +160,14 @@ def finite_blocks(blocks, y: Tensor, depth: int, log_step: float, ridge: float, 
     return (history if history is not None else out), r_max
 
 
-def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0, *, zero_columns: bool = False) -> Tensor:
+def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0, *, zero_columns: bool = False,
+                   step: float | Tensor | None = None) -> Tensor:
     """Depth-inf CKD: p = P alpha with (R + lambda I) alpha = y on rows 1..T-1.
+
+    ``step``: a number or None is not used (a constant step cancels at depth inf); a per-row step
+    eta (T,) (SPEC §10) gives p = D P (R + lambda I)^{-1} D^{-1} y, D = diag(eta), which needs
+    eta_t > 0 for t >= 1 (``ValueError`` otherwise) and is warned about when some row is outside
+    the convergence region (it is then a fixed point the layers do not reach).
 
     A lower-triangular solve; for lambda = 0 it equals one forward Kaczmarz sweep.
     Raises ``ValueError`` if a diagonal entry R[t,t] + lambda is zero and ``FloatingPointError``
@@ -148,17 +179,27 @@ def infinite_depth(mats: CausalMatrices, y: Tensor, ridge: float = 0.0, *, zero_
     never reaches a prediction and is set to 0 (Kaczmarz skips a zero row) instead of raising:
     the all-zero input predicts 0.
     """
+    step = parse_step(step, y.shape[1])
+    step = step if isinstance(step, Tensor) else None  # a number cancels at depth inf
     return infinite_blocks([(0, y.shape[1], mats.P, mats.R)], y, ridge, mats.log_scale, inplace=False,
-                            zero_columns=zero_columns)
+                            zero_columns=zero_columns, step=step)
 
 
 def infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inplace: bool,
-                     zero_columns: bool = False, n_blocks: int = 1) -> Tensor:
+                     zero_columns: bool = False, n_blocks: int = 1, step: Tensor | None = None) -> Tensor:
     """Blocked forward substitution over row blocks (start, stop, P rows, R rows), in order:
     alpha_k = (R_kk + lambda I)^{-1} (y_k - R_{k,<k} alpha_{<k}), then p_k = P_k alpha_{<=k}.
     ``inplace``: the blocks are temporaries and R_kk may be overwritten. ``zero_columns``: see
-    ``infinite_depth`` (a zero diagonal entry gives alpha_t = 0)."""
+    ``infinite_depth`` (a zero diagonal entry gives alpha_t = 0). ``step``: a per-row step (T,):
+    the right-hand side is y_t / eta_t and p_t is scaled by eta_t (module doc)."""
     B, T, d = y.shape
+    if step is not None:
+        check_infinite_step(step)
+        eta = row_steps(step, y)
+        y = y / eta
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("a per-row step this small overflows y_t / eta_t at depth inf; use larger steps")
+        diags = []  # R[t, t], t = 1..T-1, for the convergence warning
     _, lam = effective_log(log_scale, 1.0, ridge)
     alpha = y.new_zeros(B, T, d)  # alpha_0 = 0: row 0 has no pair (and column 0 of P, R is 0)
     p = y.new_zeros(B, T, d)
@@ -173,6 +214,8 @@ def infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpla
         if stop <= lo:
             continue
         A = R[:, lo - start:, lo:stop]
+        if step is not None:
+            diags.append(torch.diagonal(A, dim1=-2, dim2=-1).real.clone())  # real also for complex x
         if ridge > 0:
             A = A if inplace else A.clone()
             torch.diagonal(A, dim1=-2, dim2=-1).add_(lam[:, :, 0])
@@ -196,6 +239,9 @@ def infinite_blocks(blocks, y: Tensor, ridge: float, log_scale: Tensor, *, inpla
         del P, R, A  # before the next block is built
     if bar is not None:
         bar.close()
+    if step is not None:
+        warn_unless_converges(torch.cat(diags, 1), log_scale, log_of(step), ridge, infinite=True)
+        p.mul_(eta)
     check_growth(p, float(torch.stack(a_maxes).max()), float(y.abs().amax()), infinite=True, stacklevel=5)
     return p
 
@@ -260,14 +306,16 @@ def row_blocks(x: Tensor, kernel: str, beta: float, sigma: float, log_scale: Ten
 
 
 def descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: int | str,
-                     step: float | None, ridge: float, return_all: bool, rows: int) -> Tensor:
-    """``descend`` in row blocks of ``rows``: never more than one block of P and R in memory."""
+                     step: float | Tensor | None, ridge: float, return_all: bool, rows: int) -> Tensor:
+    """``descend`` in row blocks of ``rows``: never more than one block of P and R in memory.
+    ``step``: None (the default), eta, or a per-row step (T,) (module doc)."""
     y = targets(x)
     log_scale = exp_log_scale(x, beta, rows) if kernel == "exp" else x.real.new_zeros(x.shape[0])
     if depth == "inf":
         return infinite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, ridge, log_scale,
-                                inplace=True, zero_columns=kernel == "linear", n_blocks=-(-x.shape[1] // rows))
-    log_step = -math.inf if step is None else log_of(float(step))  # with depth 0 no layer uses the step
+                                inplace=True, zero_columns=kernel == "linear", n_blocks=-(-x.shape[1] // rows),
+                                step=step if isinstance(step, Tensor) else None)
+    log_step = -math.inf if step is None else log_of(step)  # with depth 0 no layer uses the step
     if depth > 0:  # the step and its check need the diagonal of R first: one pass over the blocks
         parts = []
         for start, _, P, R in row_blocks(x, kernel, beta, sigma, log_scale, rows):
@@ -278,9 +326,8 @@ def descend_blocked(x: Tensor, kernel: str, beta: float, sigma: float, depth: in
         if step is None:
             log_step = default_log_step_of(diag, log_scale, ridge, exact)
         else:
-            check_tiny_step(diag, log_scale, float(step), ridge, exact)
-        if not converges(diag, log_scale, log_step, ridge):
-            warn_step(log_step)
+            check_tiny_step(diag, log_scale, step, ridge, exact)
+        warn_unless_converges(diag, log_scale, log_step, ridge)
     n_blocks = -(-x.shape[1] // rows)
     out, r_max = finite_blocks(row_blocks(x, kernel, beta, sigma, log_scale, rows), y, depth, log_step, ridge,
                                 log_scale, return_all, n_blocks)

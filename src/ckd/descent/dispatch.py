@@ -14,12 +14,14 @@ from torch import Tensor
 
 from .. import linear_time
 from ..kernels import causal_matrices
-from ..validation import check_complex, check_memory_budget
+from ..validation import check_complex, check_memory_budget, parse_step
 from .dense import block_rows, check_memory, default_budget, descend_blocked, finite_from_log, infinite_depth
 from .scaling import mixed_scales, power_of_two_scale
 from .steps import (
     check_depth_and_step,
+    check_infinite_step,
     check_tiny_step,
+    constant_step,
     default_log_step_of,
     diagonal,
     exact_log_diagonal,
@@ -36,7 +38,7 @@ def descend(
     beta: float = 1.0,
     sigma: float = 1.0,
     depth: int | float | str = 16,
-    step: float | None = None,
+    step: float | Tensor | None = None,
     ridge: float = 0.0,
     return_all: bool = False,
     memory_budget: float | None = None,
@@ -66,30 +68,46 @@ def descend(
     Complex x (linear kernel only, SPEC §10): k(a, b) = b^H a, on every path (dense, row blocks,
     linear time, sweeps); the result is complex, the step real (R[t,t] = |x_{t-1}|^2).
     sweeps: K >= 1 Gauss-Seidel sweeps at depth inf (SPEC §7, ``swept``); 1 is depth inf.
+
+    Per-row steps (SPEC §10): ``step`` may be a vector eta_0..eta_{T-1} (list, array or tensor;
+    eta_0 unused), D = diag(eta): each layer is p <- p + D P r, r <- r - D (R r + lambda r), and
+    depth inf is p = D P (R + lambda I)^{-1} D^{-1} y (which needs eta_t > 0 for t >= 1, and differs
+    from the uniform-step answer unless eta is constant). A vector that is constant on rows t >= 1
+    runs as that number (the same numbers: a scalar step is the constant vector). sweeps > 1 take
+    no per-row step. Every path takes it: dense, row blocks, linear time.
     """
     check_complex(x, kernel)
     features = linear_time.check_features(kernel, features, feature_seed, beta)
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
+    step = constant_step(parse_step(step, x.shape[1]))
+    if isinstance(step, Tensor):
+        step = step.to(x.device).clone()
+        step[:1] = 0  # unused: any finite eta_0 is accepted, and it must not overflow the scaling below
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
     if sweeps != 1:
         if not infinite:
             raise ValueError("sweeps > 1 needs depth 'inf'")
+        if isinstance(step, Tensor):
+            raise ValueError("sweeps > 1 take no per-row step (a sweep revisits every pair; a per-row step is "
+                             "defined for one pass, SPEC §10); use sweeps=1 or a constant step")
         linear_time.check_method(method)
         if method == "linear" or features is not None:
             raise ValueError("sweeps > 1 run on the dense Gram matrix: use method 'auto' or 'dense', without features")
-    if not infinite:
+    if infinite:
+        check_infinite_step(step)
+    else:
         depth = int(depth)
-        check_depth_and_step(depth, 0.0 if step is None else float(step))
+        check_depth_and_step(depth, 0.0 if step is None else step)
     if kernel == "linear" and infinite and x.shape[0] > 1 and x.numel() and mixed_scales(x):
         # rows are independent at depth inf: each sequence gets its own exact power-of-two scale
-        return torch.cat([descend(x[b:b + 1], kernel, beta=beta, sigma=sigma, depth=depth, ridge=ridge,
+        return torch.cat([descend(x[b:b + 1], kernel, beta=beta, sigma=sigma, depth=depth, step=step, ridge=ridge,
                                   memory_budget=memory_budget, method=method, sweeps=sweeps)
                           for b in range(x.shape[0])])
     if kernel == "linear" and (k := power_of_two_scale(x)):
         c = 2.0 ** k
-        step = None if step is None else float(step) * c * c
-        if step is not None and not math.isfinite(step):
+        step = None if step is None else step * c * c  # exact: a power of two
+        if step is not None and not bool(torch.isfinite(torch.as_tensor(step)).all()):
             raise ValueError(f"step is too large for inputs of size 2^{k}: eta * max_t R[t,t] overflows")
         if not math.isfinite(ridge / c / c):
             raise ValueError(f"ridge {ridge:g} is too large for inputs of size 2^{k}: lambda / |x|^2 overflows")
@@ -116,13 +134,13 @@ def descend(
                 linear_time.feature_matrices(x, kernel, features, feature_seed, beta=beta, sigma=sigma))
         y = targets(x)
         if infinite:
-            return infinite_depth(mats, y, ridge, zero_columns=kernel == "linear")
+            return infinite_depth(mats, y, ridge, zero_columns=kernel == "linear", step=step)
         exact = None if features is not None else exact_log_diagonal(x, kernel, beta)
         if step is None:
             log_step = default_log_step_of(diagonal(mats), mats.log_scale, ridge, exact)
         else:
-            check_tiny_step(diagonal(mats), mats.log_scale, float(step), ridge, exact)
-            log_step = log_of(float(step))
+            check_tiny_step(diagonal(mats), mats.log_scale, step, ridge, exact)
+            log_step = log_of(step)
         return finite_from_log(mats, y, depth, log_step, ridge, return_all)
     return descend_blocked(x, kernel, beta, sigma, "inf" if infinite else depth, step, ridge,
                             return_all, rows)

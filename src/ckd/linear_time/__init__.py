@@ -15,6 +15,10 @@ normaliser, ``features`` module doc). Then, with D = dim phi and no T x T matrix
     depth N     each layer is causal linear attention with one shared prefix sum
                 S_t = sum_{s <= t} r_s k_s^T:  (P r)_t = S_t q_t,  (R r)_t = S_t u_t
                 (``chunk.descend_chunked``): O(N T (C + D) d) time.
+    per row     a per-row step eta_t (SPEC §10): depth N scales row t's update by eta_t (each
+                layer p_t += eta_t (P r)_t, r_t -= eta_t ((R r)_t + lambda r_t)); depth inf is the
+                delta rule on the right-hand side y_t / eta_t, its predictions scaled by eta_t
+                (p = D P (R + lambda I)^{-1} D^{-1} y).
     continuous  alpha(tau) = M^{-1} (I - exp(-tau M)) y, M = R + lambda I, stays quadratic
                 (``ckd.descent.continuous_depth``): in the Laplace variable z each alpha_t is a
                 rational function of z whose degree grows with t, so no fixed-size state carries
@@ -46,13 +50,14 @@ from torch import Tensor
 from ..descent.steps import (
     check_depth_and_step,
     check_growth,
+    check_infinite_step,
     check_tiny_step,
-    converges,
     default_log_step_of,
     log_of,
-    warn_step,
+    step_overflow,
+    warn_unless_converges,
 )
-from ..validation import check_complex, check_fits
+from ..validation import check_complex, check_fits, parse_step
 from .chunk import ATTENTION_CHUNK, DELTA_CHUNK, causal_linear_attention, delta_rule_chunked, descend_chunked
 from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices
 from .naive import delta_rule_naive, descend_naive, linear_attention_naive
@@ -130,12 +135,13 @@ def _positive(z: Tensor) -> Tensor:
 
 
 def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: float = 1.0,
-            depth: int | str = 16, step: float | None = None, ridge: float = 0.0, return_all: bool = False,
+            depth: int | str = 16, step: float | Tensor | None = None, ridge: float = 0.0, return_all: bool = False,
             features: int | None = None, feature_seed: int = 0, chunk: int | None = None) -> Tensor:
     """Linear-time CKD for x (B, T, d) (module doc): row t of the result predicts x_{t+1}; with
     ``return_all`` (finite depth) the predictions after 0..N layers, (N+1, B, T, d).
 
-    depth: int >= 0 or "inf"; step None: eta = 0.5 / max over the batch and t of (R[t,t] + lambda).
+    depth: int >= 0 or "inf"; step None: eta = 0.5 / max over the batch and t of (R[t,t] + lambda);
+    a per-row step (T,) as in ``ckd.descent.descend`` (module doc).
     Warns ``StabilityWarning`` (step outside the convergence region, or precision lost to growth),
     raises ``FloatingPointError`` when the result is not finite (float32 overflow included) and
     ``ValueError`` when depth inf meets R[t,t] + lambda = 0, as the dense path does.
@@ -144,12 +150,21 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     if infinite and return_all:
         raise ValueError("return_all needs a finite depth")
+    step = parse_step(step, T)
+    per_row = isinstance(step, Tensor)
     k, u, q, y = pairs(x, kernel, features, feature_seed, beta=beta, sigma=sigma)
     diag = (u * k).sum(-1)  # R[t, t], t = 1..T-1 (|x_{t-1}|^2: real for complex x)
     diag = diag.real if diag.is_complex() else diag
     zeros = x.real.new_zeros(B)  # log scales (real also for complex x)
-    y_max = float(y.abs().amax()) if y.numel() else 0.0
     if infinite:
+        if per_row:  # the delta rule on y_t / eta_t, predictions times eta_t
+            check_infinite_step(step)
+            eta = step[1:].to(x)[None, :, None]
+            y = y / eta
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("a per-row step this small overflows y_t / eta_t at depth inf; use larger steps")
+            warn_unless_converges(diag, zeros, log_of(step), ridge, infinite=True)
+        y_max = float(y.abs().amax()) if y.numel() else 0.0
         zero = diag + ridge == 0
         if kernel == "linear" and features is None and bool(zero.any()):
             # a zero token x_{s-1} carries no information (its column of P and R is 0): coefficient 0,
@@ -164,20 +179,25 @@ def descend(x: Tensor, kernel: str = "linear", *, beta: float = 1.0, sigma: floa
                                   diag=(diag + ridge).masked_fill(zero, 1.0))
         scaled = (diag + ridge)[..., None] * a
         growth = float(torch.linalg.vector_norm(scaled, math.inf)) if scaled.numel() else 0.0
-        out = _with_row0(p)
+        out = _with_row0(p * eta if per_row else p)
         check_growth(out, growth, y_max, infinite=True, stacklevel=4)
         return out
     depth = int(depth)
+    y_max = float(y.abs().amax()) if y.numel() else 0.0
     if step is None:
         log_step = default_log_step_of(diag, zeros, ridge)
         eta = math.exp(log_step)  # exact: the linear kernel's diagonal is stored unscaled (0 for all-zero input)
     else:
-        eta = float(step)
-        check_tiny_step(diag, zeros, eta, ridge)
-        log_step = log_of(eta)
+        check_tiny_step(diag, zeros, step, ridge)
+        log_step = log_of(step)
+        eta = step[1:].to(x) if per_row else step  # per pair: rows t = 1..T-1
     check_depth_and_step(depth, eta)
-    if depth > 0 and not converges(diag, zeros, log_step, ridge):
-        warn_step(log_step)
+    top = torch.finfo(x.dtype).max
+    if depth > 0 and not (bool((torch.as_tensor(eta).abs() <= top).all())
+                          and bool((torch.as_tensor(eta * ridge).abs() <= top).all())):
+        raise step_overflow(log_step, ridge, x.dtype)  # a float32 step past 3.4e38, scalar or per row
+    if depth > 0:
+        warn_unless_converges(diag, zeros, log_step, ridge)
     _check_memory(k, y, depth, return_all)
     p, r_max = descend_chunked(k, u, q, y, depth, eta, ridge, return_all=return_all, chunk=chunk or ATTENTION_CHUNK)
     out = _with_row0(p)

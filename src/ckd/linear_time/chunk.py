@@ -103,10 +103,12 @@ def causal_linear_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int = ATTENT
     return out.reshape(*lead, n, Fv)
 
 
-def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step: float, ridge: float = 0.0,
-                    *, return_all: bool = False, chunk: int = ATTENTION_CHUNK) -> tuple[Tensor, Tensor]:
+def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step: float | Tensor,
+                    ridge: float = 0.0, *, return_all: bool = False, chunk: int = ATTENTION_CHUNK
+                    ) -> tuple[Tensor, Tensor]:
     """Depth-N CKD on pairs, each layer p <- p + eta P r, r <- (1 - eta lambda) r - eta R r with P r and
-    R r from one chunked linear attention (queries q and u, one shared prefix sum).
+    R r from one chunked linear attention (queries q and u, one shared prefix sum). ``step``: eta, or
+    a per-pair step (n,) (SPEC §10: pair i is row i + 1): pair i's updates are then scaled by eta_i.
 
     Causality lets each group of chunks run all N layers before the next group (layer l there
     needs only the state of r_l over the earlier groups, carried: N states of D x dv).
@@ -116,6 +118,9 @@ def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step
     history = y.new_zeros(depth + 1, B, n, dv) if return_all else None
     out = y.new_zeros(B, n, dv)
     states = y.new_zeros(depth, B, D, dv)
+    per_row = isinstance(step, Tensor)
+    if per_row:  # (1, n, 1), cut into chunks with the values below (padding: eta 0, decay 1)
+        step = step.to(y)[None, :, None]
     decay = 1.0 - step * ridge
     r_max = y.abs().amax() if y.numel() else y.new_zeros(())  # a running max: nothing kept per layer
     group = _group_len(B, n, chunk) if n else 1
@@ -129,11 +134,17 @@ def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step
         queries = queries.flatten(2, 3)  # (B, G, 2 C, D): the rows of P, then those of R
         r = _chunks(y, start, stop, chunk)
         p = torch.zeros_like(r)
+        if per_row:
+            eta, dec = _chunks(step, start, stop, chunk), _chunks(decay, start, stop, chunk)
         for layer in range(depth):
             both, states[layer] = attention_chunks(scores, queries, kc, r, states[layer])
             Pr, Rr = both[:, :, :chunk], both[:, :, chunk:]
-            p = p.add_(Pr, alpha=step)
-            r = (r * decay).sub_(Rr, alpha=step)
+            if per_row:
+                p = p.addcmul_(eta, Pr)
+                r = (r * dec).addcmul_(eta, Rr, value=-1.0)
+            else:
+                p = p.add_(Pr, alpha=step)
+                r = (r * decay).sub_(Rr, alpha=step)
             r_max = torch.maximum(r_max, r.abs().amax())
             if history is not None:
                 history[layer + 1, :, start:stop] = p.flatten(1, 2)[:, :stop - start]

@@ -44,11 +44,17 @@ def linear_attention_naive(k: Tensor, queries: Tensor, r: Tensor) -> Tensor:
     return out
 
 
-def descend_naive(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int | str, step: float,
+def descend_naive(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int | str, step: float | Tensor,
                   ridge: float = 0.0) -> Tensor:
     """Depth-N (layers of ``linear_attention_naive``) or depth-inf (``delta_rule_naive``) CKD on pairs.
-    Returns the predictions of the pairs p (B, n, dv)."""
+    Returns the predictions of the pairs p (B, n, dv). ``step``: eta, or a per-pair step (n,) (SPEC §10;
+    pair i is row i + 1): layer updates of pair i times eta_i; depth inf: the delta rule on y_i / eta_i,
+    its predictions times eta_i (a number cancels there)."""
+    if isinstance(step, Tensor):
+        step = step.to(y)[:, None]  # (n, 1): one factor per pair
     if depth == "inf":
+        if isinstance(step, Tensor):
+            return delta_rule_naive(k, u, q, y / step, ridge)[0] * step
         return delta_rule_naive(k, u, q, y, ridge)[0]
     queries = q.new_zeros(2, *q.shape)
     queries[0], queries[1] = q, u
