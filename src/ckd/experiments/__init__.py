@@ -33,6 +33,7 @@ EXPERIMENTS: dict[str, str] = {
     "chaos": "ckd.experiments.chaos",
     "context-length": "ckd.experiments.context_length",
     "chaos-forecast": "ckd.experiments.chaos_forecast",
+    "icml2024": "ckd.experiments.icml2024",
 }
 
 SIZES = ("quick", "default", "full")
@@ -40,7 +41,7 @@ SIZES = ("quick", "default", "full")
 # measured seconds of each experiment on 2 cores, per size (the whole-run progress bar of ckd reproduce)
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
     "depth-and-length": {"quick": 2, "default": 35, "full": 35},
-    "kaczmarz-limit": {"quick": 3, "default": 180, "full": 180},
+    "kaczmarz-limit": {"quick": 3, "default": 90, "full": 180},
     "sweeps": {"quick": 2, "default": 6, "full": 6},
     "continuous-depth": {"quick": 2, "default": 40, "full": 40},
     "induction-head": {"quick": 1, "default": 5, "full": 5},
@@ -50,6 +51,7 @@ EXPECTED_SECONDS: dict[str, dict[str, float]] = {
     "chaos": {"quick": 10, "default": 150, "full": 150},
     "context-length": {"quick": 5, "default": 100, "full": 1200},
     "chaos-forecast": {"quick": 20, "default": 200, "full": 5400},
+    "icml2024": {"quick": 15, "default": 120, "full": 120},
 }
 
 

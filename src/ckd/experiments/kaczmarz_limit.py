@@ -82,10 +82,12 @@ def transient_growth(R: torch.Tensor, step: float, max_power: int) -> np.ndarray
 
 def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu") -> dict:
     quick = size == "quick"
-    cfg = dict(batch=16, length=30, lengths=(5, 10, 20), max_log2_depth=10, region_depth=256, growth_batch=4,
-               growth_length=60, max_power=200, precision_batch=16, precision_length=102) if quick else \
-        dict(batch=100, length=40, lengths=(5, 10, 20, 40), max_log2_depth=12, region_depth=1024, growth_batch=100,
-             growth_length=200, max_power=400, precision_batch=100, precision_length=302)
+    full = dict(batch=100, length=40, lengths=(5, 10, 20, 40), max_log2_depth=12, region_depth=1024, growth_batch=100,
+                growth_length=200, max_power=400, precision_batch=100, precision_length=302)
+    cfg = {"quick": dict(batch=16, length=30, lengths=(5, 10, 20), max_log2_depth=10, region_depth=256, growth_batch=4,
+                         growth_length=60, max_power=200, precision_batch=16, precision_length=102),
+           # the default size of ckd reproduce: the full grid, half the sequences
+           "default": dict(full, batch=50, growth_batch=50, precision_batch=50)}.get(size, full)
     depths = [2**k for k in range(cfg["max_log2_depth"] + 1)]
     c_grid = np.round(np.linspace(0.05, 2.5, 30 if not quick else 15), 4)
     res: dict = dict(depths=depths, steps=list(STEPS), c_grid=c_grid)
