@@ -17,6 +17,8 @@ units. Doubling blocks cost at most twice one fit on the whole trajectory.
 
 Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
 
+    krr        the default: kernel ridge regression on the prefix (ckd.baselines.kernel_ridge,
+               gaussian; 29x lower median error than ckd on the 41-system benchmark, docs/forecast.md)
     ckd        one layer of causal kernel descent with the gaussian kernel (depth 1, eta = 1:
                the prediction head P v, P[t, s] = k(z_t, z_{s-1})) whose value channels carry
                the local moments v_s = (phi phi^T, phi dz^T), phi = (1, z_{s-1}), dz = z_s - z_{s-1};
@@ -25,7 +27,6 @@ Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
                and forecasts z_t + (1, z_t) c_t (kernel-weighted local linear regression of
                the increment). Depth "inf" uses the Kaczmarz sweep instead (ckd.descent) with
                the normalised read-out z_t + (P alpha)_dz / (P alpha)_1.
-    krr        kernel ridge regression on the prefix (ckd.baselines.kernel_ridge, gaussian)
     ols        affine least squares on the prefix (ckd.baselines.least_squares on (z, 1), ridge 1e-6)
     analogues  successor of the k nearest earlier states (ckd.baselines.analogues)
     last       x_t
@@ -55,10 +56,11 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
-from .rollout import ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
+from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .validation import as_batch, check_fits, check_number
 
 METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
+# DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
 
 # Expert grids (standardised units): every combination is an expert.
 GRIDS = {
@@ -213,6 +215,8 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
         depth = 1
     else:
         raise ValueError(f"forecast depth must be 1 or inf, got {depth!r}")
+    if depth == "inf" and method != "ckd":
+        raise ValueError(f"depth applies to method ckd, not {method} (the default is krr): give method ckd")
     return dict(
         method=method,
         sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
@@ -235,7 +239,7 @@ def memory_needed(method: str, depth: Any, B: int, T: int, d: int) -> int:
     return _BYTES_PER_T2[key] * B * T * T + 64 * B * T * (d + 1) ** 2 * 8
 
 
-def forecast_details(x: Tensor, method: str = "ckd", *, horizon: Any = None, univariate: bool = False,
+def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False,
                      embed: Any = 5, sigma: float | None = None, ridge: float | None = None, k: int = 1,
                      depth: Any = 1, sweeps: Any = None, checkpoint: Any = None) -> Forecast | Rollout:
     """``forecast`` on a float64 tensor x (B, T, d), with its details: for one-step forecasts
@@ -303,6 +307,8 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
         raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
     if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if sweeps is not None and method != "ckd":
+        raise ValueError(f"sweeps applies to method ckd, not {method} (the default is krr): give method ckd")
     if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))
                                .is_integer()):
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
@@ -330,21 +336,21 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
                    sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model)
 
 
-def forecast(x: Any, method: str = "ckd", *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
+def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
              sigma: float | None = None, ridge: float | None = None, k: int = 1, depth: Any = 1,
              sweeps: Any = None, checkpoint: Any = None) -> Any:
     """Forecasts of a raw trajectory from its past only.
 
     horizon None (one step): row t forecasts x_{t+1} from rows 0..t; x (T, d) or (B, T, d),
-    T >= 3, returns the same shape. method: ckd (default) | analogues | krr | ols | last |
+    T >= 3, returns the same shape. method: krr (default) | ckd | analogues | ols | last |
     transformer; sigma, ridge: fix the bandwidth / ridge in standardised units (default: chosen
     causally per row from ``GRIDS``); depth: 1 or "inf" for ckd. See the module doc.
 
     horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
-    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: ckd
-    (default) | krr | analogues | parrot | last | mean | transformer; univariate: forecast each
+    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: krr
+    (default) | ckd | analogues | parrot | last | mean | transformer; univariate: forecast each
     coordinate from its own past through a delay embedding of dimension ``embed`` (also the
-    window of parroting, default 5); sigma, ridge, sweeps fix ckd's settings (default: chosen
+    window of parroting, default 5); sigma, ridge (ckd, krr) and sweeps (ckd) fix settings (default: chosen
     from the context by held-out rollouts).
 
     k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
