@@ -56,6 +56,7 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
+from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .validation import as_batch, check_fits, check_number
 
@@ -319,6 +320,8 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     check_fits(series * gram + 4 * B * (T + H) * d * 8, f"a {H}-step forecast --method {method} on B={B}, T={T}, d={d}",
                "use a shorter context or horizon (ckd and krr build (T, T) matrices), or --method parrot, "
                "analogues or last", x.device)
+    if method in ("nvar", "esn"):
+        reservoirpy()  # one clear error before any work when the extra is missing
     need = min_context(method, univariate, D)
     if T < need:
         setting = f"{'univariate, ' if univariate else ''}embed {D}" if method == "parrot" or univariate else ""
@@ -348,10 +351,11 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
 
     horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
     (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: krr
-    (default) | ckd | analogues | parrot | last | mean | transformer; univariate: forecast each
-    coordinate from its own past through a delay embedding of dimension ``embed`` (also the
-    window of parroting, default 5); sigma, ridge (ckd, krr) and sweeps (ckd) fix settings (default: chosen
-    from the context by held-out rollouts).
+    (default) | ckd | analogues | parrot | last | mean | transformer | nvar | esn (reservoirpy);
+    univariate: forecast each coordinate from its own past through a delay embedding of
+    dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr; ridge
+    also nvar, esn) and sweeps (ckd) fix settings (default: chosen from the context by held-out
+    rollouts).
 
     k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
     model of ``ckd.pretrained`` (method transformer).

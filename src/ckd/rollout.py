@@ -40,14 +40,17 @@ Methods (``ROLLOUT_METHODS``):
     mean       x^_{T+h} = the mean of the context.
     transformer  a Transformer of ``ckd train`` (``checkpoint``) run on the standardised sequence
                (context + generated tokens) at every step; its last row is the next token.
+    nvar, esn  the field's baselines from reservoirpy (``ckd.reservoir``: next-generation
+               reservoir computing and an echo state network of 500 units), settings chosen
+               from the context by held-out rollouts as for krr.
 
 Univariate mode (``univariate=True``): each coordinate is forecast from its own past only, as a
 (T, 1) series; ckd, krr and analogues then use the delay embedding of dimension D = ``embed``
 (default 5, as parroting), ckd and krr with a lag chosen among ``UNIVARIATE_LAGS``. In the
 full-state mode the whole x_t is the token (lag 1) and ckd chooses D among ``GRIDS``.
 
-How ckd (and krr) choose their settings, from the context alone. The end of the context is
-held out: for each origin o in ``ORIGINS`` (steps before the end), the model is fitted on
+How ckd (and krr) choose their settings, from the context alone (``ckd.heldout``). The end of
+the context is held out: for each origin o in ``ORIGINS`` (steps before the end), the model is fitted on
 z_0..z_{T-1-o} and rolled out for o steps; its score is the mean over origins and steps of the
 clipped error min(|z^ - z|, 1) (standardised units). The setting with the smallest score is
 refitted on the whole context. Only context values are ever read.
@@ -69,9 +72,12 @@ from torch import Tensor
 
 from .baselines import context_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
+from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
+from .reservoir import RESERVOIR_METHODS, reservoir_rollout
+from .reservoir import min_context as reservoir_min_context
 from .validation import MAX_INT
 
-ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer")
+ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer") + RESERVOIR_METHODS
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
@@ -82,8 +88,6 @@ GRIDS = {
             "stride": (1,), "lag": (1,)},
 }
 UNIVARIATE_LAGS = (1, 3)  # delay lags searched by ckd / krr in univariate mode (steps; 3 of 30 per Lyapunov time)
-ORIGINS = (0.1875, 0.3125)  # held-out ends of the context scoring a setting (fractions of T: 96, 160 of 512)
-CLIP = 1.0
 
 
 @dataclass
@@ -126,6 +130,8 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
         return embed + 1
     if method == "analogues":
         return (embed if univariate else 1) + 1
+    if method in RESERVOIR_METHODS:
+        return reservoir_min_context(method)
     w = (embed - 1) * max(UNIVARIATE_LAGS) if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"]) - 1
     return 2 * (w + 4)  # pairs left after holding out the longest origin
 
@@ -226,17 +232,6 @@ def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int
     return out
 
 
-def heldout_origins(T: int) -> list[int]:
-    """The held-out ends o of a context of length T (``ORIGINS``, fractions of T; at least 1 step)."""
-    return sorted({max(1, round(f * T)) for f in ORIGINS})
-
-
-def heldout_error(pred: Tensor, truth: Tensor) -> Tensor:
-    """Mean clipped error min(|z^ - z|, 1) over the steps of held-out rollouts: pred (G, o, c) of G
-    settings against truth (o, c) -> (G,); a non-finite step counts 1."""
-    return (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
-
-
 def _select(z: Tensor, grid: dict) -> tuple[dict, float, int]:
     """The setting of ``grid`` with the smallest clipped held-out rollout error (module doc), its
     score and the number of settings scored."""
@@ -254,8 +249,8 @@ def _select(z: Tensor, grid: dict) -> tuple[dict, float, int]:
                 for s, e in zip(settings, err.tolist()):
                     key = tuple(s.items())
                     scores[key] = scores.get(key, 0.0) + e / len(origins)
-    best = min(scores, key=scores.get)  # ties: the first in grid order
-    return dict(best), scores[best], len(scores)
+    top = best(scores)
+    return dict(top), scores[top], len(scores)
 
 
 def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
@@ -362,6 +357,11 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
                 diag: dict = {}
                 o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, embed=D,
                                       lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
+                settings.append(s)
+                diagnostics.append(diag)
+            elif method in RESERVOIR_METHODS:
+                diag = {}
+                o, s = reservoir_rollout(zs[i], H, method, ridge=ridge, diagnostics=diag)
                 settings.append(s)
                 diagnostics.append(diag)
             else:  # analogues

@@ -116,16 +116,17 @@ def _run_one(args) -> dict:
 
 
 def run(out: pathlib.Path, *, quick: bool, seed: int, device: str, systems: list[str] | None = None,
-        n_workers: int | None = None) -> dict:
+        n_workers: int | None = None, n_ics: int | None = None) -> dict:
     """The benchmark (package doc) on ``systems`` (default: all, or ``QUICK``'s) with ``n_workers``
-    processes (default ``workers()``; 1 when quick). ``seed`` has no effect: the protocol fixes
-    its own seed."""
+    processes (default ``workers()``; 1 when quick), on the first ``n_ics`` initial conditions of
+    each (default: all 20, or 1 when quick). ``seed`` has no effect: the protocol fixes its own seed."""
     from .. import progress
 
     names = list(systems or (QUICK["systems"] if quick else all_systems()))
-    n_ics, horizon, long_steps = ((QUICK["n_ics"], QUICK["horizon"], QUICK["long"]) if quick
-                                  else (PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG))
+    n_ics_default, horizon, long_steps = ((QUICK["n_ics"], QUICK["horizon"], QUICK["long"]) if quick
+                                          else (PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG))
     n_workers = n_workers or (1 if quick else workers())
+    n_ics = n_ics or n_ics_default
     jobs = [(s, n_ics, horizon, long_steps, device) for s in names]
     start = time.perf_counter()
     partial = os.environ.get("CKD_PARTIAL")  # optional: pickle the systems done so far (long runs elsewhere)
@@ -172,20 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", type=int, default=LONG, help=f"generate: long-trajectory steps (default {LONG}; 0: none)")
     p.add_argument("--out", default="ckd-results", help="run: output folder (default ckd-results/)")
     p.add_argument("--quick", action="store_true", help="run: the quick configuration")
+    p.add_argument("--ics", type=int, default=None, help="the first N initial conditions of each system "
+                   f"(default all {PROTOCOL['n_ics']}; fewer for a documented subset)")
     args = p.parse_args(argv)
     n_workers = workers() if args.workers is None else args.workers
     if n_workers < 1:
         p.error(f"--workers must be >= 1, got {n_workers}")
+    if args.ics is not None and not 1 <= args.ics <= PROTOCOL["n_ics"]:
+        p.error(f"--ics must be in 1 .. {PROTOCOL['n_ics']}, got {args.ics}")
     names = args.systems or all_systems()
     print(f"cache: {cache_dir()}", file=sys.stderr)
     t0 = time.perf_counter()
     if args.action == "run":
         out = pathlib.Path(args.out)
-        head = run(out, quick=args.quick, seed=0, device="cpu", systems=args.systems, n_workers=n_workers)
+        head = run(out, quick=args.quick, seed=0, device="cpu", systems=args.systems, n_workers=n_workers,
+                   n_ics=args.ics)
         print(json.dumps(head, indent=1))
         print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
         return 0
-    jobs = [(s, PROTOCOL["n_ics"], args.long) for s in names]
+    jobs = [(s, args.ics or PROTOCOL["n_ics"], args.long) for s in names]
     from tqdm.auto import tqdm
 
     if n_workers > 1:

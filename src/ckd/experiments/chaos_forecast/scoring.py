@@ -18,20 +18,38 @@ from .data import LONG, PROTOCOL, SystemData
 
 # (label, method, univariate): what runs, and in which setting. Parroting is per coordinate by
 # construction (univariate); last and mean are the same in both settings (listed once, full).
+# krr is the default of ckd forecast; nvar and esn are reservoirpy's (run when it is installed).
 RUNS = [
     ("ckd", "ckd", False), ("krr", "krr", False), ("analogues", "analogues", False),
+    ("nvar", "nvar", False), ("esn", "esn", False),
     ("last", "last", False), ("mean", "mean", False),
     ("ckd-uni", "ckd", True), ("krr-uni", "krr", True), ("analogues-uni", "analogues", True),
     ("parrot", "parrot", True),
 ]
 REFERENCE = "parrot"
-LONG_RUNS = ("ckd", "krr", "parrot")          # attractor test
+DEFAULT = "krr"                               # the default method of ckd forecast
+LONG_RUNS = ("ckd", "krr", "nvar", "esn", "parrot")   # attractor test
 HORIZONS = {"1": 30, "2": 60, "5": 150, "10": 300}   # Lyapunov times -> steps (30 per Lyapunov time)
 EMBED = 5                                     # univariate delay embedding and parroting window (SPEC §8)
 KNN_K = 5
 GP_POINTS = 2000                              # gp_dim on at most this many points (strided)
 EXAMPLES = ("Lorenz", "Rossler", "Chua", "MackeyGlass", "Aizawa", "Thomas")
 EXAMPLE_RUNS = ("ckd", "krr", "ckd-uni", "parrot")   # drawn against the truth
+
+
+def active_runs() -> list[tuple[str, str, bool]]:
+    """``RUNS`` less nvar and esn when reservoirpy is not installed (the optional extra)."""
+    try:
+        import reservoirpy  # noqa: F401
+    except ImportError:
+        return [r for r in RUNS if r[1] not in ("nvar", "esn")]
+    return list(RUNS)
+
+
+def run_labels(results: dict) -> list[str]:
+    """The labels of ``RUNS`` present in every usable system's results (in ``RUNS`` order)."""
+    ok = [r for r in results.values() if r["status"] == "ok"]
+    return [lab for lab, _, _ in RUNS if all(lab in r["vpt"] for r in ok)]
 
 
 def setting(label: str) -> str:
@@ -126,7 +144,7 @@ def run_system(name: str, n_ics: int = PROTOCOL["n_ics"], horizon: int = PROTOCO
     res["integrations"] = data.integrations
     res.update(status="ok", dim=int(X.shape[-1]), vpt={}, rolling={}, smape={}, stopped={}, seconds={})
     examples = {}
-    for label, method, uni in RUNS:
+    for label, method, uni in active_runs():
         t1 = time.perf_counter()
         pred, stopped = _rollouts(ctx, horizon, method, uni, device)
         res["seconds"][label] = time.perf_counter() - t1
@@ -150,8 +168,7 @@ def _attractor(data: SystemData, long: np.ndarray | None, steps: int, device: st
     T = PROTOCOL["context"]
     ctx, truth = long[None, :T], long[T:]
     out = {"truth_gp_dim": corr_dim(truth), "kl": {}, "gp_dim": {}, "seconds": {}}
-    for label in LONG_RUNS:
-        _, method, uni = next(r for r in RUNS if r[0] == label)
+    for label, method, uni in [r for r in active_runs() if r[0] in LONG_RUNS]:
         t1 = time.perf_counter()
         pred = _rollouts(ctx, steps, method, uni, device)[0][0]
         out["seconds"][label] = time.perf_counter() - t1
@@ -168,7 +185,7 @@ def summarise(results: dict, horizon: int) -> dict:
     ics_failed = {s: r["ics_failed"] for s, r in ok.items() if r["ics_failed"]}
     runs = {}
     ref = {s: float(np.median(r["vpt"][REFERENCE])) for s, r in ok.items()}
-    for label, _, _ in RUNS:
+    for label in run_labels(ok):
         v = {s: float(np.median(r["vpt"][label])) for s, r in ok.items()}
         curves = np.array([r["rolling"][label] for r in ok.values()]) if ok else np.zeros((0, horizon))
         runs[label] = {
@@ -185,9 +202,13 @@ def summarise(results: dict, horizon: int) -> dict:
             "stopped_steps": sum(r["stopped"][label] for r in ok.values()),
             "seconds": sum(r["seconds"][label] for r in ok.values()),
         }
+    # systems where the default's median VPT is strictly larger than another method's
+    pairs = {f"{DEFAULT}>{lab}": sum(float(np.median(r["vpt"][DEFAULT])) > float(np.median(r["vpt"][lab]))
+                                     for r in ok.values())
+             for lab in runs if lab != DEFAULT and DEFAULT in runs}
     att = {s: r["attractor"] for s, r in ok.items() if r.get("attractor", {}).get("kl")}
     attractor = {}
-    for label in LONG_RUNS:
+    for label in [lab for lab in LONG_RUNS if all(lab in a["kl"] for a in att.values())]:
         kl = {s: a["kl"][label] for s, a in att.items()}
         gp = {s: abs(a["gp_dim"][label] - a["truth_gp_dim"]) for s, a in att.items()}
         attractor[label] = {
@@ -196,5 +217,5 @@ def summarise(results: dict, horizon: int) -> dict:
             "median_abs_gp_dim_error": float(np.nanmedian(list(gp.values()))) if gp else math.nan,
             "gp_dim_nan": sum(math.isnan(v) for v in gp.values()),
         }
-    return {"n_systems": len(ok), "excluded": excluded, "ics_failed": ics_failed, "runs": runs,
+    return {"n_systems": len(ok), "excluded": excluded, "ics_failed": ics_failed, "runs": runs, "pairs": pairs,
             "attractor": attractor, "attractor_systems": len(att)}
