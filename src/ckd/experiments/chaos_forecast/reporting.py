@@ -10,6 +10,7 @@ import pathlib
 
 import numpy as np
 
+from ...metrics import SPECTRUM_SMOOTHING
 from .. import plotting as pl
 from .data import INTEGRATOR, PROTOCOL, cache_dir, dysts_version
 from .scoring import (
@@ -59,8 +60,10 @@ def report(out: pathlib.Path, results: list[dict], seconds: float, *, quick: boo
         if label in summary["runs"]:
             w = summary["runs"][label]["vs_reference"]
             head[f"{label}: systems beating parrot"] = f"{w['wins']}/{summary['n_systems']}"
-    if "ckd" in summary["attractor"]:
-        head["ckd KL below parrot's"] = summary["attractor"]["ckd"]["kl_below_reference"]
+    for label in ("krr", "ckd"):
+        if label in summary["attractor"]:
+            head[f"{label} KL below parrot's"] = summary["attractor"][label]["kl_below_reference"]
+            head[f"{label} D_H below parrot's"] = summary["attractor"][label]["hellinger_below_reference"]
     head["worker-seconds per system (wall x workers / systems)"] = seconds * n_workers / max(1, len(names))
     return head
 
@@ -73,11 +76,12 @@ def _write_csv(path: pathlib.Path, results: dict) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["system", "run", "setting", "status", "n_ics", "vpt_median",
-                    *[f"smape_{k}" for k in HORIZONS], "kl", "gp_dim_rollout", "gp_dim_truth", "reason"])
+                    *[f"smape_{k}" for k in HORIZONS], "kl", "hellinger", "gp_dim_rollout", "gp_dim_truth",
+                    "reason"])
         labels = run_labels(results)
         for s, r in results.items():
             if r["status"] != "ok":
-                w.writerow([s, "", "", r["status"], 0, "", *[""] * len(HORIZONS), "", "", "", r["reason"]])
+                w.writerow([s, "", "", r["status"], 0, "", *[""] * len(HORIZONS), "", "", "", "", r["reason"]])
                 continue
             a = r.get("attractor", {})
             for label in labels:
@@ -85,6 +89,7 @@ def _write_csv(path: pathlib.Path, results: dict) -> None:
                 w.writerow([s, label, setting(label), "ok", len(r["ics_used"]), f"{np.median(r['vpt'][label]):.6g}",
                             *[f"{sm[k]:.6g}" if k in sm else "" for k in HORIZONS],
                             f"{a['kl'][label]:.6g}" if label in a.get("kl", {}) else "",
+                            f"{a['hellinger'][label]:.6g}" if label in a.get("hellinger", {}) else "",
                             f"{a['gp_dim'][label]:.6g}" if label in a.get("gp_dim", {}) else "",
                             f"{a['truth_gp_dim']:.6g}" if label in a.get("kl", {}) else "", ""])
 
@@ -120,16 +125,20 @@ def tables(data: dict) -> str:
                          + " | ".join(_g(r["median_smape"].get(k)) for k in hs) + f" | {wins} | {r['seconds']:.0f} |")
         lines.append("")
     if summ["attractor"]:
-        lines += [f"**Attractor test** ({summ['attractor_systems']} systems; initial condition 0, a "
+        lines += [f"**Long-term statistics** ({summ['attractor_systems']} systems; initial condition 0, a "
                   f"{cfg['long']}-step rollout after the {cfg['protocol']['context']}-point context against the "
-                  f"true continuation; KL(truth ‖ rollout) by the k-NN estimator, k = {cfg['knn_k']}; correlation "
-                  f"dimension by dysts' gp_dim on ≤ {cfg['gp_points']} points)", "",
-                  "| method | median KL | systems with KL below parrot's | median abs(gp_dim − truth's) "
-                  "| gp_dim not estimable |", "|---|---|---|---|---|"]
+                  f"true continuation. State-space divergence: KL(truth ‖ rollout) by the k-NN estimator, k = "
+                  f"{cfg['knn_k']}. D_H: Hellinger distance between power spectra (gaussian smoothing sd "
+                  f"{SPECTRUM_SMOOTHING:g} bins), averaged over coordinates; between the two halves of the truth it "
+                  f"is {_g(summ.get('hellinger_floor_median'))} (median). Correlation dimension by dysts' gp_dim on "
+                  f"≤ {cfg['gp_points']} points)", "",
+                  "| method | median KL | KL below parrot's | median D_H | D_H below parrot's "
+                  "| median abs(gp_dim − truth's) | gp_dim not estimable |", "|---|---|---|---|---|---|---|"]
         for label, a in summ["attractor"].items():
             below = "—" if label == cfg["reference"] else a["kl_below_reference"]
-            lines.append(f"| {label} | {_g(a['median_kl'])} | {below} | {_g(a['median_abs_gp_dim_error'])} "
-                         f"| {a['gp_dim_nan']} |")
+            below_h = "—" if label == cfg["reference"] else a.get("hellinger_below_reference", "—")
+            lines.append(f"| {label} | {_g(a['median_kl'])} | {below} | {_g(a.get('median_hellinger'))} | {below_h} "
+                         f"| {_g(a['median_abs_gp_dim_error'])} | {a['gp_dim_nan']} |")
         lines.append("")
     lines += goals(summ) + [""]
     if summ["excluded"] or summ["ics_failed"]:
@@ -145,6 +154,17 @@ def tables(data: dict) -> str:
         if r["status"] == "ok":
             lines.append(f"| {s} | " + " | ".join(_g(float(np.median(r["vpt"][lab]))) for lab in labels) + " |")
     lines += ["", "</details>"]
+    att = {s: r["attractor"] for s, r in data["systems"].items()
+           if r["status"] == "ok" and r.get("attractor", {}).get("hellinger")}
+    if att:
+        long_labels = list(summ["attractor"])
+        lines += ["", "<details><summary>Long-term statistics per system: KL / D_H</summary>", "",
+                  "| system | " + " | ".join(long_labels) + " | D_H truth halves |",
+                  "|---|" + "---|" * (len(long_labels) + 1)]
+        for s, a in att.items():
+            cells = [f"{_g(a['kl'][lab])} / {_g(a['hellinger'][lab])}" for lab in long_labels]
+            lines.append(f"| {s} | " + " | ".join(cells) + f" | {_g(a.get('hellinger_floor'))} |")
+        lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
@@ -251,7 +271,7 @@ def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> No
         axes[-1, 0].set_xlabel("time after the context (Lyapunov times)")
         pl.save_figure(fig, out, "chaos-forecast_examples")
 
-    fig, axes = pl.figure(1, 2, width=4.5, height=3.6)
+    fig, axes = pl.figure(1, 3, width=4.5, height=3.6)
     ax = axes[0]
     for lab in long_labels:
         x = [a["truth_gp_dim"] for a in att.values()]
@@ -270,5 +290,19 @@ def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> No
         ax.boxplot(kls, showfliers=True, flierprops={"markersize": 2})
     ax.set_xticks(range(1, len(long_labels) + 1), long_labels)
     ax.set_ylabel("KL(truth ‖ rollout), k-NN estimate")
-    ax.set_title(f"attractor test, {len(att)} systems")
+    ax.set_title(f"state-space divergence, {len(att)} systems")
+    ax = axes[2]
+    dhs = [[a["hellinger"][lab] for a in att.values() if lab in a.get("hellinger", {})] for lab in long_labels]
+    if att:
+        ax.boxplot(dhs, showfliers=True, flierprops={"markersize": 2})
+        for i, v in enumerate(dhs):
+            ax.scatter(np.full(len(v), i + 1) + np.random.default_rng(i).uniform(-0.2, 0.2, len(v)), v, s=6,
+                       color=COLORS[long_labels[i]], alpha=0.7, zorder=3)
+        floor = summary.get("hellinger_floor_median", math.nan)
+        if math.isfinite(floor):
+            ax.axhline(floor, color="grey", lw=0.8, ls=":", label="truth vs truth (median)")
+            ax.legend(fontsize=7)
+    ax.set_xticks(range(1, len(long_labels) + 1), long_labels)
+    ax.set_ylabel("D_H: Hellinger distance of power spectra")
+    ax.set_title(f"power spectra, {len(att)} systems")
     pl.save_figure(fig, out, "chaos-forecast_attractor")

@@ -162,17 +162,25 @@ def run_system(name: str, n_ics: int = PROTOCOL["n_ics"], horizon: int = PROTOCO
 
 
 def _attractor(data: SystemData, long: np.ndarray | None, steps: int, device: str) -> dict:
-    """KL(truth || rollout) (``knn_kl``) and correlation dimensions for a ``steps``-step rollout."""
+    """Long-term statistics of a ``steps``-step rollout against the true continuation: the
+    state-space divergence KL(truth || rollout) (``knn_kl``), the Hellinger distance between power
+    spectra (``ckd.metrics.spectral_hellinger``) and correlation dimensions. ``hellinger_floor``:
+    the distance between the two halves of the truth (what sampling alone gives, at half length)."""
+    from ...metrics import spectral_hellinger
+
     if long is None:
         return {"reason": data.reason(f"long{steps}") or data.reason("ics")}
     T = PROTOCOL["context"]
     ctx, truth = long[None, :T], long[T:]
-    out = {"truth_gp_dim": corr_dim(truth), "kl": {}, "gp_dim": {}, "seconds": {}}
+    half = len(truth) // 2
+    out = {"truth_gp_dim": corr_dim(truth), "kl": {}, "hellinger": {}, "gp_dim": {}, "seconds": {},
+           "hellinger_floor": spectral_hellinger(truth[:half], truth[half:2 * half])}
     for label, method, uni in [r for r in active_runs() if r[0] in LONG_RUNS]:
         t1 = time.perf_counter()
         pred = _rollouts(ctx, steps, method, uni, device)[0][0]
         out["seconds"][label] = time.perf_counter() - t1
         out["kl"][label] = knn_kl(truth, pred)
+        out["hellinger"][label] = spectral_hellinger(truth, pred)
         out["gp_dim"][label] = corr_dim(pred)
     return out
 
@@ -211,11 +219,16 @@ def summarise(results: dict, horizon: int) -> dict:
     for label in [lab for lab in LONG_RUNS if all(lab in a["kl"] for a in att.values())]:
         kl = {s: a["kl"][label] for s, a in att.items()}
         gp = {s: abs(a["gp_dim"][label] - a["truth_gp_dim"]) for s, a in att.items()}
+        dh = {s: a["hellinger"][label] for s, a in att.items() if "hellinger" in a}
         attractor[label] = {
             "median_kl": float(np.median(list(kl.values()))) if kl else math.nan,
             "kl_below_reference": f"{sum(kl[s] < att[s]['kl'][REFERENCE] for s in kl)}/{len(kl)}",
+            "median_hellinger": float(np.median(list(dh.values()))) if dh else math.nan,
+            "hellinger_below_reference": f"{sum(dh[s] < att[s]['hellinger'][REFERENCE] for s in dh)}/{len(dh)}",
             "median_abs_gp_dim_error": float(np.nanmedian(list(gp.values()))) if gp else math.nan,
             "gp_dim_nan": sum(math.isnan(v) for v in gp.values()),
         }
+    floor = [a["hellinger_floor"] for a in att.values() if "hellinger_floor" in a]
     return {"n_systems": len(ok), "excluded": excluded, "ics_failed": ics_failed, "runs": runs, "pairs": pairs,
-            "attractor": attractor, "attractor_systems": len(att)}
+            "attractor": attractor, "attractor_systems": len(att),
+            "hellinger_floor_median": float(np.median(floor)) if floor else math.nan}
