@@ -67,5 +67,8 @@ def test_degenerate_rollouts():
     bad = x.copy()
     bad[5, 1] = np.nan
     assert spectral_hellinger(x, bad) == 1.0
+    huge = x.copy()
+    huge[7:, 0] = 1e308 * np.sign(np.sin(t[7:]))  # finite, but its power overflows
+    assert spectral_hellinger(x, huge) == pytest.approx(0.5, abs=1e-12)
     with pytest.raises(ValueError, match="both be"):
         spectral_hellinger(x, x[:100])

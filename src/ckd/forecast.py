@@ -70,6 +70,7 @@ GRIDS = {
     "krr": {"sigma": (0.3, 1.0, 3.0), "ridge": (1e-6, 1e-3)},
 }
 CLIP = 1.0  # errors are clipped at one standard deviation before they are summed
+MAX_LAYERS = 2**16  # ckd --layers: L applications of the kernel matrix (the study goes to 256)
 
 
 @dataclass
@@ -242,16 +243,18 @@ def memory_needed(method: str, depth: Any, B: int, T: int, d: int) -> int:
 
 def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False,
                      embed: Any = 5, sigma: float | None = None, ridge: float | None = None, k: int = 1,
-                     depth: Any = 1, sweeps: Any = None, checkpoint: Any = None) -> Forecast | Rollout:
+                     depth: Any = 1, sweeps: Any = None, checkpoint: Any = None, layers: Any = None
+                     ) -> Forecast | Rollout:
     """``forecast`` on a float64 tensor x (B, T, d), with its details: for one-step forecasts
     (horizon None) a ``Forecast`` (the expert chosen at each row; ``fallbacks`` counts the rows
     the guard replaced by x_t, and a ``RuntimeWarning`` gives that count); for a horizon H a
     ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``)."""
     if horizon is not None:
-        return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint)
-    if univariate or method in ("parrot", "mean") or sweeps is not None:
-        raise ValueError("univariate, sweeps and the methods parrot and mean apply to multi-step forecasts: "
-                         "give a horizon")
+        return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint,
+                                layers)
+    if univariate or method in ("parrot", "mean", "nvar", "esn") or sweeps is not None or layers is not None:
+        raise ValueError("univariate, sweeps, layers and the methods parrot, mean, nvar and esn apply to multi-step "
+                         "forecasts: give a horizon")
     opts = check_forecast_options(method, sigma, ridge, k, depth, checkpoint)
     method, depth = opts["method"], opts["depth"]
     B, T, d = x.shape
@@ -296,7 +299,7 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
 
 
 def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embed: Any, sigma: Any, ridge: Any,
-                     k: Any, depth: Any, sweeps: Any, checkpoint: Any) -> Rollout:
+                     k: Any, depth: Any, sweeps: Any, checkpoint: Any, layers: Any = None) -> Rollout:
     """Validate the options of a multi-step forecast and run ``ckd.rollout.rollout``."""
     if method not in ROLLOUT_METHODS:
         raise ValueError(f"unknown method {method!r} for a horizon; choose one of {', '.join(ROLLOUT_METHODS)}")
@@ -308,8 +311,14 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
         raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
     if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if sweeps is not None and method != "ckd":
-        raise ValueError(f"sweeps applies to method ckd, not {method} (the default is krr): give method ckd")
+    for name, value in (("sweeps", sweeps), ("layers", layers)):
+        if value is not None and method != "ckd":
+            raise ValueError(f"{name} applies to method ckd, not {method} (the default is krr): give method ckd")
+    if sweeps is not None and layers is not None:
+        raise ValueError("give sweeps (Gauss-Seidel sweeps) or layers (layer-bounded iteration), not both")
+    if layers is not None and (isinstance(layers, bool) or not float(check_number(layers, "layers", minimum=1))
+                               .is_integer() or layers > MAX_LAYERS):
+        raise ValueError(f"layers must be an integer in 1 .. {MAX_LAYERS}, got {layers!r}")
     if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))
                                .is_integer()):
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
@@ -336,12 +345,13 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     return rollout(x, H, method, univariate=univariate, embed=D,
                    sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
                    ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
-                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model)
+                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model,
+                   layers=None if layers is None else int(layers))
 
 
 def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
              sigma: float | None = None, ridge: float | None = None, k: int = 1, depth: Any = 1,
-             sweeps: Any = None, checkpoint: Any = None) -> Any:
+             sweeps: Any = None, checkpoint: Any = None, layers: Any = None) -> Any:
     """Forecasts of a raw trajectory from its past only.
 
     horizon None (one step): row t forecasts x_{t+1} from rows 0..t; x (T, d) or (B, T, d),
@@ -355,7 +365,9 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
     univariate: forecast each coordinate from its own past through a delay embedding of
     dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr; ridge
     also nvar, esn) and sweeps (ckd) fix settings (default: chosen from the context by held-out
-    rollouts).
+    rollouts). layers L (ckd): L layers of an iteration of ``ckd.rollout.LAYER_ITERATIONS``
+    (``ckd.iterations``, chosen from the context) instead of K Gauss-Seidel sweeps, each layer one
+    application of the kernel matrix.
 
     k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
     model of ``ckd.pretrained`` (method transformer).
@@ -363,6 +375,6 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
     """
     batch, unbatched = as_batch(x, torch.float64)
     out = forecast_details(batch, method, horizon=horizon, univariate=univariate, embed=embed, sigma=sigma,
-                           ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint).pred
+                           ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint, layers=layers).pred
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -95,15 +95,17 @@ def spectral_hellinger(truth: ArrayLike, pred: ArrayLike, smoothing: float = SPE
     p_i, q_i the ``power_spectrum`` of coordinate i of truth and pred (n, d), same n. H is 0 for
     identical spectra and 1 for spectra with disjoint supports (it equals sqrt(1 - sum_f
     sqrt(p q)) for normalised spectra; this form has no cancellation). A constant coordinate
-    against a non-constant one counts 1, two constant ones 0; a non-finite pred counts 1.
+    against a non-constant one counts 1, two constant ones 0; a non-finite pred (or one so large
+    that its spectrum is not finite) counts 1.
     """
     truth, pred = np.asarray(truth, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if truth.shape != pred.shape or truth.ndim != 2:
         raise ValueError(f"truth and pred must both be (n, d), got {truth.shape} and {pred.shape}")
     if not np.isfinite(pred).all():
         return 1.0
-    p, q = power_spectrum(truth, smoothing), power_spectrum(pred, smoothing)
-    h = np.sqrt(0.5 * ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(0))
+    with np.errstate(all="ignore"):  # a rollout near the float64 limit has a spectrum of inf / NaN: counts 1
+        p, q = power_spectrum(truth, smoothing), power_spectrum(pred, smoothing)
+        h = np.sqrt(0.5 * ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(0))
     empty_p, empty_q = p.sum(0) == 0, q.sum(0) == 0
-    h = np.where(empty_p & empty_q, 0.0, np.where(empty_p | empty_q, 1.0, h))
+    h = np.where(empty_p & empty_q, 0.0, np.where(empty_p | empty_q | ~np.isfinite(h), 1.0, h))
     return float(h.mean())

@@ -73,6 +73,7 @@ from torch import Tensor
 from .baselines import context_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
 from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
+from .iterations import layer_iterates
 from .reservoir import RESERVOIR_METHODS, reservoir_rollout
 from .reservoir import min_context as reservoir_min_context
 from .validation import MAX_INT
@@ -86,7 +87,13 @@ GRIDS = {
             "stride": (2,), "lag": (1,)},
     "krr": {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (None,), "embed": (1, 2),
             "stride": (1,), "lag": (1,)},
+    # ckd with L layers (--layers): the solver axis is set to (LAYER_ITERATION, L) by kernel_rollout
+    "ckd-layers": {"sigma": (0.5, 1.0), "ridge": (1e-6, 1e-4, 1e-2, 1e-1), "sweeps": (None,), "embed": (1, 2),
+                   "stride": (2,), "lag": (1,)},
 }
+# ckd --layers L chooses among these iterations from the context, with sigma, lambda and D (docs/forecast.md:
+# none is best at every L; the preconditioned one is left out: its preconditioner is built outside the layers)
+LAYER_ITERATIONS = ("sweeps", "chebyshev", "momentum")
 UNIVARIATE_LAGS = (1, 3)  # delay lags searched by ckd / krr in univariate mode (steps; 3 of 30 per Lyapunov time)
 
 
@@ -172,28 +179,39 @@ def kernel_pairs(z: Tensor, D: int, stride: int = 1, lag: int = 1) -> tuple[Tens
 def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1, lag: int = 1
                ) -> tuple[Tensor, Tensor, list[dict]]:
     """Coefficients of the ckd / krr maps on the context z (T, c) with delay D, for every
-    (sigma, lambda, K) of the grids (K = None: exact kernel ridge), on the pairs
-    (u_{s-1} -> z_s - z_{s-1}) for s = T-1, T-1-stride, ... >= D (in time order). Returns keys
-    (n, c D), beta (G, n, c) and the G settings, ordered sigma-major, then lambda, then K."""
+    (sigma, lambda, solver) of the grids, on the pairs (u_{s-1} -> z_s - z_{s-1}) for
+    s = T-1, T-1-stride, ... >= D (in time order). A solver of ``sweeps`` is K (K Gauss-Seidel
+    sweeps), None (exact kernel ridge) or (iteration, L) (L layers of ``ckd.iterations``; its
+    setting then holds "iteration" and "layers", and "sweeps" None). Returns keys (n, c D), beta
+    (G, n, c) and the G settings, ordered sigma-major, then lambda, then solver."""
     c = z.shape[1]
     keys, Y = kernel_pairs(z, D, stride, lag)
     n = keys.shape[0]
     betas, settings = [], []
-    finite = sorted(k for k in sweeps if k is not None)
+    finite = sorted(k for k in sweeps if isinstance(k, int))
+    layered: dict[str, set[int]] = {}
+    for k in sweeps:
+        if isinstance(k, tuple):
+            layered.setdefault(k[0], set()).add(k[1])
     eye = torch.eye(n, dtype=z.dtype, device=z.device)
     for sigma in sigmas:
         Gm = _gram(keys, keys, torch.tensor([sigma * sigma * D * c], dtype=z.dtype))[0]
         for lam in ridges:
             if finite:
                 hist = _sweeps(Gm, Y, lam, finite)
+            lay = {kind: layer_iterates(Gm, Y, lam, kind, Ls) for kind, Ls in layered.items()}
             for K in sweeps:
+                s = {"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride, "lag": lag}
                 if K is None:
                     L, info = torch.linalg.cholesky_ex(Gm + lam * eye)
                     beta = torch.cholesky_solve(Y, L) if int(info) == 0 else torch.full_like(Y, math.nan)
+                elif isinstance(K, tuple):
+                    beta = lay[K[0]][K[1]]
+                    s.update(sweeps=None, iteration=K[0], layers=K[1])
                 else:
                     beta = hist[K]
                 betas.append(beta)
-                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride, "lag": lag})
+                settings.append(s)
     return keys, torch.stack(betas), settings
 
 
@@ -253,15 +271,18 @@ def _select(z: Tensor, grid: dict) -> tuple[dict, float, int]:
     return dict(top), scores[top], len(scores)
 
 
-def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
+def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None, layers=None,
                    embed=None, stride=None, lag=None, diagnostics: dict | None = None) -> tuple[Tensor, dict]:
-    """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c).
-    Each argument given fixes that setting; the others are chosen by ``_select``. ``diagnostics``,
+    """ckd (sweeps K, or ``layers`` L of one of ``LAYER_ITERATIONS``) or krr (K = inf) rollout of one
+    standardised context z (T, c): (H, c). Each argument given fixes that setting; the others are
+    chosen by ``_select`` (with ``layers``, the iteration too, on ``GRIDS["ckd-layers"]``). ``diagnostics``,
     when a dict, receives the fit's: ``pairs`` n; ``heldout_error``, the selection score of the
     chosen setting (None when every setting was fixed) and ``settings_scored``; ``fit_residual``
     |Y - G beta| / |Y| (one-step error on the context's pairs) and ``system_residual``
     |Y - (G + lambda I) beta| / |Y| (how far beta is from the ridge solution: rounding for krr)."""
-    grid = dict(GRIDS[method])
+    grid = dict(GRIDS["ckd-layers" if layers is not None else method])
+    if layers is not None:
+        sweeps = tuple((kind, int(layers)) for kind in LAYER_ITERATIONS)
     fixed = dict(sweeps=sweeps if method == "ckd" else None, sigma=sigma, ridge=ridge, embed=embed, stride=stride,
                  lag=lag)
     grid.update({k: v if isinstance(v, tuple) else (v,) for k, v in fixed.items() if v is not None})
@@ -269,9 +290,11 @@ def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sw
         chosen, score, scored = _select(z, grid)
     else:
         chosen, score, scored = {k: v[0] for k, v in grid.items()}, None, 1
+        if isinstance(chosen["sweeps"], tuple):  # as fit_kernel names a layered solver
+            chosen.update(sweeps=None, iteration=chosen["sweeps"][0], layers=chosen["sweeps"][1])
     D, lag = chosen["embed"], chosen["lag"]
-    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"],
-                               lag)
+    solver = (chosen["iteration"], chosen["layers"]) if "layers" in chosen else chosen["sweeps"]
+    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (solver,), chosen["stride"], lag)
     widths = torch.tensor([chosen["sigma"] * chosen["sigma"] * D * z.shape[1]], dtype=z.dtype)
     if diagnostics is not None:
         Y = kernel_pairs(z, D, chosen["stride"], lag)[1]
@@ -328,7 +351,7 @@ DEFAULT_METHOD = "krr"  # the best method measured (docs/forecast.md)
 
 def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate: bool = False, embed: int = 5,
             sigma: float | None = None, ridge: float | None = None, sweeps: int | None = None, k: int = 1,
-            model: torch.nn.Module | None = None, choose_embed: bool = True) -> Rollout:
+            model: torch.nn.Module | None = None, choose_embed: bool = True, layers: int | None = None) -> Rollout:
     """The H tokens after each context x (B, T, d) float64 (module doc). Validated inputs."""
     B, T, d = x.shape
     H = horizon
@@ -355,7 +378,7 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
             if method in ("ckd", "krr"):
                 D = embed if univariate else None
                 diag: dict = {}
-                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, embed=D,
+                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers, embed=D,
                                       lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
                 settings.append(s)
                 diagnostics.append(diag)

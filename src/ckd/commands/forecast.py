@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen from the data)")
     p.add_argument("--sweeps", type=integer(1), default=None,
                    help="--horizon, ckd: sweeps over the context (default: chosen from the context)")
+    p.add_argument("--layers", type=integer(1), default=None, metavar="L",
+                   help="--horizon, ckd: L layers (sweeps, Chebyshev or momentum iteration, chosen from the "
+                        "context) instead of --sweeps, each one application of the kernel matrix (docs/forecast.md)")
     p.add_argument("--k", type=integer(1), default=1, help="neighbours of the analogues method (default 1)")
     p.add_argument("--depth", default="1", help="one-step ckd depth: 1 (local linear read-out, default) or inf")
     p.add_argument("--checkpoint", default=None, metavar="PT",
@@ -191,7 +194,7 @@ def run(args) -> int:
         batch, unbatched = as_batch(x, torch.float64)
         details = forecast_details(batch, args.method, univariate=args.univariate, sigma=args.sigma,
                                    ridge=args.ridge, k=args.k, depth=args.depth, sweeps=args.sweeps,
-                                   checkpoint=args.checkpoint)
+                                   checkpoint=args.checkpoint, layers=args.layers)
     else:
         H = _integer(args.horizon, "--horizon")
         D = _integer(args.embed, "--embed")
@@ -199,7 +202,7 @@ def run(args) -> int:
         batch, unbatched = as_batch(x, torch.float64)
         details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D,
                                    sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k, depth=args.depth,
-                                   checkpoint=args.checkpoint)
+                                   checkpoint=args.checkpoint, layers=args.layers)
     pred = details.pred.cpu().numpy()
     pred = pred[0] if unbatched else pred
     if args.horizon is not None and args.plot is not None:

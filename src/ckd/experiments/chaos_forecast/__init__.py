@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ckd.experiments.chaos_forecast generate|run``: fill the cache ahead of a run, or
     run the benchmark (optionally on some systems) with worker processes."""
     p = argparse.ArgumentParser(prog="python -m ckd.experiments.chaos_forecast",
-                                description="The chaos-forecast benchmark: generate its data, or run it.")
-    p.add_argument("action", choices=["generate", "run"])
+                                description="The chaos-forecast benchmark: generate its data, run it, or run the "
+                                            "depth study (VPT vs layers, ckd.experiments.chaos_forecast.depth).")
+    p.add_argument("action", choices=["generate", "run", "depth"])
+    p.add_argument("--iterations", nargs="*", default=None, help="depth: the iterations to study (default all)")
     p.add_argument("--workers", type=int, default=None, help="worker processes over systems "
                    "(default: $CKD_WORKERS or 1)")
     p.add_argument("--systems", nargs="*", help="default: all continuous dysts systems")
@@ -184,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     names = args.systems or all_systems()
     print(f"cache: {cache_dir()}", file=sys.stderr)
     t0 = time.perf_counter()
+    if args.action == "depth":
+        from .depth import run_depth
+
+        out = pathlib.Path(args.out)
+        run_depth(out, names, args.ics or PROTOCOL["n_ics"], n_workers, args.iterations)
+        print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
+        return 0
     if args.action == "run":
         out = pathlib.Path(args.out)
         head = run(out, quick=args.quick, seed=0, device="cpu", systems=args.systems, n_workers=n_workers,
