@@ -6,6 +6,7 @@ correlation dimension), and the summary over systems.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import time
 import warnings
@@ -38,12 +39,23 @@ EXAMPLE_RUNS = ("ckd", "krr", "ckd-uni", "parrot")   # drawn against the truth
 
 
 def active_runs() -> list[tuple[str, str, bool]]:
-    """``RUNS`` less nvar and esn when reservoirpy is not installed (the optional extra)."""
+    """``RUNS`` less nvar and esn when reservoirpy is not installed (the optional extra), and only
+    the labels listed in ``$CKD_CHAOS_RUNS`` (comma-separated) when it is set: the environment
+    reaches worker processes and Ray tasks alike."""
+    runs = list(RUNS)
+    chosen = os.environ.get("CKD_CHAOS_RUNS")
+    if chosen:
+        labels = [lab.strip() for lab in chosen.split(",") if lab.strip()]
+        unknown = sorted(set(labels) - {lab for lab, _, _ in RUNS})
+        if unknown or REFERENCE not in labels:
+            raise ValueError(f"CKD_CHAOS_RUNS must list runs of {', '.join(lab for lab, _, _ in RUNS)} including "
+                             f"{REFERENCE} (the reference); got {chosen!r}")
+        runs = [r for r in runs if r[0] in labels]
     try:
         import reservoirpy  # noqa: F401
     except ImportError:
-        return [r for r in RUNS if r[1] not in ("nvar", "esn")]
-    return list(RUNS)
+        return [r for r in runs if r[1] not in ("nvar", "esn")]
+    return runs
 
 
 def run_labels(results: dict) -> list[str]:
@@ -114,7 +126,18 @@ def _rollouts(ctx: np.ndarray, horizon: int, method: str, univariate: bool, devi
 def run_system(name: str, n_ics: int = PROTOCOL["n_ics"], horizon: int = PROTOCOL["horizon"],
                long_steps: int = LONG, device: str = "cpu", root: pathlib.Path | None = None) -> dict:
     """Every run of ``RUNS`` on one system: per initial condition VPT and rolling sMAPE, the
-    attractor test on the long trajectory, timings; excluded initial conditions with reasons."""
+    attractor test on the long trajectory, timings; excluded initial conditions with reasons.
+    The parts (``run_part``) run here one after the other and are merged by ``merge_parts``, as
+    every executor does (``executors``)."""
+    ics = list(range(n_ics)) + (["attractor"] if long_steps else [])
+    return merge_parts(name, [run_part(name, p, horizon, long_steps, device, root) for p in ics], n_ics)
+
+
+def run_part(name: str, part, horizon: int = PROTOCOL["horizon"], long_steps: int = LONG, device: str = "cpu",
+             root: pathlib.Path | None = None) -> dict:
+    """One part of a system's run: ``part`` = i (every run of ``active_runs`` on initial condition i:
+    its VPT, rolling-sMAPE curve, filled steps, seconds, and the example rollouts) or "attractor"
+    (the attractor test, ``_attractor``). Reads (or integrates) the cached data."""
     import torch
 
     torch.set_num_threads(1)
@@ -122,42 +145,62 @@ def run_system(name: str, n_ics: int = PROTOCOL["n_ics"], horizon: int = PROTOCO
 
     data = SystemData(name, root)
     t0 = time.perf_counter()
-    trajs, failed = {}, {}
-    for i in range(n_ics):
-        x = data.trajectory(i)
-        if x is None:
-            failed[i] = data.reason(f"ic{i:02d}") or data.reason("ics")
-        else:
-            trajs[i] = x
-    res = {"system": name, "ics_failed": failed, "ics_used": sorted(trajs), "seconds_data": 0.0,
-           "integrations": 0}
-    if not trajs:
-        res["status"], res["reason"] = "excluded", "no usable trajectory: " + "; ".join(sorted(set(failed.values())))
-        res["seconds_data"] = time.perf_counter() - t0
-        res["integrations"] = data.integrations
-        return res
+    if part == "attractor":
+        long = data.long(long_steps)
+        seconds = time.perf_counter() - t0
+        return {"part": part, "attractor": _attractor(data, long, long_steps, device), "seconds_data": seconds,
+                "integrations": data.integrations}
+    x = data.trajectory(part)
+    out = {"part": part, "seconds_data": time.perf_counter() - t0, "integrations": data.integrations}
+    if x is None:
+        return {**out, "failed": data.reason(f"ic{part:02d}") or data.reason("ics")}
     T = PROTOCOL["context"]
-    X = np.stack([trajs[i] for i in sorted(trajs)])
-    ctx, truth = X[:, :T], X[:, T:T + horizon]
-    long = data.long(long_steps) if long_steps else None
-    res["seconds_data"] = time.perf_counter() - t0
-    res["integrations"] = data.integrations
-    res.update(status="ok", dim=int(X.shape[-1]), vpt={}, rolling={}, smape={}, stopped={}, seconds={})
-    examples = {}
+    ctx, truth = x[None, :T], x[None, T:T + horizon]
+    out.update(dim=int(x.shape[-1]), vpt={}, curve={}, stopped={}, seconds={}, example={})
     for label, method, uni in active_runs():
         t1 = time.perf_counter()
         pred, stopped = _rollouts(ctx, horizon, method, uni, device)
-        res["seconds"][label] = time.perf_counter() - t1
-        r = rolling_smape(truth, pred)  # (n, H)
-        res["vpt"][label] = vpt(truth, pred, pts_per_lyapunov=PROTOCOL["pts_per_period"]).tolist()
-        res["rolling"][label] = np.median(r, 0).tolist()
-        res["smape"][label] = {k: float(np.median(r[:, h - 1])) for k, h in HORIZONS.items() if h <= horizon}
-        res["stopped"][label] = stopped
+        out["seconds"][label] = time.perf_counter() - t1
+        out["curve"][label] = rolling_smape(truth, pred)[0]  # (H,)
+        out["vpt"][label] = float(vpt(truth, pred, pts_per_lyapunov=PROTOCOL["pts_per_period"])[0])
+        out["stopped"][label] = stopped
         if name in EXAMPLES and label in EXAMPLE_RUNS:
-            examples[label] = pred[0]
-    if examples:
-        res["example"] = {"context": ctx[0, -100:], "truth": truth[0], "pred": examples}
-    res["attractor"] = _attractor(data, long, long_steps, device) if long_steps else {}
+            out["example"][label] = pred[0]
+    if out["example"]:
+        out["example"] = {"context": ctx[0, -100:], "truth": truth[0], "pred": out["example"]}
+    return out
+
+
+def merge_parts(name: str, parts: list[dict], n_ics: int) -> dict:
+    """A system's result from its parts (in any order): VPTs per initial condition, the median
+    rolling-sMAPE curve and sMAPE at 1/2/5/10 Lyapunov times over them, summed filled steps and
+    seconds, the example of the first usable one, the attractor test; a part that raised
+    (``"error"``) excludes the system with its reason."""
+    by = {p["part"]: p for p in parts}
+    res = {"system": name, "seconds_data": sum(p.get("seconds_data", 0.0) for p in parts),
+           "integrations": sum(p.get("integrations", 0) for p in parts)}
+    errors = sorted({p["error"] for p in parts if "error" in p})
+    if errors:
+        return {**res, "status": "excluded", "reason": "; ".join(errors)}
+    failed = {i: by[i]["failed"] for i in range(n_ics) if "failed" in by[i]}
+    used = [i for i in range(n_ics) if i not in failed]
+    res.update(ics_failed=failed, ics_used=used)
+    if not used:
+        why = "; ".join(sorted(set(failed.values())))
+        return {**res, "status": "excluded", "reason": f"no usable trajectory: {why}"}
+    ok = [by[i] for i in used]
+    labels = list(ok[0]["vpt"])
+    curves = {lab: np.stack([np.asarray(p["curve"][lab]) for p in ok]) for lab in labels}  # (n, H)
+    H = curves[labels[0]].shape[1]
+    res.update(status="ok", dim=ok[0]["dim"], vpt={lab: [p["vpt"][lab] for p in ok] for lab in labels},
+               rolling={lab: np.median(c, 0).tolist() for lab, c in curves.items()},
+               smape={lab: {k: float(np.median(c[:, h - 1])) for k, h in HORIZONS.items() if h <= H}
+                      for lab, c in curves.items()},
+               stopped={lab: sum(p["stopped"][lab] for p in ok) for lab in labels},
+               seconds={lab: sum(p["seconds"][lab] for p in ok) for lab in labels})
+    if ok[0]["example"]:
+        res["example"] = ok[0]["example"]
+    res["attractor"] = by["attractor"]["attractor"] if "attractor" in by else {}
     return res
 
 
