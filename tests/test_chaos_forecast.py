@@ -187,7 +187,8 @@ def test_quick_run_end_to_end(monkeypatch, tmp_path):
     assert set(r["vpt"]) == {lab for lab, _, _ in cf.RUNS}
     assert all(0 < v[0] <= cf.QUICK["horizon"] / 30 for v in r["vpt"].values())
     assert r["vpt"]["mean"][0] < 0.5 and r["vpt"]["krr"][0] > r["vpt"]["mean"][0]
-    assert set(r["attractor"]["kl"]) == set(cf.LONG_RUNS)
+    assert set(r["attractor"]["kl"]) == set(r["attractor"]["hellinger"]) == set(cf.LONG_RUNS)
+    assert all(0 <= v <= 1 for v in r["attractor"]["hellinger"].values())
     assert data["config"]["integrator"] == cf.INTEGRATOR
     md = (out / "chaos-forecast.md").read_text()
     assert "| ckd |" in md and "| parrot |" in md and "Univariate" in md

@@ -138,7 +138,7 @@ def test_constant_coordinate_is_forecast_exactly_and_finite():
 
 
 def test_fixed_settings_use_one_expert():
-    f = forecast_details(torch.tensor(henon(40))[None], sigma=0.3, ridge=1e-3)
+    f = forecast_details(torch.tensor(henon(40))[None], "ckd", sigma=0.3, ridge=1e-3)
     assert f.experts == [{"sigma": 0.3, "ridge": 1e-3}]
     assert set(f.choice[0, 1:].tolist()) <= {0, -1}
 
@@ -147,7 +147,7 @@ def test_ill_conditioned_settings_never_return_inf_or_garbage():
     """A wide bandwidth with no ridge makes the triangular sweep explode; the guard holds."""
     x = henon(200)
     for opts in ({"depth": "inf", "sigma": 30.0, "ridge": 0.0}, {"sigma": 0.001, "ridge": 0.0}):
-        f = forecast_details(torch.tensor(x)[None], **opts)
+        f = forecast_details(torch.tensor(x)[None], "ckd", **opts)
         assert torch.isfinite(f.pred).all()
         lo, hi, pred = x.min(0), x.max(0), f.pred[0].numpy()
         assert (pred >= lo - 2 * (hi - lo) - 1).all() and (pred <= hi + 2 * (hi - lo) + 1).all()
@@ -178,8 +178,8 @@ def test_cli_writes_forecast(tmp_path):
     np.save(tmp_path / "in.npy", x)
     assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out.npy"), "--method", "analogues"]) == 0
     assert np.allclose(np.load(tmp_path / "out.npy"), forecast(x, "analogues"))
-    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "ckd.csv")]) == 0
-    assert np.allclose(np.loadtxt(tmp_path / "ckd.csv", delimiter=","), forecast(x), rtol=1e-12)
+    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "ckd.csv"), "--method", "ckd"]) == 0
+    assert np.allclose(np.loadtxt(tmp_path / "ckd.csv", delimiter=","), forecast(x, "ckd"), rtol=1e-12)
 
 
 @pytest.mark.parametrize("data,args", [
@@ -451,7 +451,7 @@ def test_rollout_that_leaves_the_finite_numbers_stops_and_says_so():
     ({"horizon": 0}, "horizon"), ({"horizon": 1.5}, "horizon"), ({"horizon": "3"}, "horizon"),
     ({"horizon": True}, "horizon"), ({"horizon": 3, "embed": 0}, "embed"),
     ({"horizon": 3, "method": "parrot", "embed": 12}, "at least 13 rows"),
-    ({"horizon": 3, "method": "ols"}, "unknown method"), ({"horizon": 3, "sweeps": 0}, "sweeps"),
+    ({"horizon": 3, "method": "ols"}, "unknown method"), ({"horizon": 3, "method": "ckd", "sweeps": 0}, "sweeps"),
     ({"method": "parrot"}, "horizon"), ({"univariate": True}, "horizon"),
 ])
 def test_rollout_bad_options(opts, match):
@@ -461,7 +461,7 @@ def test_rollout_bad_options(opts, match):
 
 def test_context_too_short_says_how_long():
     with pytest.raises(ValueError, match=r"ckd needs a context of at least 10 rows, got 9"):
-        forecast(henon(9), horizon=3)
+        forecast(henon(9), "ckd", horizon=3)
 
 
 def test_one_step_fallbacks_are_counted_and_warned():

@@ -56,7 +56,7 @@ def test_out_folder_refused_before_computing(tmp_path, x, capsys, monkeypatch, c
         raise AssertionError("computed before checking OUT")
 
     monkeypatch.setattr(pr, "predict", boom)
-    monkeypatch.setattr(fc, "forecast", boom)
+    monkeypatch.setattr(fc, "forecast_details", boom)  # what ckd forecast computes with
     (tmp_path / "d.npy").mkdir()
     assert main([command, str(tmp_path / "x.npy"), "-o", str(tmp_path / "d.npy")]) == 2
     one_error(capsys, "d.npy: exists and is a folder")

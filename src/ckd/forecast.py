@@ -17,6 +17,8 @@ units. Doubling blocks cost at most twice one fit on the whole trajectory.
 
 Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
 
+    krr        the default: kernel ridge regression on the prefix (ckd.baselines.kernel_ridge,
+               gaussian; 29x lower median error than ckd on the 41-system benchmark, docs/forecast.md)
     ckd        one layer of causal kernel descent with the gaussian kernel (depth 1, eta = 1:
                the prediction head P v, P[t, s] = k(z_t, z_{s-1})) whose value channels carry
                the local moments v_s = (phi phi^T, phi dz^T), phi = (1, z_{s-1}), dz = z_s - z_{s-1};
@@ -25,7 +27,6 @@ Methods (``METHODS``), all on the pairs (z_{s-1} -> z_s), s <= t:
                and forecasts z_t + (1, z_t) c_t (kernel-weighted local linear regression of
                the increment). Depth "inf" uses the Kaczmarz sweep instead (ckd.descent) with
                the normalised read-out z_t + (P alpha)_dz / (P alpha)_1.
-    krr        kernel ridge regression on the prefix (ckd.baselines.kernel_ridge, gaussian)
     ols        affine least squares on the prefix (ckd.baselines.least_squares on (z, 1), ridge 1e-6)
     analogues  successor of the k nearest earlier states (ckd.baselines.analogues)
     last       x_t
@@ -55,10 +56,12 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
-from .rollout import ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
+from .reservoir import reservoirpy
+from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .validation import as_batch, check_fits, check_number
 
 METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
+# DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
 
 # Expert grids (standardised units): every combination is an expert.
 GRIDS = {
@@ -67,6 +70,7 @@ GRIDS = {
     "krr": {"sigma": (0.3, 1.0, 3.0), "ridge": (1e-6, 1e-3)},
 }
 CLIP = 1.0  # errors are clipped at one standard deviation before they are summed
+MAX_LAYERS = 2**16  # ckd --layers: L applications of the kernel matrix (the study goes to 256)
 
 
 @dataclass
@@ -213,6 +217,8 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
         depth = 1
     else:
         raise ValueError(f"forecast depth must be 1 or inf, got {depth!r}")
+    if depth == "inf" and method != "ckd":
+        raise ValueError(f"depth applies to method ckd, not {method} (the default is krr): give method ckd")
     return dict(
         method=method,
         sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
@@ -235,18 +241,20 @@ def memory_needed(method: str, depth: Any, B: int, T: int, d: int) -> int:
     return _BYTES_PER_T2[key] * B * T * T + 64 * B * T * (d + 1) ** 2 * 8
 
 
-def forecast_details(x: Tensor, method: str = "ckd", *, horizon: Any = None, univariate: bool = False,
+def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False,
                      embed: Any = 5, sigma: float | None = None, ridge: float | None = None, k: int = 1,
-                     depth: Any = 1, sweeps: Any = None, checkpoint: Any = None) -> Forecast | Rollout:
+                     depth: Any = 1, sweeps: Any = None, checkpoint: Any = None, layers: Any = None
+                     ) -> Forecast | Rollout:
     """``forecast`` on a float64 tensor x (B, T, d), with its details: for one-step forecasts
     (horizon None) a ``Forecast`` (the expert chosen at each row; ``fallbacks`` counts the rows
     the guard replaced by x_t, and a ``RuntimeWarning`` gives that count); for a horizon H a
     ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``)."""
     if horizon is not None:
-        return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint)
-    if univariate or method in ("parrot", "mean") or sweeps is not None:
-        raise ValueError("univariate, sweeps and the methods parrot and mean apply to multi-step forecasts: "
-                         "give a horizon")
+        return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint,
+                                layers)
+    if univariate or method in ("parrot", "mean", "nvar", "esn") or sweeps is not None or layers is not None:
+        raise ValueError("univariate, sweeps, layers and the methods parrot, mean, nvar and esn apply to multi-step "
+                         "forecasts: give a horizon")
     opts = check_forecast_options(method, sigma, ridge, k, depth, checkpoint)
     method, depth = opts["method"], opts["depth"]
     B, T, d = x.shape
@@ -291,7 +299,7 @@ def forecast_details(x: Tensor, method: str = "ckd", *, horizon: Any = None, uni
 
 
 def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embed: Any, sigma: Any, ridge: Any,
-                     k: Any, depth: Any, sweeps: Any, checkpoint: Any) -> Rollout:
+                     k: Any, depth: Any, sweeps: Any, checkpoint: Any, layers: Any = None) -> Rollout:
     """Validate the options of a multi-step forecast and run ``ckd.rollout.rollout``."""
     if method not in ROLLOUT_METHODS:
         raise ValueError(f"unknown method {method!r} for a horizon; choose one of {', '.join(ROLLOUT_METHODS)}")
@@ -303,6 +311,14 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
         raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
     if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    for name, value in (("sweeps", sweeps), ("layers", layers)):
+        if value is not None and method != "ckd":
+            raise ValueError(f"{name} applies to method ckd, not {method} (the default is krr): give method ckd")
+    if sweeps is not None and layers is not None:
+        raise ValueError("give sweeps (Gauss-Seidel sweeps) or layers (layer-bounded iteration), not both")
+    if layers is not None and (isinstance(layers, bool) or not float(check_number(layers, "layers", minimum=1))
+                               .is_integer() or layers > MAX_LAYERS):
+        raise ValueError(f"layers must be an integer in 1 .. {MAX_LAYERS}, got {layers!r}")
     if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))
                                .is_integer()):
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
@@ -313,6 +329,8 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     check_fits(series * gram + 4 * B * (T + H) * d * 8, f"a {H}-step forecast --method {method} on B={B}, T={T}, d={d}",
                "use a shorter context or horizon (ckd and krr build (T, T) matrices), or --method parrot, "
                "analogues or last", x.device)
+    if method in ("nvar", "esn"):
+        reservoirpy()  # one clear error before any work when the extra is missing
     need = min_context(method, univariate, D)
     if T < need:
         setting = f"{'univariate, ' if univariate else ''}embed {D}" if method == "parrot" or univariate else ""
@@ -327,25 +345,29 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     return rollout(x, H, method, univariate=univariate, embed=D,
                    sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
                    ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
-                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model)
+                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model,
+                   layers=None if layers is None else int(layers))
 
 
-def forecast(x: Any, method: str = "ckd", *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
+def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
              sigma: float | None = None, ridge: float | None = None, k: int = 1, depth: Any = 1,
-             sweeps: Any = None, checkpoint: Any = None) -> Any:
+             sweeps: Any = None, checkpoint: Any = None, layers: Any = None) -> Any:
     """Forecasts of a raw trajectory from its past only.
 
     horizon None (one step): row t forecasts x_{t+1} from rows 0..t; x (T, d) or (B, T, d),
-    T >= 3, returns the same shape. method: ckd (default) | analogues | krr | ols | last |
+    T >= 3, returns the same shape. method: krr (default) | ckd | analogues | ols | last |
     transformer; sigma, ridge: fix the bandwidth / ridge in standardised units (default: chosen
     causally per row from ``GRIDS``); depth: 1 or "inf" for ckd. See the module doc.
 
     horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
-    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: ckd
-    (default) | krr | analogues | parrot | last | mean | transformer; univariate: forecast each
-    coordinate from its own past through a delay embedding of dimension ``embed`` (also the
-    window of parroting, default 5); sigma, ridge, sweeps fix ckd's settings (default: chosen
-    from the context by held-out rollouts).
+    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: krr
+    (default) | ckd | analogues | parrot | last | mean | transformer | nvar | esn (reservoirpy);
+    univariate: forecast each coordinate from its own past through a delay embedding of
+    dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr; ridge
+    also nvar, esn) and sweeps (ckd) fix settings (default: chosen from the context by held-out
+    rollouts). layers L (ckd): L layers of an iteration of ``ckd.rollout.LAYER_ITERATIONS``
+    (``ckd.iterations``, chosen from the context) instead of K Gauss-Seidel sweeps, each layer one
+    application of the kernel matrix.
 
     k: neighbours for analogues; checkpoint: a ``ckd train`` checkpoint.pt, or "pretrained:NAME" for a
     model of ``ckd.pretrained`` (method transformer).
@@ -353,6 +375,6 @@ def forecast(x: Any, method: str = "ckd", *, horizon: Any = None, univariate: bo
     """
     batch, unbatched = as_batch(x, torch.float64)
     out = forecast_details(batch, method, horizon=horizon, univariate=univariate, embed=embed, sigma=sigma,
-                           ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint).pred
+                           ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint, layers=layers).pred
     out = out[0] if unbatched else out
     return out if isinstance(x, Tensor) else out.cpu().numpy()

@@ -12,7 +12,7 @@ mapped back to x's units.
 
 Methods (``ROLLOUT_METHODS``):
 
-    ckd        the default. Depth-inf CKD with the gaussian kernel on delay tokens
+    ckd        depth-inf CKD with the gaussian kernel on delay tokens
                u_t = (z_t, z_{t-l}, ..., z_{t-(D-1) l}) (lag l), run on the context repeated K times with
                the seam pairs masked (SPEC §7: K ridge-aware Gauss-Seidel sweeps on
                (G + lambda I) beta = Y, ``ckd.descent.gauss_seidel``), followed by the generated
@@ -27,9 +27,10 @@ Methods (``ROLLOUT_METHODS``):
                sweep. K sweeps are computed exactly by repeated squaring
                (``ckd.descent.gauss_seidel_doubling``). sigma, lambda, K and D (and the lag,
                univariate) are chosen from the context (below).
-    krr        the same with K = inf: kernel ridge regression beta = (G + lambda I)^{-1} Y
+    krr        the default: the same with K = inf, kernel ridge regression beta = (G + lambda I)^{-1} Y
                (appending a pair that the fit already interpolates leaves the ridge solution
-               unchanged: the rollout iterates the fitted map exactly).
+               unchanged: the rollout iterates the fitted map exactly). It is the best method
+               measured on the SPEC §8 benchmark (docs/forecast.md), hence the default.
     analogues  the literal loop: the next state is the successor of the earlier state nearest
                (Euclidean, standardised units) to the current one, among the context and the
                tokens generated so far (mean of the k nearest with ``k``; lag 1).
@@ -39,14 +40,17 @@ Methods (``ROLLOUT_METHODS``):
     mean       x^_{T+h} = the mean of the context.
     transformer  a Transformer of ``ckd train`` (``checkpoint``) run on the standardised sequence
                (context + generated tokens) at every step; its last row is the next token.
+    nvar, esn  the field's baselines from reservoirpy (``ckd.reservoir``: next-generation
+               reservoir computing and an echo state network of 500 units), settings chosen
+               from the context by held-out rollouts as for krr.
 
 Univariate mode (``univariate=True``): each coordinate is forecast from its own past only, as a
 (T, 1) series; ckd, krr and analogues then use the delay embedding of dimension D = ``embed``
 (default 5, as parroting), ckd and krr with a lag chosen among ``UNIVARIATE_LAGS``. In the
 full-state mode the whole x_t is the token (lag 1) and ckd chooses D among ``GRIDS``.
 
-How ckd (and krr) choose their settings, from the context alone. The end of the context is
-held out: for each origin o in ``ORIGINS`` (steps before the end), the model is fitted on
+How ckd (and krr) choose their settings, from the context alone (``ckd.heldout``). The end of
+the context is held out: for each origin o in ``ORIGINS`` (steps before the end), the model is fitted on
 z_0..z_{T-1-o} and rolled out for o steps; its score is the mean over origins and steps of the
 clipped error min(|z^ - z|, 1) (standardised units). The setting with the smallest score is
 refitted on the whole context. Only context values are ever read.
@@ -68,9 +72,13 @@ from torch import Tensor
 
 from .baselines import context_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
+from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
+from .iterations import layer_iterates
+from .reservoir import RESERVOIR_METHODS, reservoir_rollout
+from .reservoir import min_context as reservoir_min_context
 from .validation import MAX_INT
 
-ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer")
+ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer") + RESERVOIR_METHODS
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
@@ -79,21 +87,28 @@ GRIDS = {
             "stride": (2,), "lag": (1,)},
     "krr": {"sigma": (0.5, 1.0, 2.0), "ridge": (1e-8, 1e-6, 1e-4), "sweeps": (None,), "embed": (1, 2),
             "stride": (1,), "lag": (1,)},
+    # ckd with L layers (--layers): the solver axis is set to (LAYER_ITERATION, L) by kernel_rollout
+    "ckd-layers": {"sigma": (0.5, 1.0), "ridge": (1e-6, 1e-4, 1e-2, 1e-1), "sweeps": (None,), "embed": (1, 2),
+                   "stride": (2,), "lag": (1,)},
 }
+# ckd --layers L chooses among these iterations from the context, with sigma, lambda and D (docs/forecast.md:
+# none is best at every L; the preconditioned one is left out: its preconditioner is built outside the layers)
+LAYER_ITERATIONS = ("sweeps", "chebyshev", "momentum")
 UNIVARIATE_LAGS = (1, 3)  # delay lags searched by ckd / krr in univariate mode (steps; 3 of 30 per Lyapunov time)
-ORIGINS = (0.1875, 0.3125)  # held-out ends of the context scoring a setting (fractions of T: 96, 160 of 512)
-CLIP = 1.0
 
 
 @dataclass
 class Rollout:
     """pred (B, H, d) in x's units; settings: the setting used for each sequence (for each
     coordinate in univariate mode: a list of d dicts); stopped (B,): steps filled with the last
-    finite token after the rollout left the finite numbers (0 when it never did)."""
+    finite token after the rollout left the finite numbers (0 when it never did); diagnostics:
+    the fit's diagnostics, laid out as settings (``kernel_rollout``; empty dicts for methods
+    without a fit)."""
 
     pred: Tensor
     settings: list = field(default_factory=list)
     stopped: Tensor | None = None
+    diagnostics: list = field(default_factory=list)
 
 
 def check_horizon(horizon: Any) -> int:
@@ -122,6 +137,8 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
         return embed + 1
     if method == "analogues":
         return (embed if univariate else 1) + 1
+    if method in RESERVOIR_METHODS:
+        return reservoir_min_context(method)
     w = (embed - 1) * max(UNIVARIATE_LAGS) if univariate else max(GRIDS["ckd"]["embed"] + GRIDS["krr"]["embed"]) - 1
     return 2 * (w + 4)  # pairs left after holding out the longest origin
 
@@ -149,35 +166,52 @@ def _gram(a: Tensor, b: Tensor, width: Tensor) -> Tensor:
     return torch.exp(-sq[None] / (2.0 * width[:, None, None]))
 
 
+def kernel_pairs(z: Tensor, D: int, stride: int = 1, lag: int = 1) -> tuple[Tensor, Tensor]:
+    """The pairs (u_{s-1} -> z_s - z_{s-1}) of the context z (T, c) with delay tokens of dimension D,
+    for s = T-1, T-1-stride, ... >= (D-1) lag + 1, in time order: keys (n, c D), targets Y (n, c)."""
+    w = (D - 1) * lag
+    U = delay_tokens(z, D, lag)
+    keys, Y = U[:-1], z[w + 1:] - z[w:-1]
+    keep = torch.arange(keys.shape[0] - 1, -1, -stride, device=z.device).flip(0)
+    return keys[keep], Y[keep]
+
+
 def fit_kernel(z: Tensor, D: int, sigmas, ridges, sweeps, stride: int = 1, lag: int = 1
                ) -> tuple[Tensor, Tensor, list[dict]]:
     """Coefficients of the ckd / krr maps on the context z (T, c) with delay D, for every
-    (sigma, lambda, K) of the grids (K = None: exact kernel ridge), on the pairs
-    (u_{s-1} -> z_s - z_{s-1}) for s = T-1, T-1-stride, ... >= D (in time order). Returns keys
-    (n, c D), beta (G, n, c) and the G settings, ordered sigma-major, then lambda, then K."""
+    (sigma, lambda, solver) of the grids, on the pairs (u_{s-1} -> z_s - z_{s-1}) for
+    s = T-1, T-1-stride, ... >= D (in time order). A solver of ``sweeps`` is K (K Gauss-Seidel
+    sweeps), None (exact kernel ridge) or (iteration, L) (L layers of ``ckd.iterations``; its
+    setting then holds "iteration" and "layers", and "sweeps" None). Returns keys (n, c D), beta
+    (G, n, c) and the G settings, ordered sigma-major, then lambda, then solver."""
     c = z.shape[1]
-    w = (D - 1) * lag
-    U = delay_tokens(z, D, lag)
-    keys, Y = U[:-1], z[w + 1:] - z[w:-1]  # pairs (u_{s-1} -> z_s - z_{s-1}), s = w+1..T-1
-    keep = torch.arange(keys.shape[0] - 1, -1, -stride, device=z.device).flip(0)
-    keys, Y = keys[keep], Y[keep]
+    keys, Y = kernel_pairs(z, D, stride, lag)
     n = keys.shape[0]
     betas, settings = [], []
-    finite = sorted(k for k in sweeps if k is not None)
+    finite = sorted(k for k in sweeps if isinstance(k, int))
+    layered: dict[str, set[int]] = {}
+    for k in sweeps:
+        if isinstance(k, tuple):
+            layered.setdefault(k[0], set()).add(k[1])
     eye = torch.eye(n, dtype=z.dtype, device=z.device)
     for sigma in sigmas:
         Gm = _gram(keys, keys, torch.tensor([sigma * sigma * D * c], dtype=z.dtype))[0]
         for lam in ridges:
             if finite:
                 hist = _sweeps(Gm, Y, lam, finite)
+            lay = {kind: layer_iterates(Gm, Y, lam, kind, Ls) for kind, Ls in layered.items()}
             for K in sweeps:
+                s = {"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride, "lag": lag}
                 if K is None:
                     L, info = torch.linalg.cholesky_ex(Gm + lam * eye)
                     beta = torch.cholesky_solve(Y, L) if int(info) == 0 else torch.full_like(Y, math.nan)
+                elif isinstance(K, tuple):
+                    beta = lay[K[0]][K[1]]
+                    s.update(sweeps=None, iteration=K[0], layers=K[1])
                 else:
                     beta = hist[K]
                 betas.append(beta)
-                settings.append({"sigma": sigma, "ridge": lam, "sweeps": K, "embed": D, "stride": stride, "lag": lag})
+                settings.append(s)
     return keys, torch.stack(betas), settings
 
 
@@ -216,10 +250,11 @@ def roll_kernel(keys: Tensor, beta: Tensor, widths: Tensor, hist: Tensor, H: int
     return out
 
 
-def _select(z: Tensor, grid: dict) -> dict:
-    """The setting of ``grid`` with the smallest clipped held-out rollout error (module doc)."""
+def _select(z: Tensor, grid: dict) -> tuple[dict, float, int]:
+    """The setting of ``grid`` with the smallest clipped held-out rollout error (module doc), its
+    score and the number of settings scored."""
     T, c = z.shape
-    origins = sorted({max(1, round(f * T)) for f in ORIGINS})
+    origins = heldout_origins(T)
     scores: dict[tuple, float] = {}
     for D in grid["embed"]:
         for lag in grid["lag"]:
@@ -228,28 +263,46 @@ def _select(z: Tensor, grid: dict) -> dict:
                 keys, beta, settings = fit_kernel(head, D, grid["sigma"], grid["ridge"], grid["sweeps"],
                                                   grid["stride"][0], lag)
                 widths = torch.tensor([s["sigma"] * s["sigma"] * D * c for s in settings], dtype=z.dtype)
-                pred = roll_kernel(keys, beta, widths, head, o, D, lag)
-                err = (pred - truth[None]).norm(dim=-1).nan_to_num(nan=math.inf).clamp_max(CLIP).mean(-1)
+                err = heldout_error(roll_kernel(keys, beta, widths, head, o, D, lag), truth)
                 for s, e in zip(settings, err.tolist()):
                     key = tuple(s.items())
                     scores[key] = scores.get(key, 0.0) + e / len(origins)
-    best = min(scores, key=scores.get)  # ties: the first in grid order
-    return dict(best)
+    top = best(scores)
+    return dict(top), scores[top], len(scores)
 
 
-def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None,
-                   embed=None, stride=None, lag=None) -> tuple[Tensor, dict]:
-    """ckd (sweeps K) or krr (K = inf) rollout of one standardised context z (T, c): (H, c).
-    Each argument given fixes that setting; the others are chosen by ``_select``."""
-    grid = dict(GRIDS[method])
+def kernel_rollout(z: Tensor, H: int, method: str, *, sigma=None, ridge=None, sweeps=None, layers=None,
+                   embed=None, stride=None, lag=None, diagnostics: dict | None = None) -> tuple[Tensor, dict]:
+    """ckd (sweeps K, or ``layers`` L of one of ``LAYER_ITERATIONS``) or krr (K = inf) rollout of one
+    standardised context z (T, c): (H, c). Each argument given fixes that setting; the others are
+    chosen by ``_select`` (with ``layers``, the iteration too, on ``GRIDS["ckd-layers"]``). ``diagnostics``,
+    when a dict, receives the fit's: ``pairs`` n; ``heldout_error``, the selection score of the
+    chosen setting (None when every setting was fixed) and ``settings_scored``; ``fit_residual``
+    |Y - G beta| / |Y| (one-step error on the context's pairs) and ``system_residual``
+    |Y - (G + lambda I) beta| / |Y| (how far beta is from the ridge solution: rounding for krr)."""
+    grid = dict(GRIDS["ckd-layers" if layers is not None else method])
+    if layers is not None:
+        sweeps = tuple((kind, int(layers)) for kind in LAYER_ITERATIONS)
     fixed = dict(sweeps=sweeps if method == "ckd" else None, sigma=sigma, ridge=ridge, embed=embed, stride=stride,
                  lag=lag)
     grid.update({k: v if isinstance(v, tuple) else (v,) for k, v in fixed.items() if v is not None})
-    chosen = _select(z, grid) if any(len(v) > 1 for v in grid.values()) else {k: v[0] for k, v in grid.items()}
+    if any(len(v) > 1 for v in grid.values()):
+        chosen, score, scored = _select(z, grid)
+    else:
+        chosen, score, scored = {k: v[0] for k, v in grid.items()}, None, 1
+        if isinstance(chosen["sweeps"], tuple):  # as fit_kernel names a layered solver
+            chosen.update(sweeps=None, iteration=chosen["sweeps"][0], layers=chosen["sweeps"][1])
     D, lag = chosen["embed"], chosen["lag"]
-    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (chosen["sweeps"],), chosen["stride"],
-                               lag)
+    solver = (chosen["iteration"], chosen["layers"]) if "layers" in chosen else chosen["sweeps"]
+    keys, beta, _ = fit_kernel(z, D, (chosen["sigma"],), (chosen["ridge"],), (solver,), chosen["stride"], lag)
     widths = torch.tensor([chosen["sigma"] * chosen["sigma"] * D * z.shape[1]], dtype=z.dtype)
+    if diagnostics is not None:
+        Y = kernel_pairs(z, D, chosen["stride"], lag)[1]
+        fit = _gram(keys, keys, widths)[0] @ beta[0]
+        norm = float(Y.norm()) or 1.0
+        diagnostics.update(pairs=keys.shape[0], heldout_error=score, settings_scored=scored,
+                           fit_residual=float((Y - fit).norm()) / norm,
+                           system_residual=float((Y - fit - chosen["ridge"] * beta[0]).norm()) / norm)
     return roll_kernel(keys, beta, widths, z, H, D, lag)[0], chosen
 
 
@@ -293,18 +346,22 @@ def _stop_nonfinite(pred: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
     return out, pred.shape[1] - first
 
 
-def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = False, embed: int = 5,
+DEFAULT_METHOD = "krr"  # the best method measured (docs/forecast.md)
+
+
+def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate: bool = False, embed: int = 5,
             sigma: float | None = None, ridge: float | None = None, sweeps: int | None = None, k: int = 1,
-            model: torch.nn.Module | None = None, choose_embed: bool = True) -> Rollout:
+            model: torch.nn.Module | None = None, choose_embed: bool = True, layers: int | None = None) -> Rollout:
     """The H tokens after each context x (B, T, d) float64 (module doc). Validated inputs."""
     B, T, d = x.shape
     H = horizon
+    none = torch.zeros(B, dtype=torch.long)
     if method == "parrot":
-        return Rollout(context_parrot(x, H, embed), [{"embed": embed}] * B, torch.zeros(B, dtype=torch.long))
+        return Rollout(context_parrot(x, H, embed), [{"embed": embed}] * B, none, [{}] * B)
     if method == "last":
-        return Rollout(x[:, -1:].expand(B, H, d).clone(), [{}] * B, torch.zeros(B, dtype=torch.long))
+        return Rollout(x[:, -1:].expand(B, H, d).clone(), [{}] * B, none, [{}] * B)
     if method == "mean":
-        return Rollout(x.mean(1, keepdim=True).expand(B, H, d).clone(), [{}] * B, torch.zeros(B, dtype=torch.long))
+        return Rollout(x.mean(1, keepdim=True).expand(B, H, d).clone(), [{}] * B, none, [{}] * B)
     mean, std = standardise(x)
     z = (x - mean) / std
     if univariate:  # each coordinate on its own: (B d, T, 1)
@@ -312,6 +369,7 @@ def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = 
     else:
         zs = z
     settings: list = []
+    diagnostics: list = []
     if method == "transformer":
         out = transformer_rollout(zs, H, model)
     else:
@@ -319,9 +377,16 @@ def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = 
         for i in range(zs.shape[0]):
             if method in ("ckd", "krr"):
                 D = embed if univariate else None
-                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, embed=D,
-                                      lag=UNIVARIATE_LAGS if univariate else None)
+                diag: dict = {}
+                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers, embed=D,
+                                      lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
                 settings.append(s)
+                diagnostics.append(diag)
+            elif method in RESERVOIR_METHODS:
+                diag = {}
+                o, s = reservoir_rollout(zs[i], H, method, ridge=ridge, diagnostics=diag)
+                settings.append(s)
+                diagnostics.append(diag)
             else:  # analogues
                 o = analogues_rollout(zs[i], H, k, embed if univariate else 1)
             outs.append(o)
@@ -329,8 +394,9 @@ def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = 
     if univariate:
         out = out.reshape(B, d, H).transpose(1, 2)
         settings = [settings[b * d:(b + 1) * d] for b in range(B)] if settings else [[{}] * d] * B
+        diagnostics = [diagnostics[b * d:(b + 1) * d] for b in range(B)] if diagnostics else [[{}] * d] * B
     elif not settings:
-        settings = [{}] * B
+        settings, diagnostics = [{}] * B, [{}] * B
     pred = out * std + mean
     pred, stopped = _stop_nonfinite(pred, x[:, -1])
     if int(stopped.sum()):
@@ -338,5 +404,4 @@ def rollout(x: Tensor, horizon: int, method: str = "ckd", *, univariate: bool = 
         warnings.warn(f"{method} rollout left the finite numbers on {n} of {B} sequences: stopped there, the "
                       f"remaining {int(stopped.sum())} steps repeat the last finite value", RuntimeWarning,
                       stacklevel=3)
-    return Rollout(pred, settings, stopped)
-
+    return Rollout(pred, settings, stopped, diagnostics)

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..cli import MAX_INT, integer
-from ..forecast import METHODS, forecast
-from ..io import check_file_target, check_output_path, load_array, save_array
-from ..rollout import ROLLOUT_METHODS
+from ..forecast import METHODS, Forecast, forecast_details
+from ..io import atomic_write, check_file_target, check_output_path, load_array, save_array
+from ..rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout
+from ..validation import as_batch
 
 ALL_METHODS = tuple(dict.fromkeys(METHODS + ROLLOUT_METHODS))
 
@@ -24,8 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the forecasts")
     p.add_argument("--horizon", metavar="H", default=None,
                    help="forecast the H states after IN by an autoregressive rollout (integer >= 1)")
-    p.add_argument("--method", default="ckd", choices=ALL_METHODS,
-                   help=f"default ckd; one step: {', '.join(METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=ALL_METHODS,
+                   help=f"default {DEFAULT_METHOD} (the best measured, docs/forecast.md); one step: "
+                        f"{', '.join(METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
     p.add_argument("--univariate", action="store_true",
                    help="--horizon only: forecast each coordinate from its own past (delay embedding --embed)")
     p.add_argument("--embed", metavar="D", default="5",
@@ -35,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ridge", type=float, default=None, help="ridge lambda (ckd, krr; default: chosen from the data)")
     p.add_argument("--sweeps", type=integer(1), default=None,
                    help="--horizon, ckd: sweeps over the context (default: chosen from the context)")
+    p.add_argument("--layers", type=integer(1), default=None, metavar="L",
+                   help="--horizon, ckd: L layers (sweeps, Chebyshev or momentum iteration, chosen from the "
+                        "context) instead of --sweeps, each one application of the kernel matrix (docs/forecast.md)")
     p.add_argument("--k", type=integer(1), default=1, help="neighbours of the analogues method (default 1)")
     p.add_argument("--depth", default="1", help="one-step ckd depth: 1 (local linear read-out, default) or inf")
     p.add_argument("--checkpoint", default=None, metavar="PT",
@@ -45,6 +54,9 @@ def add_parser(sub) -> None:
                    help="with --plot: the true continuation, shaped like OUT (.npy or .csv)")
     p.add_argument("--pretrained", default=None, metavar="NAME",
                    help="method transformer: a model of the zoo (ckd zoo list) instead of --checkpoint")
+    p.add_argument("--report", metavar="FILE.json", default=None,
+                   help="write the settings chosen per sequence (and coordinate) and the fit diagnostics as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line on stderr with the chosen settings")
     p.set_defaults(run=run)
 
 
@@ -112,6 +124,57 @@ def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.nda
     plt.close(fig)
 
 
+def _setting_text(setting: dict) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items() if v is not None)
+
+
+def report(details: Forecast | Rollout, args, shape: tuple[int, ...]) -> dict:
+    """The ``--report`` JSON: the method, the shape of IN and, per sequence, the settings chosen
+    (per coordinate with --univariate) and the fit diagnostics (``Rollout.diagnostics``); for
+    one-step forecasts the expert grid, the expert each sequence's last row uses, how many rows
+    each expert forecast and the rows the guard replaced by x_t."""
+    out = {"method": args.method, "input_shape": list(shape), "horizon": None if args.horizon is None else
+           int(args.horizon), "univariate": bool(args.univariate), "sequences": []}
+    if isinstance(details, Rollout):
+        out["stopped_steps"] = [int(v) for v in details.stopped]
+        out["sequences"] = [{"settings": s, "diagnostics": d} for s, d in zip(details.settings, details.diagnostics)]
+        return out
+    out["experts"] = details.experts
+    for row in details.choice:
+        used = [int((row[1:] == g).sum()) for g in range(len(details.experts))]
+        last = int(row[-1])
+        out["sequences"].append({"last_row_setting": details.experts[last] if last >= 0 else None,
+                                 "rows_per_expert": used, "guard_fallback_rows": int((row[1:] < 0).sum())})
+    return out
+
+
+def _finite(obj):
+    """JSON has no inf or NaN: a non-finite number (e.g. the score of a setting that diverged) is null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+def summary_line(rep: dict) -> str:
+    """``-v``: the chosen settings in one line (the first three sequences; all in --report)."""
+    head = f"ckd forecast: {rep['method']}"
+    if rep["horizon"] is None:
+        parts = [_setting_text(s["last_row_setting"]) if s["last_row_setting"] else "x_t (guard)"
+                 for s in rep["sequences"]]
+        head += ", one step; last row's setting"
+    else:
+        head += f", horizon {rep['horizon']}, {'univariate' if rep['univariate'] else 'full state'}"
+        parts = []
+        for s in rep["sequences"]:
+            per = s["settings"] if isinstance(s["settings"], list) else [s["settings"]]
+            parts.append(" | ".join(_setting_text(x) or "no settings" for x in per))
+    shown = [f"sequence {b}: {p or 'no settings'}" for b, p in enumerate(parts[:3])]
+    more = f"; ... {len(parts) - 3} more (see --report)" if len(parts) > 3 else ""
+    return f"{head}: " + "; ".join(shown) + more
+
+
 def run(args) -> int:
     if args.pretrained is not None:
         if args.checkpoint is not None:
@@ -120,18 +183,29 @@ def run(args) -> int:
     x = load_array(args.input)
     out_path = check_output_path(args.output, x.ndim,
                                  inputs=[args.input, args.checkpoint or args.input, args.truth or args.input])
+    if args.report is not None:
+        if Path(args.report).suffix.lower() != ".json":
+            raise ValueError(f"{args.report}: --report writes JSON; give a file name ending in .json")
+        check_file_target(args.report, [args.input, args.output, *([args.truth] if args.truth else [])])
+        if Path(args.report).resolve() == Path(args.output).resolve():
+            raise ValueError(f"{args.report}: --report and -o are the same file; choose two names")
     if args.horizon is None:
         _check_plot(args, x.shape)
-        pred = forecast(x, args.method, univariate=args.univariate, sigma=args.sigma, ridge=args.ridge, k=args.k,
-                        depth=args.depth, sweeps=args.sweeps, checkpoint=args.checkpoint)
-        save_array(out_path, pred)
-        return 0
-    H = _integer(args.horizon, "--horizon")
-    D = _integer(args.embed, "--embed")
-    truth = _check_plot(args, x.shape[:-2] + (H, x.shape[-1]))
-    pred = forecast(x, args.method, horizon=H, univariate=args.univariate, embed=D, sigma=args.sigma,
-                    ridge=args.ridge, sweeps=args.sweeps, k=args.k, depth=args.depth, checkpoint=args.checkpoint)
-    if args.plot is not None:
+        batch, unbatched = as_batch(x, torch.float64)
+        details = forecast_details(batch, args.method, univariate=args.univariate, sigma=args.sigma,
+                                   ridge=args.ridge, k=args.k, depth=args.depth, sweeps=args.sweeps,
+                                   checkpoint=args.checkpoint, layers=args.layers)
+    else:
+        H = _integer(args.horizon, "--horizon")
+        D = _integer(args.embed, "--embed")
+        truth = _check_plot(args, x.shape[:-2] + (H, x.shape[-1]))
+        batch, unbatched = as_batch(x, torch.float64)
+        details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D,
+                                   sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k, depth=args.depth,
+                                   checkpoint=args.checkpoint, layers=args.layers)
+    pred = details.pred.cpu().numpy()
+    pred = pred[0] if unbatched else pred
+    if args.horizon is not None and args.plot is not None:
         first = (lambda a: a) if x.ndim == 2 else (lambda a: a[0])
         mode = "univariate" if args.univariate else "full state"
         title = f"{Path(args.input).name}: --method {args.method}, {mode}, H = {H}"
@@ -139,4 +213,12 @@ def run(args) -> int:
             title += f" (sequence 0 of {x.shape[0]})"
         plot_rollout(args.plot, first(x), first(pred), None if truth is None else first(truth), title)
     save_array(out_path, pred)
+    if args.report is not None or args.verbose:
+        rep = report(details, args, x.shape)
+        if args.report is not None:
+            text = json.dumps(_finite(rep), indent=1, allow_nan=False) + "\n"
+            atomic_write(args.report, lambda fh: fh.write(text.encode()))
+        if args.verbose:
+            print(summary_line(rep), file=sys.stderr)
     return 0
+

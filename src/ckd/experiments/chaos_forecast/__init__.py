@@ -30,9 +30,13 @@ Data are cached (``cache_dir``): one folder per system holding plain ``.npy`` fi
 ``meta.json``, plus an ``index.json``; generate them ahead with
 ``python -m ckd.experiments.chaos_forecast generate [--workers N]``. Worker processes over
 systems: the environment variable ``CKD_WORKERS`` (default: every CPU) for ``ckd reproduce``, or
-``python -m ckd.experiments.chaos_forecast run --workers N [--systems ...] [--out DIR]``.
+``python -m ckd.experiments.chaos_forecast run --workers N [--systems ...] [--ics N] [--out DIR]
+[--executor local|ray|ray://ADDRESS]`` (``executors``: Ray runs one task per system and initial
+condition). Each system's result is written to ``DIR/systems/NAME.json`` as it finishes, and a
+rerun with the same settings resumes from those files.
 
-Layout: ``data`` (protocol, integration, cache, checksums), ``scoring`` (the runs, VPT and sMAPE,
+Layout: ``data`` (protocol, integration, cache, checksums), ``executors`` (local pool or Ray, the
+per-system result files), ``depth`` (the layer-bounded study), ``scoring`` (the runs, VPT and sMAPE,
 the attractor test, the summary over systems), ``reporting`` (JSON, CSV, tables, figures); here
 ``run`` and ``main`` over worker processes, and every public name of the submodules.
 """
@@ -110,56 +114,47 @@ def workers() -> int:
     return n
 
 
-def _run_one(args) -> dict:
-    name, n_ics, horizon, long_steps, device = args
-    try:
-        return run_system(name, n_ics, horizon, long_steps, device)
-    except Exception as err:  # one broken system must not lose the others
-        return {"system": name, "status": "excluded", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
-
-
 def run(out: pathlib.Path, *, size: str = "full", seed: int = 0, device: str = "cpu",
-        systems: list[str] | None = None, n_workers: int | None = None) -> dict:
+        systems: list[str] | None = None, n_workers: int | None = None, n_ics: int | None = None,
+        executor: str = "local") -> dict:
     """The benchmark (package doc) on ``systems`` (default: all for ``size="full"``, ``DEFAULT``'s
     subset for "default", ``QUICK``'s for "quick") with ``n_workers`` processes (default
-    ``workers()``; 1 when quick). ``seed`` has no effect: the protocol fixes its own seed."""
+    ``workers()``; 1 when quick) or on Ray (``executor`` "ray" or "ray://ADDRESS", ``executors``),
+    on the first ``n_ics`` initial conditions of each (default: all 20; ``DEFAULT``'s or ``QUICK``'s
+    for those sizes). Each system's result is saved to ``out/systems/NAME.json`` as it finishes; a
+    rerun with the same settings reuses those files (resumes). ``seed`` has no effect: the protocol
+    fixes its own."""
     from .. import progress
+    from .executors import check_executor, execute, load_results, result_key, save_result
 
+    executor = check_executor(executor)
     quick = size == "quick"
     if quick:
-        names, n_ics, horizon, long_steps = QUICK["systems"], QUICK["n_ics"], QUICK["horizon"], QUICK["long"]
+        names, n_ics_default, horizon, long_steps = QUICK["systems"], QUICK["n_ics"], QUICK["horizon"], QUICK["long"]
     elif size == "default":
-        names, n_ics = all_systems()[::DEFAULT["every"]], DEFAULT["n_ics"]
+        names, n_ics_default = all_systems()[::DEFAULT["every"]], DEFAULT["n_ics"]
         horizon, long_steps = PROTOCOL["horizon"], DEFAULT["long"]
     else:
-        names, n_ics, horizon, long_steps = all_systems(), PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG
+        names, n_ics_default, horizon, long_steps = all_systems(), PROTOCOL["n_ics"], PROTOCOL["horizon"], LONG
     names = list(systems or names)
     n_workers = n_workers or (1 if quick else workers())
-    jobs = [(s, n_ics, horizon, long_steps, device) for s in names]
+    n_ics = n_ics or n_ics_default
+    key = result_key(n_ics, horizon, long_steps)
+    done = load_results(out, names, key)
+    todo = [s for s in names if s not in done]
+    if done:
+        print(f"chaos-forecast: {len(done)} of {len(names)} systems read from {out / 'systems'} (resumed)",
+              file=sys.stderr)
     start = time.perf_counter()
-    partial = os.environ.get("CKD_PARTIAL")  # optional: pickle the systems done so far (long runs elsewhere)
-    results = []
-    if n_workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(n_workers) as pool:
-            for r in progress(pool.imap_unordered(_run_one, jobs), "chaos-forecast systems", total=len(jobs)):
-                results.append(r)
-                if partial:
-                    _save_partial(pathlib.Path(partial), results, time.perf_counter() - start)
-    else:
-        results = [_run_one(j) for j in progress(jobs, "chaos-forecast systems", quick=quick)]
+    for r in progress(execute(todo, n_ics, horizon, long_steps, device, n_workers, executor),
+                      "chaos-forecast systems", total=len(todo), quick=quick):
+        save_result(out, r, key)
+        done[r["system"]] = r
     seconds = time.perf_counter() - start
     if size == "full":
         write_index()
-    return report(out, results, seconds, quick=quick, device=device, n_workers=n_workers, n_ics=n_ics,
-                  horizon=horizon, long_steps=long_steps)
-
-
-def _save_partial(path: pathlib.Path, results: list[dict], seconds: float) -> None:
-    import pickle
-
-    atomic_save(path, lambda f: pickle.dump({"results": results, "seconds": seconds}, f))
+    return report(out, [done[s] for s in names], seconds, quick=quick, device=device, n_workers=n_workers,
+                  n_ics=n_ics, horizon=horizon, long_steps=long_steps)
 
 
 def _generate_one(args) -> tuple[str, float]:
@@ -173,29 +168,48 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ckd.experiments.chaos_forecast generate|run``: fill the cache ahead of a run, or
     run the benchmark (optionally on some systems) with worker processes."""
     p = argparse.ArgumentParser(prog="python -m ckd.experiments.chaos_forecast",
-                                description="The chaos-forecast benchmark: generate its data, or run it.")
-    p.add_argument("action", choices=["generate", "run"])
+                                description="The chaos-forecast benchmark: generate its data, run it, or run the "
+                                            "depth study (VPT vs layers, ckd.experiments.chaos_forecast.depth).")
+    p.add_argument("action", choices=["generate", "run", "depth"])
+    p.add_argument("--iterations", nargs="*", default=None, help="depth: the iterations to study (default all)")
+    p.add_argument("--executor", default="local", metavar="local|ray|ray://ADDRESS",
+                   help="run: where the tasks run (default local: --workers processes; ray: one Ray task per "
+                        "system and initial condition, pip install 'ckd[ray]')")
     p.add_argument("--workers", type=int, default=None, help="worker processes over systems "
                    "(default: $CKD_WORKERS or 1)")
     p.add_argument("--systems", nargs="*", help="default: all continuous dysts systems")
     p.add_argument("--long", type=int, default=LONG, help=f"generate: long-trajectory steps (default {LONG}; 0: none)")
     p.add_argument("--out", default="ckd-results", help="run: output folder (default ckd-results/)")
     p.add_argument("--quick", action="store_true", help="run: the quick configuration")
+    p.add_argument("--ics", type=int, default=None, help="the first N initial conditions of each system "
+                   f"(default all {PROTOCOL['n_ics']}; fewer for a documented subset)")
     args = p.parse_args(argv)
     n_workers = workers() if args.workers is None else args.workers
     if n_workers < 1:
         p.error(f"--workers must be >= 1, got {n_workers}")
+    if args.ics is not None and not 1 <= args.ics <= PROTOCOL["n_ics"]:
+        p.error(f"--ics must be in 1 .. {PROTOCOL['n_ics']}, got {args.ics}")
     names = args.systems or all_systems()
     print(f"cache: {cache_dir()}", file=sys.stderr)
     t0 = time.perf_counter()
+    if args.action == "depth":
+        from .depth import run_depth
+
+        out = pathlib.Path(args.out)
+        run_depth(out, names, args.ics or PROTOCOL["n_ics"], n_workers, args.iterations)
+        print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
+        return 0
     if args.action == "run":
         out = pathlib.Path(args.out)
-        head = run(out, size="quick" if args.quick else "full", seed=0, device="cpu", systems=args.systems,
-                   n_workers=n_workers)
+        try:
+            head = run(out, size="quick" if args.quick else "full", seed=0, device="cpu", systems=args.systems,
+                       n_workers=n_workers, n_ics=args.ics, executor=args.executor)
+        except ValueError as err:  # a bad --executor, or Ray missing: one line
+            p.error(str(err))
         print(json.dumps(head, indent=1))
         print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
         return 0
-    jobs = [(s, PROTOCOL["n_ics"], args.long) for s in names]
+    jobs = [(s, args.ics or PROTOCOL["n_ics"], args.long) for s in names]
     from tqdm.auto import tqdm
 
     if n_workers > 1:
