@@ -40,6 +40,7 @@ from .config import (
     check_memory,
     construction_setting,
     length_at,
+    loops_at,
     lr_factor,
     next_token_loss,
     sample,
@@ -242,7 +243,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             # the loss logged at `step` is measured on fresh prompts after `step` updates
             x = draw(cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
             x = x.to(d.device, dtype)
-            loss = next_token_loss(net(x), x)
+            loss = next_token_loss(net(x, loops=loops_at(cfg, step)) if cfg.loop else net(x), x)
             log(step, loss)  # stops at a non-finite loss
             if step > start and step % cfg.checkpoint_every == 0:
                 checkpoint(step)  # a good model: its loss was just measured finite
