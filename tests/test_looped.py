@@ -145,7 +145,8 @@ def test_a_range_of_loops_trains_every_count(tmp_path, monkeypatch):
     monkeypatch.setattr(LoopedTransformer, "forward", spy)
     cfg = tiny(loop=3, layers=3, loop_range=[1, 6], eval_every=100)
     train(cfg, tmp_path / "run", progress=False)
-    assert [n for n in seen if n is not None] == [loops_at(cfg, s) for s in range(cfg.steps)]
+    # steps 0..S-1, then the final model's loss measured on the prompts of step S
+    assert [n for n in seen if n is not None] == [loops_at(cfg, s) for s in range(cfg.steps + 1)]
     assert len(set(n for n in seen if n is not None)) > 2
 
 
@@ -238,3 +239,38 @@ def test_a_checkpoint_claiming_a_billion_loops_is_refused_by_evaluate(tmp_path, 
     assert main(["evaluate", str(tmp_path / "big.pt"), "--sequences", "4"]) == 2
     one_error(capsys, "needs about")
     shutil.rmtree(out)
+
+
+def test_training_loss_rows_and_every_pass():
+    """``training_loss``: rows t >= loss_from only (the last row alone at length - 2); loop_loss "every": the mean of
+    the losses after every pass; the default is ``next_token_loss`` bit for bit."""
+    from ckd.train import rows_loss, training_loss
+
+    x = sample(tiny(), 4, EVAL).float()
+    torch.manual_seed(0)
+    plain = build_model(tiny(layers=1))
+    with torch.no_grad():
+        pred = plain(x)
+        assert torch.equal(training_loss(tiny(layers=1), plain, x, 0), next_token_loss(pred, x))
+        last = training_loss(tiny(layers=1, loss_from=10), plain, x, 0)
+        assert torch.allclose(last, (pred[:, 10] - x[:, 11]).square().sum(-1).mean())
+        assert torch.allclose(training_loss(tiny(layers=1, loss_from=4), plain, x, 0),
+                              (pred[:, 4:-1] - x[:, 5:]).square().sum(-1).mean())
+        cfg = tiny(loop=3, layers=3, loop_loss="every", loss_from=2)
+        looped = build_model(cfg)
+        expect = sum(rows_loss(looped(x, loops=k), x, 2) for k in (1, 2, 3)) / 3
+        assert torch.allclose(training_loss(cfg, looped, x, 0), expect, rtol=1e-6)
+    for changes, words in [(dict(loss_from=11), "loss_from must be an integer in 1 .. length - 2 = 10"),
+                           (dict(loss_from=0), "loss_from"), (dict(loop_loss="every"), "loop_loss applies"),
+                           (dict(loop=2, layers=2, loop_loss="all"), "unknown loop_loss")]:
+        with pytest.raises(ValueError, match=words):
+            tiny(**changes).validate()
+
+
+def test_loss_from_trains_and_is_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*cli(tiny(steps=3), out), "--loss-from", "5", "--loop", "2", "--loop-loss", "every"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["loss_from"], cfg["loop_loss"]) == (5, "every")
+    assert main([*cli(tiny(), tmp_path / "bad"), "--loss-from", "11"]) == 2
+    one_error(capsys, "loss_from")

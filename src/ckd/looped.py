@@ -56,10 +56,11 @@ class LoopedTransformer(CausalTransformer):
         """Layers run by a forward pass: loops x blocks."""
         return self.loops * len(self.blocks)
 
-    def forward(self, x: Tensor, return_hidden: bool = False, loops: int | None = None):
+    def forward(self, x: Tensor, return_hidden: bool = False, loops: int | None = None, every_pass: bool = False):
         """x (B, T, d) -> predictions (B, T, d) after ``loops`` passes (default ``self.loops``); with
         ``return_hidden`` also the residual streams after the embedding, the previous-token layer (raw
-        tokens) and every block of every pass (1 + [1] + loops K states)."""
+        tokens) and every block of every pass (1 + [1] + loops K states). ``every_pass``: the list of the
+        predictions W_out LN(h^l) read out after every pass l = 1..loops instead."""
         loops = self.loops if loops is None else check_int(loops, "loops", minimum=1)
         self.check_input(x)
         e = self.input_tokens(x)
@@ -69,12 +70,17 @@ class LoopedTransformer(CausalTransformer):
             h = self.prev(h)
             hidden.append(h)
         inject = self.reinject(e) if self.reinject is not None else None
+        passes = []
         for _ in range(loops):
             if inject is not None:
                 h = h + inject
             for block in self.blocks:
                 h = block(h)
                 hidden.append(h)
+            if every_pass:
+                passes.append(self.readout(self.ln_out(h)))
+        if every_pass:
+            return passes
         pred = self.readout(self.ln_out(h))
         return (pred, hidden) if return_hidden else pred
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli import MAX_INT, integer
 from ..sequences import TASKS
-from ..train import ATTENTIONS, DTYPES, INITS, TOKENS, TrainConfig, train
+from ..train import ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, TOKENS, TrainConfig, train
 
 DEFAULTS = TrainConfig()
 
@@ -73,6 +73,12 @@ def add_parser(sub) -> None:
                         "evaluation runs L")
     p.add_argument("--reinject", action=argparse.BooleanOptionalAction, default=DEFAULTS.reinject,
                    help="with --loop: add a learned map of the input tokens before every pass (default no)")
+    p.add_argument("--loop-loss", default=DEFAULTS.loop_loss, choices=LOOP_LOSSES,
+                   help="with --loop: the loss after the last pass, or the mean over the predictions after every pass "
+                        "(default last)")
+    p.add_argument("--loss-from", type=integer(1), default=DEFAULTS.loss_from, metavar="T0",
+                   help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
+                        "--length - 2: the last prediction)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
@@ -117,6 +123,7 @@ def run(args) -> int:
                       log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, loop=args.loop,
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
+                      loop_loss=args.loop_loss, loss_from=args.loss_from,
                       **(data.fields if data is not None else {}))
     train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet,
           data=data)

@@ -21,6 +21,7 @@ from ..validation import check_fits, check_number
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
 INITS = ("random", "construction")
 TOKENS = ("augmented", "raw")
+LOOP_LOSSES = ("last", "every")  # a looped model's loss: after the last pass, or the mean over every pass
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_INT = 2**63 - 1  # every integer field: a torch int64 / numpy seed
 
@@ -86,6 +87,10 @@ class TrainConfig:
     loop_blocks: int = 1
     loop_range: list[int] | None = None
     reinject: bool = False
+    # the training objective (``training_loss``): rows t >= loss_from (1: every row with a pair; length - 2: the last
+    # prediction only); loop_loss "every": a looped model's loss is the mean over the predictions after every pass
+    loss_from: int = 1
+    loop_loss: str = "last"
 
     def validate(self) -> TrainConfig:
         """Raise a one-line ``ValueError`` for any bad field; return self."""
@@ -132,6 +137,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
                 raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
+        if self.loop_loss not in LOOP_LOSSES:
+            raise ValueError(f"unknown loop_loss {self.loop_loss!r}; choose one of {', '.join(LOOP_LOSSES)}")
+        if (isinstance(self.loss_from, bool) or not isinstance(self.loss_from, int)
+                or not 1 <= self.loss_from <= self.length - 2):
+            raise ValueError(f"loss_from must be an integer in 1 .. length - 2 = {self.length - 2} (the rows t of the "
+                             f"loss), got {self.loss_from!r}")
         if not isinstance(self.reinject, bool):
             raise ValueError(f"reinject must be true or false, got {self.reinject!r}")
         r = self.loop_range
@@ -140,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"loop_range must be two integers 1 <= lo <= hi (--loop-range LO,HI), got {r!r}")
         if not self.loop:
             given = [n for n, v in (("loop_blocks", self.loop_blocks != 1), ("loop_range", r is not None),
-                                    ("reinject", self.reinject)) if v]
+                                    ("reinject", self.reinject), ("loop_loss", self.loop_loss != "last")) if v]
             if given:
                 raise ValueError(f"{given[0]} applies to a looped model: add --loop L")
         elif self.layers != self.loop * self.loop_blocks:
@@ -267,9 +278,27 @@ def loops_at(cfg: TrainConfig, step: int) -> int:
     return lo + int(np.random.default_rng(seed_for(cfg.seed, LOOPS, step)).integers(hi - lo + 1))
 
 
+def rows_loss(pred: Tensor, x: Tensor, t0: int = 1) -> Tensor:
+    """mean over b and t = t0..T-2 of |pred[b, t] - x[b, t+1]|^2 (``next_token_loss`` for t0 = 1)."""
+    return (pred[:, t0:-1] - x[:, t0 + 1:]).square().sum(-1).mean()
+
+
+def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Tensor:
+    """The objective of training ``step`` on prompts x (B, T, d): ``rows_loss`` from row t0 = min(loss_from, T - 2);
+    a looped model runs ``loops_at(cfg, step)`` loops, and with loop_loss "every" the loss is the mean of the
+    losses of the predictions read out after every pass."""
+    t0 = min(cfg.loss_from, x.shape[1] - 2)
+    if not cfg.loop:
+        return rows_loss(net(x), x, t0)
+    if cfg.loop_loss == "every":
+        return torch.stack([rows_loss(p, x, t0) for p in net(x, loops=loops_at(cfg, step), every_pass=True)]).mean()
+    return rows_loss(net(x, loops=loops_at(cfg, step)), x, t0)
+
+
 def unlooped(cfg: TrainConfig) -> TrainConfig:
     """The config of a looped run's body: its ``loop_blocks`` blocks as an ordinary model."""
-    return replace(cfg, layers=cfg.loop_blocks, loop=0, loop_blocks=1, loop_range=None, reinject=False)
+    return replace(cfg, layers=cfg.loop_blocks, loop=0, loop_blocks=1, loop_range=None, reinject=False,
+                   loop_loss="last")
 
 
 # --------------------------------------------------------------------------- model
