@@ -274,3 +274,30 @@ def test_loss_from_trains_and_is_recorded(tmp_path, capsys):
     assert (cfg["loss_from"], cfg["loop_loss"]) == (5, "every")
     assert main([*cli(tiny(), tmp_path / "bad"), "--loss-from", "11"]) == 2
     one_error(capsys, "loss_from")
+
+
+def test_reproduce_looped_quick(tmp_path):
+    """``ckd reproduce looped --quick``: figures and numbers written; CKD run at depth K with the step of depth L
+    is the construction looped K times, so at K = L it equals CKD tuned at L; the construction-init model's first
+    pass still holds CKD's iterate p_1 closely after a few fine-tuning steps, unlike the random-init one."""
+    from ckd.experiments import EXPERIMENTS, looped
+
+    assert EXPERIMENTS["looped"] == "ckd.experiments.looped"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "looped", "--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("looped.png", "looped.pdf", "looped-vs-t.png", "looped.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    data = json.loads((tmp_path / "looped.json").read_text())
+    L = looped.QUICK["loops"]
+    assert data["config"]["loops"] == looped.loop_counts(L) == [1, 2, 4, 8, 16]
+    e = data["results"]["periodic/softmax"]
+    assert e["ckd_step_of_L"][str(L)] == e["ckd_tuned"][str(L)]
+    runs = e["runs"]
+    assert runs["random"]["config"]["loop_range"] == [1, 4] and runs["random"]["config"]["loop_loss"] == "every"
+    assert [r["ckd_depth"] for r in runs["construction"]["probe"]] == list(range(4 * L + 1))
+    assert runs["construction"]["probe"][1]["probe_to_ckd"] < 0.2 < runs["random"]["probe"][1]["probe_to_ckd"]
+    assert looped.falls_until({1: {"err_last": 1}, 2: {"err_last": 0.5}, 4: {"err_last": 0.4},
+                               8: {"err_last": 0.6}}, 1) == 4
