@@ -15,6 +15,7 @@ from torch import Tensor
 from .descent import descend
 from .validation import (  # noqa: F401 - re-exported: other modules import these from ckd.api
     BACKENDS,
+    CHECKPOINT,
     DTYPES,
     PRETRAINED,
     TOKENS,
@@ -46,6 +47,7 @@ def predict(
     features: int | None = None,
     feature_seed: int = 0,
     sweeps: int = 1,
+    loops: int | None = None,
 ) -> Any:
     """Next-token predictions of causal kernel descent. Row t predicts x_{t+1}.
 
@@ -63,7 +65,9 @@ def predict(
     eta_t > 0 and differs from the uniform-step answer unless eta is constant (``ckd.descent.descend``);
     backend: descent | transformer | "pretrained:NAME" (a trained model of ``ckd.pretrained``,
     which brings its own attention, depth and tokens: kernel, beta, sigma, depth, step, ridge and
-    tokens must then stay at their defaults); tokens: augmented | raw (transformer).
+    tokens must then stay at their defaults), or "checkpoint:PATH" (the model of a ``ckd train``
+    checkpoint, likewise); tokens: augmented | raw (transformer). loops: a looped trained model
+    (``ckd train --loop``) run for this many loops instead of its trained count (those two backends only).
     memory_budget: bytes of (T, T) working memory for the descent backend (default 4 GiB);
     above it rows are processed in blocks, with the same result (``ckd.descent.descend``).
     method: auto | dense | linear (descent backend): "auto" runs the linear kernel in linear time
@@ -87,9 +91,11 @@ def predict(
             raise ValueError(f"complex x runs on the descent backend only (backend {backend!r} is real)")
         check_complex(batch, kernel)
     opts["step"] = parse_step(opts["step"], batch.shape[1])  # a per-row step: its length is T
+    if loops is not None and not backend.startswith((PRETRAINED, CHECKPOINT)):
+        raise ValueError("loops applies to a trained looped model: backend 'pretrained:NAME' or 'checkpoint:PATH'")
     if backend == "descent":
         out = descend(batch, memory_budget=memory_budget, **opts, **linear_opts)
-    elif backend.startswith(PRETRAINED):
+    elif backend.startswith((PRETRAINED, CHECKPOINT)):
         given = [k for k, v in dict(opts, tokens=tokens).items()
                  if (v is not None if k == "step" else v != _PREDICT_DEFAULTS[k])]
         if given:
@@ -98,7 +104,8 @@ def predict(
         from .pretrained import trained_model  # lazy: loading a model needs the training code
 
         with torch.no_grad():
-            out = trained_model(backend, batch.shape, batch.device).to(dtype)(batch)
+            source = backend.removeprefix(CHECKPOINT) if backend.startswith(CHECKPOINT) else backend
+            out = trained_model(source, batch.shape, batch.device, loops=loops).to(dtype)(batch)
     else:
         opts.pop("sweeps")  # 1: checked above
         out = _transformer_backend(batch, tokens=tokens, **opts)

@@ -53,10 +53,11 @@ from torch import Tensor
 
 from .baselines import BASELINES, oracle
 from .descent import StabilityWarning, descend
+from .looped import looped_memory_bytes, with_loops
 from .metrics import next_token_error
 from .sequences import make_task
-from .train import TEST, TrainConfig, load_model, next_token_loss, seed_for, tune_ckd, tuning_prompts
-from .transformer import CausalTransformer, memory_bytes
+from .train import TEST, TrainConfig, load_model, model_bytes, next_token_loss, seed_for, tune_ckd, tuning_prompts
+from .transformer import CausalTransformer
 from .validation import as_batch, check_fits, check_int, check_kernel
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
@@ -163,10 +164,8 @@ def check_memory(cfg: TrainConfig, sequences: int) -> None:
     """Refuse (one line) an evaluation that cannot fit in memory, before allocating: the (B, T, T)
     kernel matrices of CKD and the kernel baselines (4 at once, float64) and the model's residual
     streams of every layer on the test and probe prompts."""
-    from .train import transformer_config
-
     T = cfg.length
-    need = 4 * sequences * T * T * 8 + 2 * memory_bytes(transformer_config(cfg), sequences, T, 8, hidden=True)
+    need = 4 * sequences * T * T * 8 + 2 * model_bytes(cfg, sequences, T, 8, hidden=True)
     check_fits(need, f"evaluating on {sequences} prompts of length {T}", "use fewer --sequences")
 
 
@@ -182,7 +181,7 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, ref: dict) -> dict:
 
 
 def evaluate(model, *, data=None, sequences: int | None = None, seed: int | None = None, kernel: str | None = None,
-             depth: int | None = None, tune_data=None) -> dict:
+             depth: int | None = None, tune_data=None, loops: int | None = None) -> dict:
     """Errors vs t of a model, CKD and the baselines, and the probe.
 
     model: the ``checkpoint.pt`` of a ``ckd train`` run (a path), or any callable (B, T, d) -> (B, T, d)
@@ -191,6 +190,8 @@ def evaluate(model, *, data=None, sequences: int | None = None, seed: int | None
     prompts of the run's task (``sequences``, default 64, and ``seed``, default the run's).
     kernel, depth: the CKD compared with (default: the model's attention and layers, for a checkpoint or a
     ``CausalTransformer``); tune_data: sequences on which CKD's settings and the probe are fitted (default: data).
+    loops: run a looped checkpoint (``ckd train --loop``) for this many loops instead of its trained count; CKD
+    is then compared at that depth (loops x loop_blocks).
 
     Returns {"config", "step", "t", "errors": {method: (B, T-1) tensor}, "summary": {method: {...}},
     "settings": {ckd method: setting}, "probe": [...], "sequences", "seed"}; with data also "data" (its shape,
@@ -199,6 +200,7 @@ def evaluate(model, *, data=None, sequences: int | None = None, seed: int | None
     own = [name for name, v in (("sequences", sequences), ("seed", seed)) if v is not None]
     if isinstance(model, (str, os.PathLike)):
         cfg, net, state = load_model(model)
+        cfg, net = with_loops(cfg, net, loops)
         if data is None:
             extra = [n for n, v in (("kernel", kernel), ("depth", depth), ("tune_data", tune_data)) if v is not None]
             if extra:
@@ -206,6 +208,8 @@ def evaluate(model, *, data=None, sequences: int | None = None, seed: int | None
             return evaluate_trained(net, cfg, int(state["step"]), sequences=64 if sequences is None else sequences,
                                     seed=seed)
         model, config, step = net, asdict(cfg), int(state["step"])
+    elif loops is not None:
+        raise ValueError("loops= applies to a looped checkpoint; call a LoopedTransformer with forward(x, loops=K)")
     elif callable(model):
         if data is None:
             raise ValueError("a model that is not a ckd train checkpoint needs data=: the sequences (B, T, d) "
@@ -233,14 +237,15 @@ def evaluate_on(model, data, *, kernel: str | None = None, depth: int | None = N
                          f"{tuple(x_fit.shape)}")
     net = copy.deepcopy(model).double().eval() if isinstance(model, CausalTransformer) else None
     own = ((config["attention"], config["layers"]) if config is not None else
-           (net.config.attention, net.config.n_layers) if net is not None else (None, None))
+           (net.config.attention, getattr(net, "depth", net.config.n_layers)) if net is not None else (None, None))
     kernel, depth = own[0] if kernel is None else kernel, own[1] if depth is None else depth
     if kernel is None or depth is None:
         raise ValueError("give kernel= and depth=: the CKD to compare this model with (e.g. kernel='linear', depth=1)")
     kernel, depth = check_kernel(kernel), check_int(depth, "depth", minimum=1)
     need = 4 * max(B * T, x_fit.shape[0] * x_fit.shape[1]) * T * 8
     if net is not None:
-        need += 2 * memory_bytes(net.config, max(B, x_fit.shape[0]), T, 8, hidden=True)
+        need += 2 * looped_memory_bytes(net.config, getattr(net, "loops", 1), max(B, x_fit.shape[0]), T, 8,
+                                        hidden=True)
     check_fits(need, f"evaluating on {B} sequences of length {T}", "use fewer or shorter sequences")
     settings = settings_for(kernel, depth, x_fit)
     name = "transformer" if net is not None else "model"
@@ -298,7 +303,8 @@ def evaluate_trained(model: torch.nn.Module, cfg: TrainConfig, step: int, *, seq
 def title(result: dict) -> str:
     """One line: the model and the sequences of ``evaluate``'s result."""
     c = result["config"]
-    model = (f"{c['task']} / {c['attention']} attention / {c['layers']} layers / init {c['init']} / "
+    looped = f" ({c['loop_blocks']} block x {c['loop']} loops)" if c is not None and c.get("loop") else ""
+    model = (f"{c['task']} / {c['attention']} attention / {c['layers']} layers{looped} / init {c['init']} / "
              f"step {result['step']}" if c is not None else f"{result['model']} (CKD kernel {result['kernel']}, "
              f"depth {result['depth']})")
     if "data" not in result:

@@ -223,6 +223,8 @@ def train_command(cfg: TrainConfig) -> str:
             continue  # --layernorm says it (the spelling of the older cards)
         if value != defaults[key] or key in ("task", "attention", "layers"):
             flag = "--" + key.replace("_", "-")
+            if isinstance(value, builtins.list):  # --loop-range LO,HI
+                value = ",".join(str(v) for v in value)
             flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")
     return "OMP_NUM_THREADS=1 ckd train " + " ".join(flags) + " --out DIR"
 
@@ -338,14 +340,19 @@ def compare(built: dict, shipped: dict) -> dict:
                 max_eval_diff=max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf"))
 
 
-def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device) -> torch.nn.Module:
+def trained_model(checkpoint: Any, shape: tuple[int, ...], device: torch.device,
+                  loops: int | None = None) -> torch.nn.Module:
     """The Transformer of a ``ckd train`` checkpoint or of the zoo (``"pretrained:NAME"``), in float64
     on ``device``, for trajectories of shape (B, T, d): d must be its dim, and T at most its positional
-    table (raw tokens). Serves ``ckd.predict(backend="pretrained:NAME")`` and ``forecast --method transformer``."""
+    table (raw tokens). Serves ``ckd.predict(backend="pretrained:NAME")`` and ``forecast --method transformer``.
+    ``loops``: a looped model run for that many loops (``ckd.looped.with_loops``)."""
+    from .looped import with_loops
+
     if isinstance(checkpoint, str) and checkpoint.startswith("pretrained:"):  # a model of the zoo
         cfg, model, _ = load_with_config(checkpoint.removeprefix("pretrained:"))
     else:
         cfg, model, _ = load_model(checkpoint)
+    cfg, model = with_loops(cfg, model, loops)
     T, d = shape[-2:]
     if cfg.dim != d:
         raise ValueError(f"{checkpoint}: the model was trained on dim={cfg.dim}, the trajectory has d={d}")

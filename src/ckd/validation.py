@@ -43,6 +43,7 @@ from torch import Tensor
 KERNELS = ("linear", "exp", "softmax", "gaussian")
 BACKENDS = ("descent", "transformer")
 PRETRAINED = "pretrained:"  # backend "pretrained:NAME": a model of ckd.pretrained
+CHECKPOINT = "checkpoint:"  # backend "checkpoint:PATH": the model of a ckd train checkpoint
 TOKENS = ("augmented", "raw")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 COMPLEX_DTYPES = {"complex128": torch.complex128, "complex64": torch.complex64}  # the linear kernel only
@@ -187,7 +188,8 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
         raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
     if sweeps != 1 and kernel == "softmax":
         raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
-    if not (isinstance(backend, str) and backend.startswith(PRETRAINED) and len(backend) > len(PRETRAINED)):
+    if not (isinstance(backend, str) and any(backend.startswith(p) and len(backend) > len(p)
+                                             for p in (PRETRAINED, CHECKPOINT))):
         check_choice(backend, "backend", BACKENDS)
     check_choice(tokens, "tokens", TOKENS)
     depth = parse_depth(depth)

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
                         "of the run's task (no oracle then; CKD's settings are chosen on them)")
     p.add_argument("--sequences", type=integer(2), default=None, help="fresh prompts (default 64)")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the fresh prompts (default: the run's seed)")
+    p.add_argument("--loops", type=integer(1), default=None, metavar="K",
+                   help="a looped model (ckd train --loop): run K loops instead of the trained count, and compare "
+                        "with CKD at that depth")
     p.set_defaults(run=run)
 
 
@@ -51,14 +54,16 @@ def run(args) -> int:
         data = load_array(args.data)
     if args.pretrained is not None:
         from ..evaluate import evaluate_trained
+        from ..looped import with_loops
         from ..pretrained import load_with_config
 
         cfg, model, card = load_with_config(args.pretrained)
+        cfg, model = with_loops(cfg, model, args.loops)
         result = (evaluate_trained(model, cfg, card["training"]["steps"], sequences=args.sequences or 64,
                                    seed=args.seed) if data is None else
                   evaluate_on(model, data, config=asdict(cfg), step=card["training"]["steps"]))
     else:
-        result = evaluate(path, data=data, sequences=args.sequences, seed=args.seed)
+        result = evaluate(path, data=data, sequences=args.sequences, seed=args.seed, loops=args.loops)
     print(report(result))
     if args.out is not None:
         paths = save(result, Path(args.out))

@@ -35,7 +35,10 @@ def add_parser(sub) -> None:
                    help="sweeps over the prompt at depth inf (default 1; many -> kernel ridge, docs/results.md)")
     p.add_argument("--backend", default="descent", metavar="BACKEND",
                    help=f"{', '.join(BACKENDS)}, or pretrained:NAME (a trained model of the zoo: ckd zoo list; "
-                        "it brings its own attention and layers) (default descent)")
+                        "it brings its own attention and layers), or checkpoint:PATH (the model of a ckd train "
+                        "checkpoint, likewise) (default descent)")
+    p.add_argument("--loops", type=integer(1), default=None, metavar="K",
+                   help="with a looped trained model (ckd train --loop): run K loops instead of the trained count")
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=list(DTYPES))
     p.set_defaults(run=run)
@@ -55,7 +58,8 @@ def run(args) -> int:
     out_path = check_output_path(args.output, x.ndim, inputs=inputs)
     step = args.step if args.step_file is None else load_step(args.step_file, x.shape[-2])
     pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=step,
-                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps)
+                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps,
+                   loops=args.loops)
     save_array(out_path, pred)
     return 0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import integer
+from ..cli import MAX_INT, integer
 from ..sequences import TASKS
-from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, NORMS, TOKENS, TrainConfig, train
+from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, NORMS, TOKENS, TrainConfig, train
 
 DEFAULTS = TrainConfig()
 
@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
                         "(0 < F < 1; default 0.1; a single sequence is evaluated on itself)")
     p.add_argument("--attention", default=DEFAULTS.attention, choices=ATTENTIONS,
                    help=f"attention score function (default {DEFAULTS.attention})")
-    p.add_argument("--layers", type=integer(1), default=DEFAULTS.layers, help=f"layers (default {DEFAULTS.layers})")
+    p.add_argument("--layers", type=integer(1), default=_Default(DEFAULTS.layers),
+                   help=f"layers (default {DEFAULTS.layers}; with --loop: loop x loop-blocks, the depth it runs)")
     p.add_argument("--heads", type=integer(1), default=None, help="heads per layer (default 2)")
     p.add_argument("--width", type=integer(1), default=None, help="residual width (default: the Transformer's)")
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="add MLPs (default no)")
@@ -91,6 +92,21 @@ def add_parser(sub) -> None:
                    help="evaluate on fixed held-out prompts every N steps")
     p.add_argument("--checkpoint-every", type=integer(1), default=DEFAULTS.checkpoint_every,
                    help="checkpoint every N steps")
+    p.add_argument("--loop", type=integer(1), default=DEFAULTS.loop, metavar="L",
+                   help="a looped Transformer: --loop-blocks blocks applied L times with tied weights (ckd.looped)")
+    p.add_argument("--loop-blocks", type=integer(1), default=DEFAULTS.loop_blocks, metavar="K",
+                   help="with --loop: distinct blocks in the loop body (default 1)")
+    p.add_argument("--loop-range", type=loop_range, default=None, metavar="LO,HI",
+                   help="with --loop: each training step runs a loop count drawn from LO..HI (seeded per step); "
+                        "evaluation runs L")
+    p.add_argument("--reinject", action=argparse.BooleanOptionalAction, default=DEFAULTS.reinject,
+                   help="with --loop: add a learned map of the input tokens before every pass (default no)")
+    p.add_argument("--loop-loss", default=DEFAULTS.loop_loss, choices=LOOP_LOSSES,
+                   help="with --loop: the loss after the last pass, or the mean over the predictions after every pass "
+                        "(default last)")
+    p.add_argument("--loss-from", type=integer(1), default=DEFAULTS.loss_from, metavar="T0",
+                   help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
+                        "--length - 2: the last prediction)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
@@ -98,6 +114,18 @@ def add_parser(sub) -> None:
                    help="stop after K steps, leaving a checkpoint that --resume continues exactly")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+
+
+def loop_range(text: str) -> list[int]:
+    """argparse ``type`` of --loop-range: "LO,HI" with 1 <= LO <= HI."""
+    parts = text.split(",")
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LO,HI (two integers), got {text!r}") from None
+    if not 1 <= lo <= hi <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be LO,HI with 1 <= LO <= HI, got {text!r}")
+    return [lo, hi]
 
 
 def run(args) -> int:
@@ -112,14 +140,19 @@ def run(args) -> int:
         length = data.length if isinstance(length, _Default) else length
     elif args.val_data is not None or args.val_fraction is not None:
         raise ValueError("--val-data and --val-fraction need --data")
-    cfg = TrainConfig(task=task, attention=args.attention, layers=args.layers, heads=args.heads,
+    layers = args.layers
+    if args.loop and isinstance(layers, _Default):  # the depth a looped model runs
+        layers = args.loop * args.loop_blocks
+    cfg = TrainConfig(task=task, attention=args.attention, layers=int(layers), heads=args.heads,
                       width=args.width, mlp=args.mlp, layernorm=args.layernorm, norm=args.norm,
                       attention_norm=args.attention_norm, bias=args.bias, init=args.init, tokens=args.tokens,
                       steps=args.steps,
                       batch=args.batch, length=int(length), dim=int(dim), lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, curriculum=args.curriculum, seed=args.seed, dtype=args.dtype,
                       log_every=args.log_every,
-                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, loop=args.loop,
+                      loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
+                      loop_loss=args.loop_loss, loss_from=args.loss_from,
                       **(data.fields if data is not None else {}))
     train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet,
           data=data)

@@ -77,8 +77,8 @@ def check_model_state(path, cfg: TrainConfig, model_state) -> None:
         raise ValueError(f"{path}: checkpoint field 'model' is not a dict of tensors")
     tc = transformer_config(cfg)
     layers = {int(k.split(".")[1]) for k in model_state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if layers != set(range(cfg.layers)):
-        raise ValueError(f"{path}: checkpoint field 'model' holds {len(layers)} layers, its config says {cfg.layers}")
+    if layers != set(range(tc.n_layers)):  # a looped model stores its loop body
+        raise ValueError(f"{path}: checkpoint field 'model' holds {len(layers)} layers, its config says {tc.n_layers}")
     for key, shape in [("embed.weight", (tc.d_model, tc.d_in)), ("readout.weight", (cfg.dim, tc.d_model))]:
         if key not in model_state or tuple(model_state[key].shape) != shape:
             got = tuple(model_state[key].shape) if key in model_state else "nothing"

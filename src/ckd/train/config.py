@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -23,12 +23,14 @@ ATTENTION_NORMS = ("none", "keys")  # ckd.attention.ATTENTION_NORMS (not importe
 NORMS = ("none", "pre", "post", "output")  # ckd.transformer.NORMS
 INITS = ("random", "construction")
 TOKENS = ("augmented", "raw")
+LOOP_LOSSES = ("last", "every")  # a looped model's loss: after the last pass, or the mean over every pass
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_INT = 2**63 - 1  # every integer field: a torch int64 / numpy seed
 
 # Seed streams (the second entry of ``seed_for``): training batches, CKD tuning, eval during training,
 # fresh sequences of ``ckd evaluate``. Distinct streams never share sequences.
 TRAIN, TUNE, EVAL, TEST = 0, 1, 2, 3
+LOOPS = 5  # the loop count of each training step (``loops_at``); 4 is ckd.evaluate's probe prompts
 
 # Kernel-parameter grids and step factors searched by ``tune_ckd`` (step = factor / max_t R[t, t]).
 PARAM_GRID = {"softmax": ("beta", (1.0, 4.0, 16.0, 64.0)), "exp": ("beta", (0.5, 1.0, 2.0, 4.0)),
@@ -83,6 +85,17 @@ class TrainConfig:
     eval_every: int = 100
     eval_batch: int = 128
     checkpoint_every: int = 100
+    # a looped model (ckd.looped): loop_blocks blocks applied `loop` times with tied weights (0: not looped;
+    # `layers` is then the depth it runs, loop x loop_blocks); loop_range [lo, hi]: each training step runs
+    # a loop count drawn from lo..hi (``loops_at``); reinject: the input tokens added before every pass
+    loop: int = 0
+    loop_blocks: int = 1
+    loop_range: list[int] | None = None
+    reinject: bool = False
+    # the training objective (``training_loss``): rows t >= loss_from (1: every row with a pair; length - 2: the last
+    # prediction only); loop_loss "every": a looped model's loss is the mean over the predictions after every pass
+    loss_from: int = 1
+    loop_loss: str = "last"
 
     def __post_init__(self):
         if self.norm is None:  # a run older than ``norm``, or --layernorm alone
@@ -128,6 +141,7 @@ class TrainConfig:
         check_number(self.weight_decay, "weight_decay", minimum=0.0)
         check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
         self._validate_data()
+        self._validate_loop()
         if self.init == "construction":
             one_head = self.heads == 1 and self.layers == 1  # depth 1 needs the prediction head only
             if ((self.heads is not None and not one_head) or self.width is not None or self.mlp
@@ -136,6 +150,33 @@ class TrainConfig:
                                  "width; no MLP; no LayerNorm; a constant step, so --attention-norm none); drop "
                                  "--heads/--width/--mlp/--layernorm/--norm/--attention-norm")
         return self
+
+    def _validate_loop(self) -> None:
+        """The looped-model fields (``ckd.looped``): all at their defaults unless ``loop`` >= 1."""
+        for name, low in (("loop", 0), ("loop_blocks", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+                raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
+        if self.loop_loss not in LOOP_LOSSES:
+            raise ValueError(f"unknown loop_loss {self.loop_loss!r}; choose one of {', '.join(LOOP_LOSSES)}")
+        if (isinstance(self.loss_from, bool) or not isinstance(self.loss_from, int)
+                or not 1 <= self.loss_from <= self.length - 2):
+            raise ValueError(f"loss_from must be an integer in 1 .. length - 2 = {self.length - 2} (the rows t of the "
+                             f"loss), got {self.loss_from!r}")
+        if not isinstance(self.reinject, bool):
+            raise ValueError(f"reinject must be true or false, got {self.reinject!r}")
+        r = self.loop_range
+        if r is not None and not (isinstance(r, (list, tuple)) and len(r) == 2 and all(
+                not isinstance(n, bool) and isinstance(n, int) and 1 <= n <= MAX_INT for n in r) and r[0] <= r[1]):
+            raise ValueError(f"loop_range must be two integers 1 <= lo <= hi (--loop-range LO,HI), got {r!r}")
+        if not self.loop:
+            given = [n for n, v in (("loop_blocks", self.loop_blocks != 1), ("loop_range", r is not None),
+                                    ("reinject", self.reinject), ("loop_loss", self.loop_loss != "last")) if v]
+            if given:
+                raise ValueError(f"{given[0]} applies to a looped model: add --loop L")
+        elif self.layers != self.loop * self.loop_blocks:
+            raise ValueError(f"a looped model runs layers = loop x loop_blocks = {self.loop * self.loop_blocks} "
+                             f"layers, got layers {self.layers}; drop --layers or give that number")
 
     def _validate_data(self) -> None:
         """The data fields: all None for a task family; for task "data", the path and well-formed records."""
@@ -248,14 +289,49 @@ def construction_setting(cfg: TrainConfig, x: Tensor | None = None) -> dict:
     return tune_ckd(tuning_prompts(cfg) if x is None else x, cfg.attention, [cfg.layers])[cfg.layers]
 
 
+def loops_at(cfg: TrainConfig, step: int) -> int:
+    """Loops run at training ``step``: ``cfg.loop``, or with ``loop_range`` [lo, hi] a count drawn
+    uniformly from lo..hi with a seed of (seed, ``LOOPS``, step) (the same on every rank and on resume)."""
+    if cfg.loop_range is None:
+        return cfg.loop
+    lo, hi = cfg.loop_range
+    return lo + int(np.random.default_rng(seed_for(cfg.seed, LOOPS, step)).integers(hi - lo + 1))
+
+
+def rows_loss(pred: Tensor, x: Tensor, t0: int = 1) -> Tensor:
+    """mean over b and t = t0..T-2 of |pred[b, t] - x[b, t+1]|^2 (``next_token_loss`` for t0 = 1)."""
+    return (pred[:, t0:-1] - x[:, t0 + 1:]).square().sum(-1).mean()
+
+
+def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Tensor:
+    """The objective of training ``step`` on prompts x (B, T, d): ``rows_loss`` from row t0 = min(loss_from, T - 2);
+    a looped model runs ``loops_at(cfg, step)`` loops, and with loop_loss "every" the loss is the mean of the
+    losses of the predictions read out after every pass."""
+    t0 = min(cfg.loss_from, x.shape[1] - 2)
+    if not cfg.loop:
+        return rows_loss(net(x), x, t0)
+    if cfg.loop_loss == "every":
+        return torch.stack([rows_loss(p, x, t0) for p in net(x, loops=loops_at(cfg, step), every_pass=True)]).mean()
+    return rows_loss(net(x, loops=loops_at(cfg, step)), x, t0)
+
+
+def unlooped(cfg: TrainConfig) -> TrainConfig:
+    """The config of a looped run's body: its ``loop_blocks`` blocks as an ordinary model."""
+    return replace(cfg, layers=cfg.loop_blocks, loop=0, loop_blocks=1, loop_range=None, reinject=False,
+                   loop_loss="last")
+
+
 # --------------------------------------------------------------------------- model
 
 
 def transformer_config(cfg: TrainConfig, setting: dict | None = None):
     """The ``TransformerConfig`` of the run's model (the construction's for ``init='construction'``:
-    two heads (or one at depth 1), head_dim d, no MLP), without building it."""
+    two heads (or one at depth 1), head_dim d, no MLP), without building it. A looped run: its body's
+    (``loop_blocks`` layers)."""
     from ..transformer import TransformerConfig
 
+    if cfg.loop:
+        return transformer_config(unlooped(cfg))
     if cfg.init == "construction":
         return TransformerConfig(dim=cfg.dim, n_layers=cfg.layers, n_heads=cfg.heads or 2, head_dim=cfg.dim,
                                  value_dim=cfg.dim, attention=cfg.attention, tokens=cfg.tokens, max_len=cfg.length,
@@ -268,7 +344,13 @@ def transformer_config(cfg: TrainConfig, setting: dict | None = None):
 def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
     """The run's ``CausalTransformer`` (float64 construction cast to ``cfg.dtype``, or random init
     from the global torch RNG). ``setting`` (from ``construction_setting``) is needed for the
-    construction."""
+    construction. A looped run (``cfg.loop``): its body built so, then looped
+    (``ckd.looped.loop_model``; a random init's residual writes scaled to the looped depth)."""
+    if cfg.loop:
+        from ..looped import loop_model
+
+        body = build_model(unlooped(cfg), setting)
+        return loop_model(body, cfg.loop, cfg.reinject, rescale=cfg.init == "random")
     if cfg.init == "construction":
         from ..construction import construct
 
@@ -291,12 +373,10 @@ def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: in
     prompts), the prompts and their maps f ((B, d, d) for the linear and nonlinear families),
     the held-out prompts, the construction's tuning matrices (64 T^2), and on CPU the sequences
     of a data run (``data_shape``, ``val_shape``)."""
-    from ..transformer import memory_bytes
-
     item = 8 if cfg.dtype == "float64" else 4
     T, d = cfg.length, cfg.dim
     B = (cfg.batch // world) if batch is None else batch
-    model = memory_bytes(transformer_config(cfg), B, T, item, training=training)
+    model = model_bytes(cfg, B, T, item, training=training)
     maps = 3 * d * d * 8 if cfg.task not in ("periodic", "periodic-gaussian", "data") else 0
     data = max(B, cfg.eval_batch if training else 0) * (T * d * 8 * 2 + maps)
     tune = TUNE_SEQUENCES * T * T * 8 * 3 if (training and cfg.init == "construction") else 0
@@ -306,6 +386,20 @@ def check_memory(cfg: TrainConfig, device: torch.device | str = "cpu", world: in
             if training else f"the model of layers {cfg.layers}, dim {d}, length {T}")
     check_fits(model + data + tune, what, "use smaller --layers, --width, --heads, --batch, --length or --dim"
             if training else "use fewer sequences, or check that the checkpoint is the one you meant", device)
+
+
+def model_bytes(cfg: TrainConfig, batch: int, T: int, itemsize: int, *, training: bool = False,
+                hidden: bool = False) -> int:
+    """``ckd.transformer.memory_bytes`` of the run's model (``ckd.looped.looped_memory_bytes`` for a looped
+    one, at the most loops it runs)."""
+    if not cfg.loop:
+        from ..transformer import memory_bytes
+
+        return memory_bytes(transformer_config(cfg), batch, T, itemsize, training=training, hidden=hidden)
+    from ..looped import looped_memory_bytes
+
+    loops = max(cfg.loop, cfg.loop_range[1] if cfg.loop_range else 0)
+    return looped_memory_bytes(transformer_config(cfg), loops, batch, T, itemsize, training=training, hidden=hidden)
 
 
 def length_at(cfg: TrainConfig, step: int) -> int:

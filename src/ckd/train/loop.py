@@ -43,6 +43,7 @@ from .config import (
     lr_factor,
     next_token_loss,
     sample,
+    training_loss,
 )
 from .data import Sequences, attach, eval_windows, train_windows, tune_windows
 
@@ -242,7 +243,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             # the loss logged at `step` is measured on fresh prompts after `step` updates
             x = draw(cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
             x = x.to(d.device, dtype)
-            loss = next_token_loss(net(x), x)
+            loss = training_loss(cfg, net, x, step)
             log(step, loss)  # stops at a non-finite loss
             if step > start and step % cfg.checkpoint_every == 0:
                 checkpoint(step)  # a good model: its loss was just measured finite
@@ -259,7 +260,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
         if end == cfg.steps:  # the final model, measured on fresh prompts too
             x = draw(cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
             with torch.no_grad():
-                log(end, next_token_loss(model(x), x))
+                log(end, training_loss(cfg, model, x, end))
         checkpoint(end)
     bar.close()
     if d.main and progress:
