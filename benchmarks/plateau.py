@@ -11,7 +11,8 @@ float32, seed 0), and variants that change one thing each, grouped by the cause 
     optimisation      more steps, a constant lr, a smaller lr, a 4x batch
     parameterisation  softmax temperature (scores x 4: a fixed factor on the queries, a forward hook on
                       the model ``ckd.train`` builds), weights tied (one block looped 4 times, ``--loop 4``),
-                      position-normalised attention (``--attention-norm keys``, when this ckd has it)
+                      position-normalised attention (row t of every attention output divided by its t keys:
+                      ``--attention-norm keys`` when this ckd has it, else the same by a forward hook)
     precision         float64
     data              a curriculum on T, prompts twice as long (T = 64)
     loss              the loss on rows t >= 5 only (``--loss-from 5``: periodic, after the first period,
@@ -48,45 +49,53 @@ BASE = dict(layers=4, steps=1000, lr=2e-2, warmup=50, batch=32, length=32, dim=3
 TS = (4, 8, 16, 30)
 HAS_ATTENTION_NORM = "attention_norm" in {f.name for f in fields(TrainConfig)}
 
-# name: (cause, what changes, TrainConfig changes, score scale)
-VARIANTS: dict[str, tuple[str, str, dict, float]] = {
-    "base": ("-", "the base recipe", {}, 1.0),
-    "steps-x3": ("optimisation", "3000 steps", dict(steps=3000, checkpoint_every=3000), 1.0),
-    "lr-constant": ("optimisation", "constant lr after warm-up (no cosine decay)", dict(min_lr=1.0), 1.0),
-    "lr-small": ("optimisation", "lr 5e-3", dict(lr=5e-3), 1.0),
-    "batch-x4": ("optimisation", "batch 128", dict(batch=128), 1.0),
-    "temperature-x4": ("parameterisation", "scores x 4 (queries scaled by 4 in the forward pass)", {}, 4.0),
-    "looped": ("parameterisation", "weights tied: 1 block looped 4 times", dict(loop=4), 1.0),
-    **({"attention-norm": ("parameterisation", "position-normalised attention (--attention-norm keys)",
-                           dict(attention_norm="keys"), 1.0)} if HAS_ATTENTION_NORM else {}),
-    "float64": ("precision", "float64 training", dict(dtype="float64"), 1.0),
-    "curriculum": ("data", "curriculum: T grows from 4 to 32 over 500 steps", dict(curriculum=500), 1.0),
-    "length-64": ("data", "prompts of T = 64 (scored at t <= 30)", dict(length=64), 1.0),
-    "late": ("loss", "loss on rows t >= 5 (--loss-from 5)", dict(loss_from=5), 1.0),
-    "last": ("loss", "loss on the last token only (--loss-from 30)", dict(loss_from=30), 1.0),
-    "seed-1": ("seeds", "base, seed 1", dict(seed=1), 1.0),
-    "seed-2": ("seeds", "base, seed 2", dict(seed=2), 1.0),
-    "late-batch-x4": ("combined", "late + batch 128", dict(loss_from=5, batch=128), 1.0),
+# name: (cause, what changes, TrainConfig changes, hook: None, ("scale", c) or ("keys",))
+VARIANTS: dict[str, tuple[str, str, dict, tuple | None]] = {
+    "base": ("-", "the base recipe", {}, None),
+    "steps-x3": ("optimisation", "3000 steps", dict(steps=3000, checkpoint_every=3000), None),
+    "lr-constant": ("optimisation", "constant lr after warm-up (no cosine decay)", dict(min_lr=1.0), None),
+    "lr-small": ("optimisation", "lr 5e-3", dict(lr=5e-3), None),
+    "batch-x4": ("optimisation", "batch 128", dict(batch=128), None),
+    "temperature-x4": ("parameterisation", "scores x 4 (queries scaled by 4 in the forward pass)", {}, ("scale", 4.0)),
+    "looped": ("parameterisation", "weights tied: 1 block looped 4 times", dict(loop=4), None),
+    "attention-norm": ("parameterisation", "position-normalised attention: row t of each attention output / t",
+                       *((dict(attention_norm="keys"), None) if HAS_ATTENTION_NORM else ({}, ("keys",)))),
+    "float64": ("precision", "float64 training", dict(dtype="float64"), None),
+    "curriculum": ("data", "curriculum: T grows from 4 to 32 over 500 steps", dict(curriculum=500), None),
+    "length-64": ("data", "prompts of T = 64 (scored at t <= 30)", dict(length=64), None),
+    "late": ("loss", "loss on rows t >= 5 (--loss-from 5)", dict(loss_from=5), None),
+    "last": ("loss", "loss on the last token only (--loss-from 30)", dict(loss_from=30), None),
+    "seed-1": ("seeds", "base, seed 1", dict(seed=1), None),
+    "seed-2": ("seeds", "base, seed 2", dict(seed=2), None),
+    "late-batch-x4": ("combined", "late + batch 128", dict(loss_from=5, batch=128), None),
     "late-steps-x3-batch-x4": ("combined", "late + batch 128 + 3000 steps",
-                               dict(loss_from=5, batch=128, steps=3000, checkpoint_every=3000), 1.0),
+                               dict(loss_from=5, batch=128, steps=3000, checkpoint_every=3000), None),
 }
 
 
+def add_hooks(model: torch.nn.Module, hook: tuple | None) -> torch.nn.Module:
+    """("scale", c): every block's queries multiplied by c (the functions of weights c W_q, trained with c times
+    the gradient step on the scores); ("keys",): row t of every block's attention output divided by the t keys
+    it sees (position-normalised attention, the per-row step c / t of SPEC §10)."""
+    for block in model.blocks if hook else ():
+        if hook[0] == "scale":
+            block.attn.query.register_forward_hook(lambda module, inputs, output, c=hook[1]: output * c)
+        else:
+            block.attn.register_forward_hook(lambda module, inputs, output: output / torch.arange(
+                output.shape[-2], dtype=output.dtype, device=output.device).clamp_min(1)[:, None])
+    return model
+
+
 @contextlib.contextmanager
-def score_scale(c: float):
-    """Train with every block's queries multiplied by ``c`` in the forward pass (a hook on the model that
-    ``ckd.train`` builds): the same functions as unscaled weights q' = c q, trained with c times the
-    gradient step on the scores. Evaluation multiplies the saved query weights by c instead (identical)."""
-    if c == 1.0:
+def hooked(hook: tuple | None):
+    """``ckd.train`` builds its model with ``add_hooks(model, hook)`` inside this context."""
+    if hook is None:
         yield
         return
     original = ckd.train.loop.build_model
 
     def build(cfg, setting=None):
-        model = original(cfg, setting)
-        for block in model.blocks:
-            block.attn.query.register_forward_hook(lambda module, inputs, output: output * c)
-        return model
+        return add_hooks(original(cfg, setting), hook)
 
     ckd.train.loop.build_model = build
     try:
@@ -106,24 +115,22 @@ def medians(pred: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
 
 
 def run_one(name: str, task: str, attention: str, out: Path) -> dict:
-    cause, what, changes, scale = VARIANTS[name]
+    cause, what, changes, hook = VARIANTS[name]
     fields_ = BASE | changes
     if fields_.get("loop"):
         fields_["layers"] = fields_["loop"]
     cfg = TrainConfig(task=task, attention=attention, **fields_).validate()
     folder = out / f"{task}-{attention}-{name}"
     t0 = time.perf_counter()
-    with score_scale(scale):
+    with hooked(hook):
         records = train(cfg, folder, progress=False)
     wall = time.perf_counter() - t0
     _, model, _ = load_model(folder / "checkpoint.pt")
     with torch.no_grad():
-        for block in model.blocks:
-            block.attn.query.weight.mul_(scale)
         x = test_prompts(task)
-        pred = model.double()(x)
+        pred = add_hooks(model, hook).double()(x)
     return dict(variant=name, cause=cause, change=what, task=task, attention=attention, config=asdict(cfg),
-                score_scale=scale, train_seconds=wall, final_loss=records[-1]["loss"],
+                hook=hook, train_seconds=wall, final_loss=records[-1]["loss"],
                 eval_curve=[(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r],
                 median_error=medians(pred, x))
 
@@ -148,8 +155,9 @@ def report(data: dict) -> str:
                   + " | t = 30 vs base |", "|---" * (5 + len(TS)) + "|"]
         for r in rows:
             m = r["median_error"]
-            factor = (f"{base['median_error']['30'] / m['30']:.2g}x lower" if base and m["30"] <= base["median_error"]
-                      ["30"] else f"{m['30'] / base['median_error']['30']:.2g}x higher" if base else "")
+            b = base["median_error"]["30"] if base else None
+            factor = ("-" if r is base or b is None else f"{b / m['30']:.2g}x lower" if m["30"] <= b
+                      else f"{m['30'] / b:.2g}x higher")
             lines.append(f"| {r['cause']} | {r['change']} | {r['train_seconds']:.0f} | {r['final_loss']:.3g} | "
                          + " | ".join(f"{m[str(t)]:.2g}" for t in TS) + f" | {factor} |")
         for k, m in data.get("ckd", {}).get(f"{task}/{attention}", {}).items():
