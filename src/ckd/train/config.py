@@ -152,7 +152,7 @@ class TrainConfig:
         return self
 
     def _validate_loop(self) -> None:
-        """The looped-model fields (``ckd.looped``): all at their defaults unless ``loop`` >= 1."""
+        """The looped-model fields (``ckd.looped``), all at their defaults unless ``loop`` >= 1, and the loss fields."""
         for name, low in (("loop", 0), ("loop_blocks", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
