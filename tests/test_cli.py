@@ -169,7 +169,7 @@ def test_cli_descent_edge_values_are_one_line_or_exact(tmp_path, capsys):
 
 def test_an_allocation_failure_is_one_line(tmp_path, capsys, monkeypatch):
     """Behind the memory estimates: if an allocation still fails, one line, exit 2, no OUT."""
-    import ckd.commands.predict as cmd
+    import ckd.api as cmd  # ckd predict looks predict up there when it runs
 
     def fail(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "

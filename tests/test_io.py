@@ -49,14 +49,14 @@ def test_out_is_in_refused_input_untouched(tmp_path, x, capsys, command, spellin
 @pytest.mark.parametrize("command", ["predict", "forecast"])
 def test_out_folder_refused_before_computing(tmp_path, x, capsys, monkeypatch, command):
     """Item 10: an OUT that is an existing folder fails at the start (nothing computed), naming OUT."""
-    import ckd.commands.forecast as fc
-    import ckd.commands.predict as pr
+    import ckd.api as pr
+    import ckd.forecast as fc
 
     def boom(*a, **k):
         raise AssertionError("computed before checking OUT")
 
     monkeypatch.setattr(pr, "predict", boom)
-    monkeypatch.setattr(fc, "forecast_details", boom)  # what ckd forecast computes with
+    monkeypatch.setattr(fc, "forecast_details", boom)  # what ckd forecast computes with (looked up in run)
     (tmp_path / "d.npy").mkdir()
     assert main([command, str(tmp_path / "x.npy"), "-o", str(tmp_path / "d.npy")]) == 2
     one_error(capsys, "d.npy: exists and is a folder")

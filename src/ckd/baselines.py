@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .kernels import causal_mask, check_kernel, kernel_matrix
+from .parroting import parrot
 from .sequences import Task
 from .validation import check_int, check_number
 
@@ -123,34 +124,15 @@ def analogues(x: Tensor, k: int = 1) -> Tensor:
 
 
 def context_parrot(series: Tensor, horizon: int, embed: int = 5) -> Tensor:
-    """Context parroting (SPEC §8; *Context parroting*, arXiv 2505.11349): for each coordinate
-    u_0..u_{T-1} on its own, with the last window w = (u_{T-D}, ..., u_{T-1}) (dimension D,
-    lag 1), find the earlier window (u_{j-D+1}, ..., u_j), D-1 <= j <= T-2, nearest to w in
-    Euclidean distance (ties: the earliest j), and copy what followed it, c = (u_{j+1}, ...,
-    u_{T-1}) of length L = T-1-j, repeated until H values exist: u^_{T+h} = c[h mod L].
+    """Context parroting (SPEC §8; *Context parroting*, arXiv 2505.11349), computed by
+    ``ckd.parroting.parrot`` (NumPy, the same bits as ``ckd forecast --method parrot``): for each
+    coordinate, copy what followed the earlier window of dimension ``embed`` nearest to the last one.
 
-    series: (T,), (T, d) or (B, T, d) tensor; returns (H,), (H, d) or (B, H, d).
+    series: (T,), (T, d) or (B, T, d) tensor; returns (H,), (H, d) or (B, H, d) on its device.
     Needs T >= D + 1 (one earlier window); raises ``ValueError`` otherwise.
     """
-    if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
-        raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-    if isinstance(embed, bool) or int(embed) != embed or embed < 1:
-        raise ValueError(f"embed must be an integer >= 1, got {embed!r}")
-    H, D = int(horizon), int(embed)
-    squeeze = series.ndim == 1
-    x = series[None, :, None] if squeeze else (series[None] if series.ndim == 2 else series)
-    B, T, d = x.shape
-    if T < D + 1:
-        raise ValueError(f"context parroting with embed {D} needs a context of at least {D + 1} values, got {T}")
-    u = x.transpose(1, 2)  # (B, d, T)
-    windows = u.unfold(-1, D, 1)  # (B, d, T-D+1, D): window ending at j = D-1..T-1
-    dist = (windows[..., :-1, :] - windows[..., -1:, :]).square().sum(-1)  # candidates j = D-1..T-2
-    j = dist.argmin(-1) + D - 1  # (B, d); argmin returns the first minimum
-    h = torch.arange(H, device=x.device)
-    L = T - 1 - j  # (B, d)
-    idx = j[..., None] + 1 + h % L[..., None]  # (B, d, H)
-    out = torch.gather(u, -1, idx).transpose(1, 2)  # (B, H, d)
-    return out[0, :, 0] if squeeze else (out[0] if series.ndim == 2 else out)
+    out = parrot(series.detach().cpu().numpy(), horizon, embed)
+    return torch.from_numpy(out).to(series.device)
 
 
 def oracle(task: Task) -> Tensor:

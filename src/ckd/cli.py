@@ -1,15 +1,23 @@
-"""The ``ckd`` command. Each subcommand is a module of ``ckd.commands`` with
-``add_parser(subparsers)``; user mistakes print one line on stderr and exit 2."""
+"""The ``ckd`` command. Each subcommand is a module of ``ckd.commands`` with ``HELP`` (its line in
+``ckd --help``), ``add_parser(subparsers)`` and ``run(args)``; user mistakes print one line on
+stderr and exit 2.
+
+Start-up: only the chosen subcommand's parser is built, and command modules import torch (and
+numpy, matplotlib, dysts) inside ``run``, so ``ckd --help``, an argument error and
+``ckd forecast --horizon H --method parrot|last|mean`` never import torch (docs/performance.md).
+Run as a program, ``ckd`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: OpenMP threads
+that sleep instead of spinning between operations (the thread rule, ``ckd.threads``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import warnings
 
-from .validation import MAX_INT  # noqa: F401 - every integer flag fits a torch int64 / numpy seed
+from .names import MAX_INT  # noqa: F401 - every integer flag fits a torch int64 / numpy seed
 
 # Subcommands in the order ``ckd --help`` lists them.
 COMMANDS = ["predict", "demo", "reproduce", "train", "evaluate", "compare", "forecast", "zoo"]
@@ -43,11 +51,18 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``ckd`` parser. ``only``: build that subcommand's options alone (the others are listed
+    with their ``HELP`` line, no options; "" builds none): what ``main`` does, so that parsing
+    imports one command's options and nothing heavy. None builds them all."""
     parser = Parser(prog="ckd", description="Causal kernel descent: next-token prediction in context.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
-        importlib.import_module(f"ckd.commands.{name}").add_parser(sub)
+        module = importlib.import_module(f"ckd.commands.{name}")
+        if only is None or name == only:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
@@ -56,9 +71,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ckd`` on argv (default: the program's arguments); the exit status."""
+    if argv is None:  # run as a program: before torch is imported (a call from Python leaves os.environ alone)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        argv = sys.argv[1:]
     warnings.showwarning = _show_warning
     try:
-        args = build_parser().parse_args(argv)
+        first = next((a for a in argv if not a.startswith("-")), None)
+        args = build_parser(first if first in COMMANDS else "").parse_args(argv)
         if args.command is None:
             raise UsageError("ckd: choose a command (ckd --help lists them)")
         return int(args.run(args) or 0)

@@ -38,10 +38,11 @@ import torch
 from torch import Tensor
 
 from .api import predict
+from .callable import make_callable
+from .names import FITS
 from .validation import as_batch, check_number, check_options, parse_depth
 
 METRICS = ("cosine", "median_cosine", "scale", "rel_distance_scaled", "rel_distance", "error_model", "error_ckd")
-FITS = ("fit", "fit-per-row")
 DEPTHS = (1, 4, 16, "inf")
 
 
@@ -243,3 +244,6 @@ def plot(result: dict):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+make_callable(__name__)  # ckd.compare(...) calls compare, also when ckd.compare is this module

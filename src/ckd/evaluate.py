@@ -42,8 +42,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
-import types
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +50,7 @@ import torch
 from torch import Tensor
 
 from .baselines import BASELINES, oracle
+from .callable import make_callable
 from .descent import StabilityWarning, descend
 from .looped import looped_memory_bytes, with_loops
 from .metrics import next_token_error
@@ -381,11 +380,4 @@ def save(result: dict, out: Path) -> list[Path]:
     return [save_json(out, "evaluation", data), *plot(result, out)]
 
 
-class _CallableModule(types.ModuleType):
-    """``ckd.evaluate`` is this module; calling it calls its function ``evaluate`` (module doc)."""
-
-    def __call__(self, *args, **kwargs) -> dict:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__)  # ckd.evaluate(...) calls evaluate (module doc)

@@ -56,11 +56,12 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
+from .names import FORECAST_METHODS
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .validation import as_batch, check_fits, check_number
 
-METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")
+METHODS = FORECAST_METHODS
 # DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
 
 # Expert grids (standardised units): every combination is an expert.

@@ -34,7 +34,6 @@ from torch import Tensor
 
 from .heldout import best, heldout_error, heldout_origins
 
-RESERVOIR_METHODS = ("nvar", "esn")
 GRIDS = {
     "nvar": {"delay": (1, 2, 3, 4), "ridge": (1e-8, 1e-6, 1e-4, 1e-2)},
     "esn": {"sr": (0.5, 0.9, 1.2), "lr": (0.3, 1.0), "input_scaling": (0.3, 1.0), "ridge": (1e-7, 1e-5, 1e-3)},

@@ -34,7 +34,7 @@ Methods (``ROLLOUT_METHODS``):
     analogues  the literal loop: the next state is the successor of the earlier state nearest
                (Euclidean, standardised units) to the current one, among the context and the
                tokens generated so far (mean of the k nearest with ``k``; lag 1).
-    parrot     context parroting (``ckd.baselines.context_parrot``), always per coordinate: a
+    parrot     context parroting (``ckd.parroting.parrot``), always per coordinate: a
                whole horizon by construction.
     last       x^_{T+h} = x_{T-1}.
     mean       x^_{T+h} = the mean of the context.
@@ -70,15 +70,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .baselines import context_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
 from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
 from .iterations import layer_iterates
-from .reservoir import RESERVOIR_METHODS, reservoir_rollout
+from .names import DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F401 - public here too
+from .parroting import SIMPLE_METHODS, simple_rollout
 from .reservoir import min_context as reservoir_min_context
+from .reservoir import reservoir_rollout
 from .validation import MAX_INT
-
-ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer") + RESERVOIR_METHODS
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
@@ -346,9 +345,6 @@ def _stop_nonfinite(pred: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
     return out, pred.shape[1] - first
 
 
-DEFAULT_METHOD = "krr"  # the best method measured (docs/forecast.md)
-
-
 def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate: bool = False, embed: int = 5,
             sigma: float | None = None, ridge: float | None = None, sweeps: int | None = None, k: int = 1,
             model: torch.nn.Module | None = None, choose_embed: bool = True, layers: int | None = None) -> Rollout:
@@ -356,12 +352,9 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
     B, T, d = x.shape
     H = horizon
     none = torch.zeros(B, dtype=torch.long)
-    if method == "parrot":
-        return Rollout(context_parrot(x, H, embed), [{"embed": embed}] * B, none, [{}] * B)
-    if method == "last":
-        return Rollout(x[:, -1:].expand(B, H, d).clone(), [{}] * B, none, [{}] * B)
-    if method == "mean":
-        return Rollout(x.mean(1, keepdim=True).expand(B, H, d).clone(), [{}] * B, none, [{}] * B)
+    if method in SIMPLE_METHODS:  # NumPy (ckd.parroting): the same bits as ckd forecast's torch-free path
+        out, settings = simple_rollout(x.detach().cpu().numpy(), H, method, embed)
+        return Rollout(torch.from_numpy(out).to(x.device), settings, none, [{}] * B)
     mean, std = standardise(x)
     z = (x - mean) / std
     if univariate:  # each coordinate on its own: (B d, T, 1)

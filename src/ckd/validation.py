@@ -5,7 +5,8 @@ library rejects the same input with the same one-line message.
 Every check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, bad value)
 with a message that names the argument and the value; the CLI prints it as
 ``ckd: error: <message>`` and exits 2 (``docs/guarantees.md``). This module imports nothing
-from the rest of ``ckd``: it sits at the bottom of the import graph.
+from the rest of ``ckd`` but ``ckd.names`` (the torch-free names the CLI parses): it sits at the
+bottom of the import graph.
 
 Rules fixed here:
 
@@ -40,14 +41,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-KERNELS = ("linear", "exp", "softmax", "gaussian")
-BACKENDS = ("descent", "transformer")
+from .names import (  # noqa: F401 - re-exported: other modules import these from ckd.validation
+    BACKENDS,
+    DTYPE_NAMES,
+    KERNELS,
+    MAX_INT,
+    TOKENS,
+    parse_float,
+)
+
 PRETRAINED = "pretrained:"  # backend "pretrained:NAME": a model of ckd.pretrained
 CHECKPOINT = "checkpoint:"  # backend "checkpoint:PATH": the model of a ckd train checkpoint
-TOKENS = ("augmented", "raw")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float64, torch.float32)))
 COMPLEX_DTYPES = {"complex128": torch.complex128, "complex64": torch.complex64}  # the linear kernel only
-MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
@@ -104,24 +110,6 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be <= {maximum:g}, got {value!r}")
-    return v
-
-
-def parse_float(text: str) -> float:
-    """argparse ``type`` for a real flag: like ``float`` but a written non-zero number that rounds
-    to 0 or to inf in float64 (``1e-400``, ``1e400``) is refused instead of silently changed."""
-    import argparse
-    import re
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    mantissa = re.split("[eE]", text.strip())[0]
-    if v == 0 and re.search("[1-9]", mantissa):
-        raise argparse.ArgumentTypeError(f"{text} underflows to 0 in float64")
-    if math.isinf(v) and not re.search("inf", text, re.IGNORECASE):
-        raise argparse.ArgumentTypeError(f"{text} overflows float64")
     return v
 
 

@@ -13,18 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from ..io import atomic_write, check_file_target, check_output_dir, jsonable, load_array
-from ..kernels import KERNELS
-from ..validation import parse_float
+from ..names import FITS, KERNELS, parse_float
 
 FORMAT = "ckd-compare-1"  # marks a compare.json as ours
 FILES = ("compare.json", "compare.md", "compare.png")
+HELP = "compare any model's predictions with CKD (cosine, scale, distances, errors)"
 
 
 def step_arg(text: str):
     """--step: a number >= 0, 'fit' or 'fit-per-row'."""
-    from ..compare import FITS
-
     if text in FITS:
         return text
     try:
@@ -34,7 +31,7 @@ def step_arg(text: str):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="compare any model's predictions with CKD (cosine, scale, distances, errors)",
+    p = sub.add_parser("compare", help=HELP,
                        description="Row t of PRED is a model's prediction of x_{t+1} for the sequences of --data. "
                                    "For each depth, per row t: cosine, median cosine, least-squares scale, relative "
                                    "distances and next-token errors against CKD (SPEC §10). Writes DIR/compare.json, "
@@ -68,6 +65,8 @@ def is_ours(path: Path) -> bool:
 
 def check_out(out: str, inputs: list[str]) -> Path:
     """Before any work: DIR is a folder (or will be), and its compare.* files, if any, are ours."""
+    from ..io import check_file_target, check_output_dir
+
     folder = check_output_dir(out)
     if not folder.exists():
         return folder
@@ -86,6 +85,7 @@ def run(args) -> int:
     import torch
 
     from ..compare import check_depths, compare, plot, table
+    from ..io import atomic_write, jsonable, load_array
     from ..validation import as_batch
 
     try:

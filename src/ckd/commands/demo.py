@@ -6,12 +6,7 @@ from __future__ import annotations
 import time
 import warnings
 
-import torch
-
 from ..cli import integer
-from ..descent import descend
-from ..metrics import next_token_error
-from ..sequences import make_task
 
 # (task, kernel, kernel options): the settings of SPEC §2 "Expected behaviour".
 SETTINGS = [
@@ -24,10 +19,11 @@ SETTINGS = [
 ]
 DEPTHS = (1, 4, 16, "inf")
 TIMES = (10, 50, 100, 200)
+HELP = "a short tour: CKD error vs t and depth on every family and kernel"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="a short tour: CKD error vs t and depth on every family and kernel")
+    p = sub.add_parser("demo", help=HELP)
     p.add_argument("--sequences", type=integer(1), default=16, help="sequences per setting (default 16)")
     p.add_argument("--dim", type=integer(1), default=3, help="token dimension d (default 3)")
     p.add_argument("--seed", type=integer(0), default=0)
@@ -36,6 +32,10 @@ def add_parser(sub) -> None:
 
 def table(sequences: int = 16, dim: int = 3, seed: int = 0) -> list[dict]:
     """Rows of {task, kernel, options, depth, errors: {t: median error of x_{t+1}}}."""
+    from ..descent import descend
+    from ..metrics import next_token_error
+    from ..sequences import make_task
+
     if sequences < 1 or dim < 1:
         raise ValueError("--sequences and --dim must be >= 1")
     rows = []
@@ -50,6 +50,8 @@ def table(sequences: int = 16, dim: int = 3, seed: int = 0) -> list[dict]:
 
 
 def run(args) -> int:
+    import torch
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

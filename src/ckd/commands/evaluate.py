@@ -6,11 +6,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..cli import integer
-from ..io import check_file_target, check_output_dir
+
+HELP = "compare a trained Transformer with CKD and the baselines on fresh prompts"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="compare a trained Transformer with CKD and the baselines on fresh prompts",
+    p = sub.add_parser("evaluate", help=HELP,
                        description="Error vs t of the model of CHECKPOINT, of CKD (depth of the model, best depth, "
                                    "depth inf; kernel and step chosen on separate prompts) and of the baselines, "
                                    "and a least-squares probe of each layer's residual stream against CKD.")
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..evaluate import evaluate, evaluate_on, report, save
-    from ..io import load_array
+    from ..io import check_file_target, check_output_dir, load_array
     from .reproduce import require_matplotlib
 
     if (args.checkpoint is None) == (args.pretrained is None):

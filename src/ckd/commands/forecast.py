@@ -1,5 +1,8 @@
 """``ckd forecast IN -o OUT``: strictly causal one-step forecasts of a raw trajectory, or with
-``--horizon H`` the H states after the context (autoregressive rollouts, ``ckd.rollout``)."""
+``--horizon H`` the H states after the context (autoregressive rollouts, ``ckd.rollout``).
+
+``--horizon H --method parrot|last|mean`` on a plain float array runs in NumPy
+(``ckd.parroting``) without importing torch; the library gives the same bits."""
 
 from __future__ import annotations
 
@@ -7,21 +10,22 @@ import json
 import math
 import sys
 from pathlib import Path
-
-import numpy as np
-import torch
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from ..cli import MAX_INT, integer
-from ..forecast import METHODS, Forecast, forecast_details
-from ..io import atomic_write, check_file_target, check_output_path, load_array, save_array
-from ..rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout
-from ..validation import as_batch
+from ..names import DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
 
-ALL_METHODS = tuple(dict.fromkeys(METHODS + ROLLOUT_METHODS))
+if TYPE_CHECKING:
+    import numpy as np
+
+ALL_METHODS = tuple(dict.fromkeys(FORECAST_METHODS + ROLLOUT_METHODS))
+HELP = "forecasts of a raw trajectory: one step per row, or --horizon H steps"
+SIMPLE_BYTES = 2**28  # larger outputs take the library path, whose memory check names the limit
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("forecast", help="forecasts of a raw trajectory: one step per row, or --horizon H steps",
+    p = sub.add_parser("forecast", help=HELP,
                        description="Without --horizon, row t of OUT forecasts IN[t+1] from IN[0..t] only (scaling "
                                    "and settings included). With --horizon H, OUT holds the H states after the "
                                    "context IN, (H, d) or (B, H, d). In the units of IN. See docs/forecast.md.")
@@ -31,7 +35,7 @@ def add_parser(sub) -> None:
                    help="forecast the H states after IN by an autoregressive rollout (integer >= 1)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=ALL_METHODS,
                    help=f"default {DEFAULT_METHOD} (the best measured, docs/forecast.md); one step: "
-                        f"{', '.join(METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
+                        f"{', '.join(FORECAST_METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
     p.add_argument("--univariate", action="store_true",
                    help="--horizon only: forecast each coordinate from its own past (delay embedding --embed)")
     p.add_argument("--embed", metavar="D", default="5",
@@ -72,6 +76,10 @@ def _integer(value: str, name: str) -> int:
 
 def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
     """Fail before any work: matplotlib present, FIG's folder exists, TRUTH shaped like OUT."""
+    import numpy as np
+
+    from ..io import check_file_target, load_array
+
     if args.truth is not None and args.plot is None:
         raise ValueError("--truth is drawn by --plot: give --plot FIG too")
     if args.plot is None:
@@ -101,6 +109,7 @@ def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
 def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, title: str) -> None:
     """Context, forecast and truth of one trajectory, one panel per coordinate (step index on x)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,14 +137,15 @@ def _setting_text(setting: dict) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items() if v is not None)
 
 
-def report(details: Forecast | Rollout, args, shape: tuple[int, ...]) -> dict:
+def report(details, args, shape: tuple[int, ...]) -> dict:
     """The ``--report`` JSON: the method, the shape of IN and, per sequence, the settings chosen
     (per coordinate with --univariate) and the fit diagnostics (``Rollout.diagnostics``); for
     one-step forecasts the expert grid, the expert each sequence's last row uses, how many rows
-    each expert forecast and the rows the guard replaced by x_t."""
+    each expert forecast and the rows the guard replaced by x_t. ``details``: a ``ckd.rollout.Rollout``
+    (or ``simple``'s stand-in) with --horizon, else a ``ckd.forecast.Forecast``."""
     out = {"method": args.method, "input_shape": list(shape), "horizon": None if args.horizon is None else
            int(args.horizon), "univariate": bool(args.univariate), "sequences": []}
-    if isinstance(details, Rollout):
+    if args.horizon is not None:
         out["stopped_steps"] = [int(v) for v in details.stopped]
         out["sequences"] = [{"settings": s, "diagnostics": d} for s, d in zip(details.settings, details.diagnostics)]
         return out
@@ -175,7 +185,35 @@ def summary_line(rep: dict) -> str:
     return f"{head}: " + "; ".join(shown) + more
 
 
+def simple(x: np.ndarray, args, H: int, D: int):
+    """``--horizon H --method parrot|last|mean`` with no other option, on a finite float array of
+    moderate size: the rollout in NumPy (``ckd.parroting``), no torch import, the same bits as
+    ``ckd.rollout``. None where the library path must run (it validates and reports the rest)."""
+    import numpy as np
+
+    from ..parroting import SIMPLE_METHODS, simple_rollout
+
+    if (args.method not in SIMPLE_METHODS or args.checkpoint is not None
+            or any(v is not None for v in (args.sigma, args.ridge, args.sweeps, args.layers))
+            or args.k != 1 or args.depth.strip() != "1"):
+        return None
+    if x.dtype.kind != "f" or x.dtype.itemsize > 8 or not x.dtype.isnative or x.ndim not in (2, 3) or x.size == 0:
+        return None
+    batch = np.ascontiguousarray(x if x.ndim == 3 else x[None], dtype=np.float64)
+    B, T, d = batch.shape
+    if (T < (D + 1 if args.method == "parrot" else 1) or 4 * B * (T + H) * d * 8 > SIMPLE_BYTES
+            or not np.isfinite(batch).all()):
+        return None
+    big = float(np.abs(batch).max())
+    if big * big * d >= np.finfo(np.float64).max / 4:  # as_batch's overflow check: let it speak
+        return None
+    pred, settings = simple_rollout(batch, H, args.method, D)
+    return SimpleNamespace(pred=pred, settings=settings, stopped=[0] * B, diagnostics=[{}] * B)
+
+
 def run(args) -> int:
+    from ..io import atomic_write, check_file_target, check_output_path, load_array, save_array
+
     if args.pretrained is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --checkpoint or --pretrained, not both")
@@ -189,22 +227,26 @@ def run(args) -> int:
         check_file_target(args.report, [args.input, args.output, *([args.truth] if args.truth else [])])
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise ValueError(f"{args.report}: --report and -o are the same file; choose two names")
+    H = D = details = None
     if args.horizon is None:
         _check_plot(args, x.shape)
-        batch, unbatched = as_batch(x, torch.float64)
-        details = forecast_details(batch, args.method, univariate=args.univariate, sigma=args.sigma,
-                                   ridge=args.ridge, k=args.k, depth=args.depth, sweeps=args.sweeps,
-                                   checkpoint=args.checkpoint, layers=args.layers)
     else:
         H = _integer(args.horizon, "--horizon")
         D = _integer(args.embed, "--embed")
         truth = _check_plot(args, x.shape[:-2] + (H, x.shape[-1]))
-        batch, unbatched = as_batch(x, torch.float64)
-        details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D,
-                                   sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k, depth=args.depth,
-                                   checkpoint=args.checkpoint, layers=args.layers)
-    pred = details.pred.cpu().numpy()
-    pred = pred[0] if unbatched else pred
+        details = simple(x, args, H, D)
+    if details is None:
+        import torch
+
+        from ..forecast import forecast_details
+        from ..validation import as_batch
+
+        batch, _ = as_batch(x, torch.float64)
+        details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D or 5,
+                                   sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k,
+                                   depth=args.depth, checkpoint=args.checkpoint, layers=args.layers)
+        details.pred = details.pred.cpu().numpy()
+    pred = details.pred[0] if x.ndim == 2 else details.pred
     if args.horizon is not None and args.plot is not None:
         first = (lambda a: a) if x.ndim == 2 else (lambda a: a[0])
         mode = "univariate" if args.univariate else "full state"

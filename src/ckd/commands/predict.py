@@ -4,18 +4,19 @@ with ``--kernel linear`` (SPEC §10) and gives a complex ``.npy`` OUT."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..api import BACKENDS, DTYPES, TOKENS, predict
 from ..cli import MAX_INT, integer
-from ..io import check_output_path, load_array, save_array
-from ..kernels import KERNELS
-from ..validation import parse_float, parse_step
+from ..names import BACKENDS, DTYPE_NAMES, KERNELS, TOKENS, parse_float
+
+if TYPE_CHECKING:
+    import numpy as np
+
+HELP = "next-token predictions of causal kernel descent for IN"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="next-token predictions of causal kernel descent for IN",
+    p = sub.add_parser("predict", help=HELP,
                        description="Row t of OUT is the prediction of x_{t+1} from x_0..x_t.")
     p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d)); a complex "
                    ".npy needs --kernel linear")
@@ -40,11 +41,16 @@ def add_parser(sub) -> None:
     p.add_argument("--loops", type=integer(1), default=None, metavar="K",
                    help="with a looped trained model (ckd train --loop): run K loops instead of the trained count")
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
-    p.add_argument("--dtype", default="float64", choices=list(DTYPES))
+    p.add_argument("--dtype", default="float64", choices=DTYPE_NAMES)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import numpy as np
+
+    from ..api import predict
+    from ..io import check_output_path, load_array, save_array
+
     if args.depth.strip().isdigit() and int(args.depth) > MAX_INT:
         raise ValueError(f"--depth must be an integer in 0 .. 2**63 - 1 or inf, got {args.depth}")
     x = load_array(args.input, complex_ok=True)
@@ -68,6 +74,11 @@ def load_step(path: str, length: int) -> np.ndarray:
     """A per-row step file: a (T,) array (``ckd.io.load_array``: .npy, or .csv whose one row or one
     column is the vector) with the checks of ``ckd.validation.parse_step`` (``length`` values, finite,
     >= 0 from row 1 on), each error naming the file."""
+    import numpy as np
+
+    from ..io import load_array
+    from ..validation import parse_step
+
     eta = load_array(path)
     if eta.ndim == 2 and Path(path).suffix.lower() == ".csv" and 1 in eta.shape:
         eta = eta.reshape(-1)

@@ -25,15 +25,14 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 
-import torch
-
 from ..cli import integer
 from ..experiments import EXPECTED_SECONDS, EXPERIMENTS, load
-from ..io import atomic_write, check_file_target, check_output_dir
+
+HELP = "run the experiments: figures, numbers and summary.md"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("reproduce", help="run the experiments: figures, numbers and summary.md",
+    p = sub.add_parser("reproduce", help=HELP,
                        description="Run the experiments that turn SPEC §2's claims into measured figures.")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"experiments to run (default: all): {', '.join(EXPERIMENTS)}")
@@ -54,6 +53,10 @@ def add_parser(sub) -> None:
 
 def check_args(args) -> tuple[list[str], pathlib.Path]:
     """Validate names, device and output folder before any work; return (names, out)."""
+    import torch
+
+    from ..io import check_file_target, check_output_dir
+
     names = list(dict.fromkeys(args.names)) or list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
@@ -96,6 +99,10 @@ def finished(entry: dict | None, size: str, args, out: pathlib.Path, name: str) 
 
 
 def run(args) -> int:
+    import torch
+
+    from ..io import atomic_write
+
     names, out = check_args(args)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

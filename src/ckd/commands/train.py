@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..cli import MAX_INT, integer
-from ..sequences import TASKS
-from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, NORMS, TOKENS, TrainConfig, train
 
-DEFAULTS = TrainConfig()
+HELP = "train a Transformer in context (random init or the CKD construction)"
 
 
 class NormChoice(argparse.Action):
@@ -34,7 +32,12 @@ class _Default(int):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a Transformer in context (random init or the CKD construction)",
+    # the defaults are TrainConfig's: this parser imports the training code (and torch)
+    from ..sequences import TASKS
+    from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, NORMS, TOKENS, TrainConfig
+
+    DEFAULTS = TrainConfig()
+    p = sub.add_parser("train", help=HELP,
                        description="Train a causal Transformer on fresh prompts of a task family (a new map f "
                                    "per prompt), or on windows of your sequences (--data). Writes DIR/config.json, "
                                    "DIR/metrics.jsonl, DIR/checkpoint.pt. "
@@ -129,6 +132,9 @@ def loop_range(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    from ..train import TrainConfig, train
+
+    DEFAULTS = TrainConfig()
     data, task, dim, length = None, args.task or DEFAULTS.task, args.dim, args.length
     if args.data is not None:
         from ..train.data import load_data

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+HELP = "pretrained Transformers shipped with ckd: list, show, rebuild"
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("zoo", help="pretrained Transformers shipped with ckd: list, show, rebuild",
+    p = sub.add_parser("zoo", help=HELP,
                        description="The model zoo (ckd.pretrained): small Transformers trained with ckd train, "
                                    "each with a model card. Use one with ckd evaluate --pretrained NAME, "
                                    "ckd forecast --method transformer --pretrained NAME, or "

@@ -1,0 +1,40 @@
+"""Names and limits that the ``ckd`` command line parses, importable without torch.
+
+``ckd --help``, an argument error and ``ckd forecast --method parrot`` must not pay torch's
+import (about 1.5 s, docs/performance.md): the choices and limits their parsers need live here,
+and the library modules that own them import them from here (``ckd.validation``, ``ckd.rollout``,
+``ckd.forecast``, ``ckd.reservoir``, ``ckd.compare``). This module imports nothing but the
+standard library: it sits below ``ckd.validation`` at the bottom of the import graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
+KERNELS = ("linear", "exp", "softmax", "gaussian")
+BACKENDS = ("descent", "transformer")
+TOKENS = ("augmented", "raw")
+DTYPE_NAMES = ("float64", "float32")  # the keys of ckd.validation.DTYPES
+FITS = ("fit", "fit-per-row")  # ckd.compare's fitted steps
+RESERVOIR_METHODS = ("nvar", "esn")
+FORECAST_METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")  # one-step (ckd.forecast.METHODS)
+ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer") + RESERVOIR_METHODS
+DEFAULT_METHOD = "krr"  # the best method measured, one-step and multi-step (docs/forecast.md)
+
+
+def parse_float(text: str) -> float:
+    """argparse ``type`` for a real flag: like ``float`` but a written non-zero number that rounds
+    to 0 or to inf in float64 (``1e-400``, ``1e400``) is refused instead of silently changed."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    mantissa = re.split("[eE]", text.strip())[0]
+    if v == 0 and re.search("[1-9]", mantissa):
+        raise argparse.ArgumentTypeError(f"{text} underflows to 0 in float64")
+    if math.isinf(v) and not re.search("inf", text, re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"{text} overflows float64")
+    return v
