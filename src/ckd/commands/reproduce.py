@@ -121,6 +121,7 @@ def run(args) -> int:
     # one bar for the whole run, in expected seconds (each experiment's measured time at this size)
     weights = {n: EXPECTED_SECONDS.get(n, {}).get(size, 10.0) for n in todo}
     bar = tqdm(total=round(sum(weights.values())), desc="ckd reproduce", unit="s", dynamic_ncols=True,
+               disable=not todo,  # nothing left to run: no empty bar
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s expected [{elapsed}<{remaining}]{postfix}")
     for name in todo:
         bar.set_postfix_str(name)
@@ -146,7 +147,8 @@ def run(args) -> int:
     if kept and not todo:  # nothing ran: summary.md is still rendered from what is there
         atomic_write(out / "summary.md", lambda fh: fh.write(render_summary(summary, out).encode()))
     total = time.perf_counter() - start
-    print(f"{len(todo)} experiment(s) in {total:.1f} s ({size} size); figures, numbers and summary.md in {out}/")
+    done = f"{len(todo)} experiment(s) in {total:.1f} s" if todo else "nothing left to run"
+    print(f"{done} ({size} size); figures, numbers and summary.md in {out}/")
     if failed:
         print(f"ckd: error: experiment(s) failed: {', '.join(failed)} (see the traceback above)", file=sys.stderr)
         return 1

@@ -39,21 +39,22 @@ EXPERIMENTS: dict[str, str] = {
 
 SIZES = ("quick", "default", "full")
 
-# measured seconds of each experiment on 2 cores, per size (the whole-run progress bar of ckd reproduce)
+# measured seconds of each experiment on 2 cores, per size (the whole-run progress bar of ckd reproduce);
+# default: one cold-cache run under a load of 5-6 (README), 2026-12-03
 EXPECTED_SECONDS: dict[str, dict[str, float]] = {
-    "depth-and-length": {"quick": 2, "default": 35, "full": 35},
-    "kaczmarz-limit": {"quick": 3, "default": 90, "full": 180},
-    "sweeps": {"quick": 2, "default": 6, "full": 6},
-    "continuous-depth": {"quick": 2, "default": 40, "full": 40},
-    "induction-head": {"quick": 1, "default": 5, "full": 5},
-    "raw-tokens": {"quick": 1, "default": 11, "full": 11},
-    "transformer-equals-descent": {"quick": 1, "default": 6, "full": 6},
-    "training": {"quick": 3, "default": 170, "full": 680},
-    "looped": {"quick": 3, "default": 300, "full": 1500},
-    "chaos": {"quick": 10, "default": 150, "full": 150},
-    "context-length": {"quick": 5, "default": 100, "full": 1200},
-    "chaos-forecast": {"quick": 20, "default": 200, "full": 5400},
-    "icml2024": {"quick": 15, "default": 120, "full": 120},
+    "depth-and-length": {"quick": 2, "default": 20, "full": 35},
+    "kaczmarz-limit": {"quick": 3, "default": 60, "full": 180},
+    "sweeps": {"quick": 2, "default": 5, "full": 6},
+    "continuous-depth": {"quick": 2, "default": 28, "full": 40},
+    "induction-head": {"quick": 1, "default": 3, "full": 5},
+    "raw-tokens": {"quick": 1, "default": 8, "full": 11},
+    "transformer-equals-descent": {"quick": 1, "default": 4, "full": 6},
+    "training": {"quick": 3, "default": 120, "full": 680},
+    "looped": {"quick": 3, "default": 160, "full": 1500},
+    "chaos": {"quick": 10, "default": 130, "full": 150},
+    "context-length": {"quick": 5, "default": 27, "full": 1200},
+    "chaos-forecast": {"quick": 20, "default": 270, "full": 5400},
+    "icml2024": {"quick": 15, "default": 60, "full": 120},
 }
 
 
