@@ -40,6 +40,16 @@ def integer(minimum: int = 0, maximum: int = MAX_INT):
     return parse
 
 
+def path(text: str) -> str:
+    """argparse ``type`` for a file or folder flag (IN, -o, --out, --plot, --report, --data, ...): a
+    name that is empty or only blanks is refused (argparse names the flag in its one-line error);
+    ``Path('')`` would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}); give a file or folder name")
+    return text
+
+
+
 class UsageError(Exception):
     """A user mistake: reported as one line, no traceback."""
 

@@ -25,6 +25,17 @@ import numpy as np
 SUFFIXES = (".npy", ".csv")
 
 
+def as_path(path: str | os.PathLike) -> Path:
+    """``Path(path)``, refusing (one-line ``ValueError``) a name that is empty or only blanks:
+    ``Path('')`` is the current folder, which no caller means (``ckd train --out ''``)."""
+    if isinstance(path, (str, bytes)) and not path.strip():
+        raise ValueError(f"an empty path ({path!r}); give a file or folder name")
+    try:
+        return Path(path)
+    except TypeError:
+        raise TypeError(f"a path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
 def load_array(path: str | os.PathLike, *, complex_ok: bool = False) -> np.ndarray:
     """Load a real numeric array from ``.npy``, ``.npz`` (holding exactly one array) or ``.csv``
     (comma-separated, optional header row).
@@ -36,7 +47,7 @@ def load_array(path: str | os.PathLike, *, complex_ok: bool = False) -> np.ndarr
     ``ValueError`` with a one-line message naming the file for a missing, unreadable or non-numeric
     file, or another dtype.
     """
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such file")
     if p.is_dir():
@@ -139,7 +150,7 @@ def check_file_target(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     link, a hard link or another spelling); it exists and is not a regular file; its folder does
     not exist or is not writable.
     """
-    p = Path(path)
+    p = as_path(path)
     for inp in inputs:
         try:
             same = os.path.samefile(p, inp)
@@ -167,7 +178,7 @@ def check_file_target(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
 def check_output_path(path: str | os.PathLike, ndim: int, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check an array OUT before any work: known suffix, csv only for (T, d), and
     ``check_file_target`` (not an input, not a folder/pipe/device, writable folder)."""
-    p = Path(path)
+    p = as_path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise ValueError(f"{p}: output must end in .npy or .csv")
     if p.suffix.lower() == ".csv" and ndim != 2:
@@ -179,7 +190,7 @@ def check_output_path(path: str | os.PathLike, ndim: int, inputs: Iterable[str |
 def check_output_dir(path: str | os.PathLike) -> Path:
     """Check an output folder before any work: it is a folder (or does not exist yet) and the
     first existing folder on its path is writable. Returns it; creates nothing."""
-    p = Path(path)
+    p = as_path(path)
     try:
         mode = os.stat(p).st_mode
     except (FileNotFoundError, NotADirectoryError):

@@ -176,8 +176,8 @@ def check_options(kernel: Any, beta: Any, sigma: Any, depth: Any, step: Any, rid
         raise ValueError("sweeps > 1 need depth 'inf' (the descent backend)")
     if sweeps != 1 and kernel == "softmax":
         raise ValueError("sweeps > 1 need a symmetric kernel: linear, exp or gaussian, not softmax")
-    if not (isinstance(backend, str) and any(backend.startswith(p) and len(backend) > len(p)
-                                             for p in (PRETRAINED, CHECKPOINT))):
+    if not (isinstance(backend, str) and any(backend.startswith(p) and backend[len(p):].strip()
+                                             for p in (PRETRAINED, CHECKPOINT))):  # a name, not blanks
         check_choice(backend, "backend", BACKENDS)
     check_choice(tokens, "tokens", TOKENS)
     depth = parse_depth(depth)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli import path
 from ..names import FITS, KERNELS, parse_float
 
 FORMAT = "ckd-compare-1"  # marks a compare.json as ours
@@ -36,9 +37,9 @@ def add_parser(sub) -> None:
                                    "For each depth, per row t: cosine, median cosine, least-squares scale, relative "
                                    "distances and next-token errors against CKD (SPEC §10). Writes DIR/compare.json, "
                                    "DIR/compare.md and DIR/compare.png (with matplotlib).")
-    p.add_argument("pred", metavar="PRED", help="the model's predictions, (T, d) or (B, T, d): .npy, .npz (one array) "
-                                                "or .csv")
-    p.add_argument("--data", metavar="SEQS", required=True, help="the sequences x, same shape as PRED")
+    p.add_argument("pred", metavar="PRED", type=path,
+                   help="the model's predictions, (T, d) or (B, T, d): .npy, .npz (one array) or .csv")
+    p.add_argument("--data", metavar="SEQS", type=path, required=True, help="the sequences x, same shape as PRED")
     p.add_argument("--kernel", default="exp", help=f"CKD kernel: one of {', '.join(KERNELS)} (default exp)")
     p.add_argument("--beta", type=parse_float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
     p.add_argument("--sigma", type=parse_float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--step", type=step_arg, default=None, metavar="VALUE|fit|fit-per-row",
                    help="CKD step: a number, or the least-squares step against PRED (one, or one per row); "
                         "default 0.5 / max_t (R[t,t] + ridge)")
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for compare.json, .md, .png (created)")
+    p.add_argument("--out", metavar="DIR", type=path, required=True,
+                   help="folder for compare.json, .md, .png (created)")
     p.set_defaults(run=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..cli import integer
+from ..cli import integer, path
 
 HELP = "compare a trained Transformer with CKD and the baselines on fresh prompts"
 
@@ -15,12 +15,12 @@ def add_parser(sub) -> None:
                        description="Error vs t of the model of CHECKPOINT, of CKD (depth of the model, best depth, "
                                    "depth inf; kernel and step chosen on separate prompts) and of the baselines, "
                                    "and a least-squares probe of each layer's residual stream against CKD.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", type=path,
                    help="checkpoint.pt written by ckd train (or its run folder)")
     p.add_argument("--pretrained", metavar="NAME", default=None,
                    help="a model of the zoo instead of CHECKPOINT (ckd zoo list)")
-    p.add_argument("--out", metavar="DIR", default=None, help="write DIR/evaluation.json, .png and .pdf")
-    p.add_argument("--data", metavar="SEQS", default=None,
+    p.add_argument("--out", metavar="DIR", type=path, default=None, help="write DIR/evaluation.json, .png and .pdf")
+    p.add_argument("--data", metavar="SEQS", type=path, default=None,
                    help="score on these sequences (B, T, d) (.npy, .npz with one array, .csv) instead of fresh prompts "
                         "of the run's task (no oracle then; CKD's settings are chosen on them)")
     p.add_argument("--sequences", type=integer(2), default=None, help="fresh prompts (default 64)")

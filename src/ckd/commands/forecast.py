@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from ..cli import MAX_INT, integer
+from ..cli import MAX_INT, integer, path
 from ..names import DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                        description="Without --horizon, row t of OUT forecasts IN[t+1] from IN[0..t] only (scaling "
                                    "and settings included). With --horizon H, OUT holds the H states after the "
                                    "context IN, (H, d) or (B, H, d). In the units of IN. See docs/forecast.md.")
-    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) trajectory, .npy (or .csv for (T, d))")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the forecasts")
+    p.add_argument("input", metavar="IN", type=path, help="(T, d) or (B, T, d) trajectory, .npy (or .csv for (T, d))")
+    p.add_argument("-o", "--output", metavar="OUT", type=path, required=True, help="where to write the forecasts")
     p.add_argument("--horizon", metavar="H", default=None,
                    help="forecast the H states after IN by an autoregressive rollout (integer >= 1)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=ALL_METHODS,
@@ -50,15 +50,15 @@ def add_parser(sub) -> None:
                         "context) instead of --sweeps, each one application of the kernel matrix (docs/forecast.md)")
     p.add_argument("--k", type=integer(1), default=1, help="neighbours of the analogues method (default 1)")
     p.add_argument("--depth", default="1", help="one-step ckd depth: 1 (local linear read-out, default) or inf")
-    p.add_argument("--checkpoint", default=None, metavar="PT",
+    p.add_argument("--checkpoint", type=path, default=None, metavar="PT",
                    help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
-    p.add_argument("--plot", metavar="FIG", default=None,
+    p.add_argument("--plot", metavar="FIG", type=path, default=None,
                    help="--horizon only: draw context, forecast (and --truth) per coordinate to FIG (.png, .pdf)")
-    p.add_argument("--truth", metavar="TRUTH", default=None,
+    p.add_argument("--truth", metavar="TRUTH", type=path, default=None,
                    help="with --plot: the true continuation, shaped like OUT (.npy or .csv)")
     p.add_argument("--pretrained", default=None, metavar="NAME",
                    help="method transformer: a model of the zoo (ckd zoo list) instead of --checkpoint")
-    p.add_argument("--report", metavar="FILE.json", default=None,
+    p.add_argument("--report", metavar="FILE.json", type=path, default=None,
                    help="write the settings chosen per sequence (and coordinate) and the fit diagnostics as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="one line on stderr with the chosen settings")
     p.set_defaults(run=run)

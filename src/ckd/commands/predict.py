@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cli import MAX_INT, integer
+from ..cli import MAX_INT, integer, path
 from ..names import BACKENDS, DTYPE_NAMES, KERNELS, TOKENS, parse_float
 
 if TYPE_CHECKING:
@@ -18,9 +18,10 @@ HELP = "next-token predictions of causal kernel descent for IN"
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help=HELP,
                        description="Row t of OUT is the prediction of x_{t+1} from x_0..x_t.")
-    p.add_argument("input", metavar="IN", help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d)); a complex "
-                   ".npy needs --kernel linear")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the predictions (.npy)")
+    p.add_argument("input", metavar="IN", type=path,
+                   help="(T, d) or (B, T, d) array, .npy (or .csv for (T, d)); a complex .npy needs --kernel linear")
+    p.add_argument("-o", "--output", metavar="OUT", type=path, required=True,
+                   help="where to write the predictions (.npy)")
     p.add_argument("--kernel", default="exp", help=f"one of {', '.join(KERNELS)} (default exp)")
     p.add_argument("--beta", type=parse_float, default=1.0, help="inverse temperature of exp/softmax (default 1)")
     p.add_argument("--sigma", type=parse_float, default=1.0, help="bandwidth of the gaussian kernel (default 1)")
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--step", type=parse_float, default=None,
                        help="step eta (default 0.5 / max_t (R[t,t] + ridge))")
-    steps.add_argument("--step-file", metavar="ETA", default=None,
+    steps.add_argument("--step-file", metavar="ETA", type=path, default=None,
                        help="per-row steps eta_0..eta_{T-1} (SPEC §10; eta_0 unused): a (T,) .npy, or one row or "
                             "column of a .csv; at depth inf they change the answer (docs: per-row steps)")
     p.add_argument("--ridge", type=parse_float, default=0.0, help="ridge lambda >= 0 (default 0)")

@@ -25,7 +25,7 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 
-from ..cli import integer
+from ..cli import integer, path
 from ..experiments import EXPECTED_SECONDS, EXPERIMENTS, load
 
 HELP = "run the experiments: figures, numbers and summary.md"
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
                       help="the full size of docs/ (about 2 h on 2 cores; default: a smaller size, minutes)")
     p.add_argument("--force", action="store_true",
                    help="run again the experiments already finished in the output folder at this size")
-    p.add_argument("--out", default="ckd-results", help="output folder (default: ckd-results/)")
+    p.add_argument("--out", type=path, default="ckd-results", help="output folder (default: ckd-results/)")
     p.add_argument("--seed", type=integer(0), default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
     p.add_argument("--threads", type=integer(1, 4096), default=1,

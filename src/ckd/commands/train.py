@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import MAX_INT, integer
+from ..cli import MAX_INT, integer, path
 
 HELP = "train a Transformer in context (random init or the CKD construction)"
 
@@ -43,10 +43,10 @@ def add_parser(sub) -> None:
                                    "DIR/metrics.jsonl, DIR/checkpoint.pt. "
                                    "Runs under torchrun --nproc_per_node=K with DistributedDataParallel.")
     p.add_argument("--task", default=None, choices=list(TASKS), help=f"task family (default {DEFAULTS.task})")
-    p.add_argument("--data", metavar="SEQS", default=None,
+    p.add_argument("--data", metavar="SEQS", type=path, default=None,
                    help="train on your sequences instead of a task family: (B, T, d) in a .npy or a .npz of one "
                         "array, or one (T, d) sequence (.csv); each step draws windows of --length tokens")
-    p.add_argument("--val-data", metavar="V", default=None,
+    p.add_argument("--val-data", metavar="V", type=path, default=None,
                    help="with --data: the evaluation sequences (default: hold out --val-fraction of SEQS)")
     p.add_argument("--val-fraction", metavar="F", type=float, default=None,
                    help="with --data: evaluate on the last ceil(F B) sequences of SEQS, train on the others "
@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
                    help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
                         "--length - 2: the last prediction)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder (created)")
+    p.add_argument("--out", type=path, required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
     p.add_argument("--stop-after", type=integer(0), default=None, metavar="K",
                    help="stop after K steps, leaving a checkpoint that --resume continues exactly")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from ..cli import path
+
 HELP = "pretrained Transformers shipped with ckd: list, show, rebuild"
 
 
@@ -23,7 +25,8 @@ def add_parser(sub) -> None:
                                        "on one thread, write DIR/NAME.safetensors and DIR/NAME.json, and compare "
                                        "each with the shipped card.")
     build.add_argument("names", nargs="*", metavar="NAME", help="models to rebuild (default: all)")
-    build.add_argument("--out", default="ckd-zoo", metavar="DIR", help="where to write them (default ckd-zoo)")
+    build.add_argument("--out", type=path, default="ckd-zoo", metavar="DIR",
+                       help="where to write them (default ckd-zoo)")
     build.add_argument("--force", action="store_true", help="overwrite NAME files already in DIR")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)

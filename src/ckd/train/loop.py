@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..io import atomic_write
+from ..io import as_path, atomic_write
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     FolderLock,
@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
                                    or not 0 <= stop_after <= MAX_INT):
         raise ValueError(f"--stop-after must be an integer >= 0, got {stop_after!r}")
-    out = Path(out)
+    out = as_path(out)
     if cfg.task == "data":  # the user's sequences: read and checked before anything is created
         cfg, data = attach(cfg, data)
     elif data is not None:
