@@ -1,6 +1,7 @@
 """Issue 21 (hardening, round two), items 1-6, and the systematic checks of the Python API's argument
 types and of the array readers' byte orders x dtypes. Each test names the item it proves."""
 
+import json
 import os
 
 import numpy as np
@@ -60,3 +61,52 @@ def test_empty_paths_refused_by_the_python_faces(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="empty path"):
             train(TrainConfig(steps=1, batch=2, length=4, dim=2, layers=1), blank, progress=False)
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- item 1: evaluate --out
+
+
+def _snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A float64 construction (steps = 0): a checkpoint to evaluate, in seconds."""
+    from ckd.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(task="periodic", attention="softmax", layers=1, batch=4, length=8, dim=2, steps=0,
+                      init="construction", dtype="float64", eval_batch=4), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("files", [{"evaluation.json": b'{"mine": 1}\n'}, {"notes.txt": b"keep"},
+                                   {"evaluation.png": b"my figure"},
+                                   {"evaluation.json": b'{"format": "ckd-compare-1"}\n', "evaluation.pdf": b"x"}])
+def test_evaluate_out_refuses_a_folder_of_someone_else(run_folder, tmp_path, capsys, files):
+    """Item 1: ``ckd evaluate CKPT --out DIR`` overwrote a user's evaluation.json (and wrote figures beside
+    it). The train rule: DIR new, empty, or written by ckd evaluate; otherwise one line, DIR untouched."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    assert main(["evaluate", str(run_folder), "--out", str(out), "--sequences", "4"]) == 2
+    one_error(capsys, str(out), "not an evaluation of ckd evaluate", "choose a new or empty --out")
+    assert _snapshot(out) == files
+
+
+def test_evaluate_out_rewrites_its_own_files_only(run_folder, tmp_path, capsys):
+    """Item 1: an empty folder is accepted; a folder of an earlier ckd evaluate is rewritten (its own three
+    files), a file of the user's beside them is never touched."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    argv = ["evaluate", str(run_folder), "--out", str(out), "--sequences", "4"]
+    assert main(argv) == 0
+    assert json.loads((out / "evaluation.json").read_text())["format"] == "ckd-evaluate-1"
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv[:-1], "5"]) == 0
+    capsys.readouterr()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "evaluation.json").read_text())["sequences"] == 5
+    assert sorted(os.listdir(out)) == ["evaluation.json", "evaluation.pdf", "evaluation.png", "notes.txt"]

@@ -60,6 +60,7 @@ from .transformer import CausalTransformer
 from .validation import as_batch, check_fits, check_int, check_kernel
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
+FORMAT = "ckd-evaluate-1"  # marks an evaluation.json (and so its folder) as written by ckd evaluate
 PROBE = 4  # seed stream of the probe's fitting prompts
 
 
@@ -372,10 +373,10 @@ def plot(result: dict, out: Path, name: str = "evaluation") -> list[Path]:
 
 
 def save(result: dict, out: Path) -> list[Path]:
-    """Write out/evaluation.json (numbers) and out/evaluation.png/.pdf."""
+    """Write out/evaluation.json (numbers, marked ``"format": FORMAT``) and out/evaluation.png/.pdf."""
     from .experiments.plotting import quantiles, save_json
 
-    data = {k: v for k, v in result.items() if k != "errors"}
+    data = {"format": FORMAT, **{k: v for k, v in result.items() if k != "errors"}}
     data["errors"] = {k: quantiles(e) for k, e in result["errors"].items()}
     return [save_json(out, "evaluation", data), *plot(result, out)]
 

@@ -11,6 +11,7 @@ its mode; a failure leaves no OUT and no temp file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -209,6 +210,36 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{existing}: no permission to write in this folder")
     return p
+
+
+def check_own_folder(path: str | os.PathLike, marker: str, is_ours: Callable[[Path], bool], what: str,
+                     flag: str = "--out") -> Path:
+    """The rule of the commands that write a folder of files (``ckd train``, ``ckd evaluate``): never
+    replace a file the command did not create. Before any work, the folder must not exist yet, be
+    empty, or hold ``marker`` written by the command (``is_ours(folder / marker)``, which must never
+    open a pipe); then the command's own files may be (re)written there, and the others are never
+    touched. A folder holding files but no marker of ours is refused with one ``ValueError`` line,
+    left as it was. Also ``check_output_dir``. Returns the folder; creates nothing."""
+    folder = check_output_dir(path)
+    if not folder.exists() or is_ours(folder / marker):
+        return folder
+    others = sorted(p.name for p in folder.iterdir())
+    if others:
+        raise ValueError(f"{folder} holds files that are not {what} ({others[0]}{', ...' if len(others) > 1 else ''}"
+                         f"); choose a new or empty {flag} (its files are never replaced)")
+    return folder
+
+
+def json_format(path: Path) -> str | None:
+    """The ``"format"`` field of the JSON object in ``path`` (how ckd marks a file as its own), or None
+    (no such file, not a regular file: a pipe is never opened, not JSON, no such field)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) and isinstance(data.get("format"), str) else None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:

@@ -56,13 +56,9 @@ def add_parser(sub) -> None:
 
 def is_ours(path: Path) -> bool:
     """``path`` is a compare.json written by ``ckd compare`` (never opens a pipe)."""
-    if not path.is_file():
-        return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    from ..io import json_format
+
+    return json_format(path) == FORMAT
 
 
 def check_out(out: str, inputs: list[str]) -> Path:

@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate, evaluate_on, report, save
-    from ..io import check_file_target, check_output_dir, load_array
+    from ..evaluate import FORMAT, evaluate, evaluate_on, report, save
+    from ..io import check_file_target, check_own_folder, json_format, load_array
     from .reproduce import require_matplotlib
 
     if (args.checkpoint is None) == (args.pretrained is None):
@@ -43,10 +43,12 @@ def run(args) -> int:
         path = Path(args.checkpoint)
         if path.is_dir():
             path = path / "checkpoint.pt"
-    if args.out is not None:
-        if check_output_dir(args.out).exists():  # its files: never through a pipe, never onto a folder
+    if args.out is not None:  # the train rule: a new or empty folder, or one of an earlier ckd evaluate
+        folder = check_own_folder(args.out, "evaluation.json", lambda p: json_format(p) == FORMAT,
+                                  "an evaluation of ckd evaluate")
+        if folder.exists():  # its files: never through a pipe, never onto a folder
             for suffix in (".json", ".png", ".pdf"):
-                check_file_target(Path(args.out) / f"evaluation{suffix}", [p for p in (path, args.data) if p])
+                check_file_target(folder / f"evaluation{suffix}", [p for p in (path, args.data) if p])
         require_matplotlib("ckd evaluate --out")
     data = None
     if args.data is not None:

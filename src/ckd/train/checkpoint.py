@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_write, check_output_dir
+from ..io import atomic_write, check_output_dir, check_own_folder
 from .config import TrainConfig, build_model, check_memory, transformer_config
 
 CHECKPOINT_FORMAT = "ckd-train-1"
@@ -167,12 +167,7 @@ def inspect_out(out: Path, resume: bool) -> bool:
         return True
     if ckpt.exists():
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out")
-    if _is_our_config(out / "config.json"):
-        return True  # stopped before its first checkpoint: start again
-    others = sorted(p.name for p in out.iterdir())
-    if others:
-        raise ValueError(f"{out} holds files that are not a ckd training run ({others[0]}"
-                         f"{', ...' if len(others) > 1 else ''}); choose a new or empty --out")
+    check_own_folder(out, "config.json", _is_our_config, "a ckd training run")  # ours: stopped before a checkpoint
     return True
 
 
