@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import ATTENTION, ATTENTION_NORMS, CausalSelfAttention, attend  # noqa: F401 - public here too
+from .linear_time.chunk import ATTENTION_CHUNK
 
 TOKENS = ("augmented", "raw")
 POSITIONAL = ("onehot", "sinusoidal")
@@ -303,6 +304,11 @@ class CausalTransformer(nn.Module):
 # --------------------------------------------------------------------------- memory, before building
 
 LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its weights (measured ~19-23 KiB)
+# Training keeps more than one forward's activations per layer: autograd saves the inputs of every op (LayerNorm
+# inputs, the padded and reshaped q, k, v and outputs, the sink channel of exp / gaussian attention, the chunk
+# states of linear attention: 0.9-1.8x the forward term, tests/test_hardening.py) and backward holds gradient
+# buffers besides. Peak RSS of one training step over the old 1x estimate (benchmarks/train_memory.py): 1.1-2.6x.
+TRAINING_ACTIVATIONS = 3
 
 
 def parameter_count(c: TransformerConfig) -> int:
@@ -332,7 +338,9 @@ def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, tra
         objects            (L + 1) ``LAYER_OBJECTS``
         positional table   max_len pos_dim 8 (raw tokens)
         activations        per layer B T (2 width + H (2 E + 2 Ev) [+ mlp width]) itemsize, (+ B H T^2 for
-                           linear attention with E Ev > T), kept for every layer when training;
+                           linear attention with E Ev > T; else, when training, B H T C for the chunks' scores,
+                           C = ``ATTENTION_CHUNK``); when training, ``TRAINING_ACTIVATIONS`` times
+                           that for every layer (what autograd saves, and backward's gradient buffers);
                            the residual stream of every layer when ``hidden``.
     """
     raw = c.tokens == "raw"
@@ -344,7 +352,9 @@ def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, tra
     per_layer = batch * T * (2 * w + c.n_heads * (2 * c.d_head + 2 * c.d_value) + (c.d_mlp if c.mlp else 0))
     if c.attention == "linear" and c.d_head * c.d_value > T:
         per_layer += batch * c.n_heads * T * T
-    acts = per_layer * (layers if training else 1) + batch * T * (c.d_in + w)
+    elif c.attention == "linear" and training:  # autograd keeps the chunks' (C, C) scores
+        per_layer += batch * c.n_heads * T * min(T, ATTENTION_CHUNK)
+    acts = per_layer * (layers * TRAINING_ACTIVATIONS if training else 1) + batch * T * (c.d_in + w)
     if hidden:
         acts += batch * T * w * (layers + 1)
     return weights + objects + table + acts * itemsize
