@@ -255,14 +255,16 @@ def test_other_backends_and_real_entry_points_refuse_complex():
 
 
 def test_real_streaming_refuses_a_complex_token_and_keeps_its_state():
+    """A kernel defined for real x only refuses a complex token (a real linear Streaming computes it exactly
+    in complex: tests/test_hardening.py, issue 21 item 4)."""
     x = _x(B=1, T=4)[0]
-    s = Streaming("linear", dim=3)
+    s = Streaming("exp", dim=3)
     s.push(x[0].real)
     for token in (x[1], x[1].numpy(), list(x[1].numpy())):
         with pytest.raises(TypeError, match="x_t is complex"):
             s.push(token)
     assert len(s) == 1
-    ref = Streaming("linear", dim=3)
+    ref = Streaming("exp", dim=3)
     ref.push(x[0].real)
     assert torch.equal(s.push(x[1].real), ref.push(x[1].real))
 

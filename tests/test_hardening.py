@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import one_error
 
+import ckd
 from ckd.cli import main
 from ckd.io import check_file_target, check_output_dir, load_array
 
@@ -164,3 +165,120 @@ def test_training_that_cannot_fit_is_refused_before_creating_anything(tmp_path, 
     assert main(["train", "--batch", "100000", "--length", "1000", "--out", str(out), "--quiet"]) == 2
     one_error(capsys, "training", "needs about", "64 GB are available", "--batch")
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- item 4: no argument ignored
+
+
+def test_complex_token_into_a_real_linear_stream_is_computed_exactly():
+    """Item 4: a complex token pushed into a real Streaming. The linear kernel takes complex x (SPEC §10): the
+    stream turns complex128 (float64's precision, as ckd.predict) and its rows equal the batch's depth-inf
+    rows of the complex sequence; the imaginary part is never dropped."""
+    from ckd.streaming import Streaming
+
+    g = np.random.default_rng(0)
+    x = g.standard_normal((12, 3)).astype(complex)
+    x[5:] += 1j * g.standard_normal((7, 3))  # real tokens first, then complex ones
+    s = Streaming("linear", dim=3)
+    rows = [s.push(x[t].real if t < 5 else x[t]) for t in range(12)]
+    assert rows[-1].dtype == np.complex128 and s.dtype == torch.complex128
+    want = ckd.predict(x, "linear", depth="inf")
+    assert np.abs(np.stack(rows) - want).max() < 1e-12 * np.abs(want).max()
+    t = Streaming("linear", dim=3, dtype=torch.float32)  # float32: complex64
+    assert t.push(torch.tensor(x[6], dtype=torch.complex128)).dtype == torch.complex64
+
+
+@pytest.mark.parametrize("kernel", ["exp", "softmax", "gaussian"])
+def test_complex_token_into_a_real_kernel_stream_is_refused(kernel):
+    """Item 4: the other kernels are defined for real x only: TypeError, the state kept (the next real token
+    gives the same prediction as without the refused push)."""
+    from ckd.streaming import Streaming
+
+    x = np.random.default_rng(1).standard_normal((6, 2))
+    a, b = Streaming(kernel, dim=2), Streaming(kernel, dim=2)
+    for t in range(5):
+        a.push(x[t])
+        b.push(x[t])
+    for bad in (x[5] + 1j, torch.tensor(x[5] + 1j), [1j, 0.0]):
+        with pytest.raises(TypeError, match="real x only"):
+            a.push(bad)
+    assert np.array_equal(a.push(x[5]), b.push(x[5]))
+
+
+@pytest.mark.parametrize("step", [np.complex128(1.0), np.complex64(0.5 + 0.5j), torch.tensor(1 + 0j), 1 + 2j,
+                                  np.array(0.5 + 0j)])
+def test_complex_numbers_are_not_real_numbers(step):
+    """Item 4: a complex number where a real one is expected (a step, beta, ridge) was made real by float()
+    (np.complex128(1 + 1j) gave 1.0, imaginary part dropped): TypeError now, on every face."""
+    from ckd.streaming import Streaming
+
+    x = np.random.default_rng(2).standard_normal((8, 2))
+    with pytest.raises(TypeError, match="real number"):
+        Streaming("exp", dim=2).push(x[0], step=step)
+    for name in ("step", "beta", "ridge"):
+        with pytest.raises(TypeError, match="real number"):
+            ckd.predict(x, **{name: step})
+
+
+def test_features_are_used_on_every_method_that_takes_them():
+    """Item 4: ``features=D`` is never ignored: method auto / linear run the linear-time recurrences on phi(x),
+    method dense the T x T path on the Gram matrix of phi.phi (the reference), the same predictions;
+    without features the exact kernel (different). feature_seed without features is refused."""
+    x = np.random.default_rng(3).standard_normal((16, 2)) * 0.5
+    exact = ckd.predict(x, "exp", depth=4)
+    runs = [ckd.predict(x, "exp", depth=4, features=32, method=m) for m in ("auto", "linear", "dense")]
+    for r in runs[1:]:
+        assert np.abs(r - runs[0]).max() < 1e-12
+    assert np.abs(runs[0] - exact).max() > 1e-3
+    assert np.abs(ckd.predict(x, "exp", depth=4, features=32, feature_seed=1) - runs[0]).max() > 1e-6
+    with pytest.raises(ValueError, match="feature_seed applies"):
+        ckd.predict(x, "exp", feature_seed=1)
+
+
+def test_forecast_refuses_settings_its_method_ignores_and_out_of_range_sweeps():
+    """Item 4: ``forecast(..., sweeps=2**70)`` was accepted; k, sigma, ridge, embed given to a method that does
+    not read them were ignored. Each is one line now naming the valid range or the methods that read it."""
+    from ckd.forecast import forecast
+
+    x = np.random.default_rng(4).standard_normal((40, 2))
+    cases = [(dict(horizon=3, method="ckd", sweeps=2**70), "sweeps must be an integer in 1 .. 2**63 - 1"),
+             (dict(horizon=3, method="ckd", sweeps=0), "sweeps must be an integer in 1 .. 2**63 - 1"),
+             (dict(method="analogues", k=2**70), "k must be <="),
+             (dict(method="krr", k=3), "k applies to method analogues"),
+             (dict(horizon=3, method="krr", k=2), "k applies to method analogues"),
+             (dict(method="last", sigma=0.5), "sigma applies to method ckd, krr"),
+             (dict(horizon=3, method="parrot", ridge=1e-3), "ridge applies to method ckd, krr, nvar, esn"),
+             (dict(method="analogues", ridge=1e-3), "ridge applies to method ckd, krr"),
+             (dict(horizon=3, method="krr", embed=3), "embed applies to method parrot")]
+    for kwargs, words in cases:
+        with pytest.raises(ValueError, match=words.replace("*", r"\*").replace(".", r"\.")):
+            forecast(x, **kwargs)
+    assert forecast(x, horizon=3, method="analogues", k=2).shape == (3, 2)  # read by its method: accepted
+    assert forecast(x, horizon=3, method="krr", embed=3, univariate=True).shape == (3, 2)
+
+
+# --------------------------------------------------------------------------- item 5: scale of square-free methods
+
+
+@pytest.mark.parametrize("method", ["mean", "last", "parrot"])
+@pytest.mark.parametrize("scale", [1e154, 2.0**1000, 1e-300])
+def test_square_free_rollouts_are_exact_at_any_scale(tmp_path, capsys, method, scale):
+    """Item 5: ``ckd forecast --horizon H --method mean|last|parrot`` on values near 1e154 was refused as "too
+    large" though these methods square nothing (parrot now compares windows scaled by a power of two, mean
+    sums them): the forecast of s x is s times the forecast of x (to rounding), on the CLI too. Methods
+    that square values keep the refusal."""
+    from ckd.forecast import forecast
+
+    x = np.random.default_rng(5).standard_normal((2, 40, 3))
+    want = forecast(x, horizon=6, method=method) * scale
+    got = forecast(x * scale, horizon=6, method=method)
+    assert np.abs(got - want).max() <= 1e-15 * np.abs(want).max()
+    np.save(tmp_path / "x.npy", x * scale)
+    argv = ["forecast", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"), "--horizon", "6", "--method", method]
+    assert main(argv) == 0
+    assert np.array_equal(np.load(tmp_path / "f.npy"), got)
+    if scale > 1:
+        assert main([*argv[:-1], "krr"]) == 2
+        one_error(capsys, "input too large")
+        with pytest.raises(ValueError, match="input too large"):
+            forecast(x * scale, method="last")  # one step: every method standardises (x^2)

@@ -206,7 +206,7 @@ def test_streaming_linear_is_the_delta_rule(device, ridge):
     s = Streaming("linear", dim=x.shape[-1], ridge=ridge, device=device)
     rows = torch.stack([s.push(x_t) for x_t in x])
     assert rel_err(rows, ckd.predict(x, "linear", depth="inf", ridge=ridge, method="dense")) < TOL
-    assert s._W.shape == (4, 4) and s._keys.shape[0] == 256  # a d x d state; the key buffer never grows
+    assert s._W.shape == (4, 4) and s._keys.shape[0] == 0  # a d x d state; no key buffer (issue 21: d^2 only)
     assert len(s) == 120
     s.reset()
     assert len(s) == 0 and not s._W.any()

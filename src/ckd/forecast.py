@@ -59,7 +59,7 @@ from .kernels import CausalMatrices, causal_mask, scores, shift_gram
 from .names import FORECAST_METHODS
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
-from .validation import as_batch, check_fits, check_number
+from .validation import as_batch, check_fits, check_int, check_number, check_squares
 
 METHODS = FORECAST_METHODS
 # DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
@@ -210,8 +210,7 @@ def check_forecast_options(method: str, sigma: Any, ridge: Any, k: Any, depth: A
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if (method == "transformer") != (checkpoint is not None):
         raise ValueError("method 'transformer' needs a checkpoint of ckd train, and only it takes one")
-    if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = check_int(k, "k", minimum=1)
     if str(depth).strip().lower() in ("inf", "infinity"):
         depth = "inf"
     elif str(depth).strip() in ("1", "1.0"):
@@ -250,9 +249,11 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
     (horizon None) a ``Forecast`` (the expert chosen at each row; ``fallbacks`` counts the rows
     the guard replaced by x_t, and a ``RuntimeWarning`` gives that count); for a horizon H a
     ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``)."""
+    check_used(method, horizon, sigma=sigma, ridge=ridge, k=k, embed=embed, univariate=univariate)
     if horizon is not None:
         return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint,
                                 layers)
+    check_squares(x)  # every one-step method standardises: x^2 must be finite
     if univariate or method in ("parrot", "mean", "nvar", "esn") or sweeps is not None or layers is not None:
         raise ValueError("univariate, sweeps, layers and the methods parrot, mean, nvar and esn apply to multi-step "
                          "forecasts: give a horizon")
@@ -299,6 +300,32 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
     return Forecast(pred, choice, experts, fallbacks)
 
 
+# which methods read each setting (an argument a method does not read is refused, never ignored)
+USED_BY = {"sigma": ("ckd", "krr"), "ridge": ("ckd", "krr", "nvar", "esn"), "k": ("analogues",)}
+SQUARE_FREE = ("last", "mean", "parrot")  # rollouts exact at any scale: no x^2 (parrot compares scaled windows)
+
+
+def check_used(method: Any, horizon: Any, *, sigma: Any, ridge: Any, k: Any, embed: Any, univariate: Any) -> None:
+    """Refuse (one-line ``ValueError``) a setting the method does not read: sigma (ckd, krr), ridge (ckd, krr;
+    nvar, esn for a horizon), k other than 1 (analogues), embed other than 5 (parrot, univariate rollouts)."""
+    if not isinstance(method, str):
+        return  # the method's own check names it
+    ridge_users = USED_BY["ridge"] if horizon is not None else ("ckd", "krr")
+    for name, given, users in (("sigma", sigma is not None, USED_BY["sigma"]),
+                               ("ridge", ridge is not None, ridge_users), ("k", not _is_one(k), USED_BY["k"])):
+        if given and method not in users:
+            raise ValueError(f"{name} applies to method {', '.join(users)}, not {method} (it would be ignored)")
+    if not _is_one(embed, 5) and method != "parrot" and not univariate:
+        raise ValueError(f"embed applies to method parrot and univariate rollouts, not {method} (it would be ignored)")
+
+
+def _is_one(value: Any, one: int = 1) -> bool:
+    try:
+        return bool(value == one)
+    except Exception:  # arrays and the like: the option's own check refuses them
+        return False
+
+
 def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embed: Any, sigma: Any, ridge: Any,
                      k: Any, depth: Any, sweeps: Any, checkpoint: Any, layers: Any = None) -> Rollout:
     """Validate the options of a multi-step forecast and run ``ckd.rollout.rollout``."""
@@ -310,8 +337,7 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     D = check_embed(embed)
     if str(depth).strip() not in ("1", "1.0"):
         raise ValueError("depth applies to one-step forecasts; a rollout's ckd is depth inf with K sweeps (sweeps=)")
-    if isinstance(k, bool) or not float(check_number(k, "k", minimum=1)).is_integer():
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = check_int(k, "k", minimum=1)
     for name, value in (("sweeps", sweeps), ("layers", layers)):
         if value is not None and method != "ckd":
             raise ValueError(f"{name} applies to method ckd, not {method} (the default is krr): give method ckd")
@@ -320,10 +346,14 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     if layers is not None and (isinstance(layers, bool) or not float(check_number(layers, "layers", minimum=1))
                                .is_integer() or layers > MAX_LAYERS):
         raise ValueError(f"layers must be an integer in 1 .. {MAX_LAYERS}, got {layers!r}")
-    if sweeps is not None and (isinstance(sweeps, bool) or not float(check_number(sweeps, "sweeps", minimum=1))
-                               .is_integer()):
-        raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+    if sweeps is not None:
+        try:
+            sweeps = check_int(sweeps, "sweeps", minimum=1)
+        except ValueError:
+            raise ValueError(f"sweeps must be an integer in 1 .. 2**63 - 1, got {sweeps!r}") from None
     univariate = bool(univariate)
+    if method not in SQUARE_FREE:
+        check_squares(x)
     B, T, d = x.shape
     series = B * d if univariate else B
     gram = 6 * T * T * 8 if method in ("ckd", "krr") else 0  # the (T, T) Gram, its factors and doublings
@@ -346,7 +376,7 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
     return rollout(x, H, method, univariate=univariate, embed=D,
                    sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
                    ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
-                   sweeps=None if sweeps is None else int(sweeps), k=int(k), model=model,
+                   sweeps=sweeps, k=k, model=model,
                    layers=None if layers is None else int(layers))
 
 
@@ -374,7 +404,7 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
     model of ``ckd.pretrained`` (method transformer).
     Numpy in, numpy out (float64); a tensor stays a tensor.
     """
-    batch, unbatched = as_batch(x, torch.float64)
+    batch, unbatched = as_batch(x, torch.float64, squares=False)  # forecast_details: for the methods that square
     out = forecast_details(batch, method, horizon=horizon, univariate=univariate, embed=embed, sigma=sigma,
                            ridge=ridge, k=k, depth=depth, sweeps=sweeps, checkpoint=checkpoint, layers=layers).pred
     out = out[0] if unbatched else out

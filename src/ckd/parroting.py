@@ -34,13 +34,29 @@ def parrot(series: np.ndarray, horizon: int, embed: int = 5) -> np.ndarray:
     if T < D + 1:
         raise ValueError(f"context parroting with embed {D} needs a context of at least {D + 1} values, got {T}")
     u = np.swapaxes(x, 1, 2)  # (B, d, T)
-    windows = np.lib.stride_tricks.sliding_window_view(u, D, axis=-1)  # (B, d, T-D+1, D): ending at j = D-1..T-1
+    # distances of each series scaled by a power of two into (-1, 1): the same argmin, exact, and no square
+    # beyond the float range at any scale (values near 1e154 and above)
+    windows = np.lib.stride_tricks.sliding_window_view(unit_scaled(u, -1)[0], D, axis=-1)  # (B, d, T-D+1, D)
     dist = np.square(windows[..., :-1, :] - windows[..., -1:, :]).sum(-1)  # candidates j = D-1..T-2
     j = dist.argmin(-1) + D - 1  # (B, d); argmin returns the first minimum
     L = T - 1 - j
     idx = j[..., None] + 1 + np.arange(H) % L[..., None]  # (B, d, H)
     out = np.swapaxes(np.take_along_axis(u, idx, -1), 1, 2)  # (B, H, d)
     return out[0, :, 0] if series.ndim == 1 else (out[0] if series.ndim == 2 else out)
+
+
+def unit_scaled(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a / 2^k, k) for a finite float array: k (integers, kept along ``axis``) the binary exponent of the
+    largest |entry| along ``axis``, so every entry of a / 2^k lies in (-1, 1). Exact (a power of two,
+    applied in two halves: 2^k alone may not be a float), so argmins and means need no square or sum
+    beyond the float range at any scale; ``unit_unscaled`` undoes it."""
+    k = np.frexp(np.abs(a).max(axis, keepdims=True))[1]
+    return np.ldexp(np.ldexp(a, -(k // 2)), -(k - k // 2)), k
+
+
+def unit_unscaled(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """a 2^k (``unit_scaled``'s inverse), exact unless the result leaves the float range."""
+    return np.ldexp(np.ldexp(a, k // 2), k - k // 2)
 
 
 def simple_rollout(x: np.ndarray, horizon: int, method: str, embed: int = 5) -> tuple[np.ndarray, list[dict]]:
@@ -52,8 +68,9 @@ def simple_rollout(x: np.ndarray, horizon: int, method: str, embed: int = 5) -> 
         return parrot(x, horizon, embed), [{"embed": int(embed)}] * B
     if method == "last":
         row = x[:, -1:]
-    elif method == "mean":
-        row = x.mean(1, keepdims=True)
+    elif method == "mean":  # on x / 2^k: no sum beyond the float range at any scale
+        z, k = unit_scaled(x, 1)
+        row = unit_unscaled(z.mean(1, keepdims=True), k)
     else:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(SIMPLE_METHODS)}")
     return np.ascontiguousarray(np.broadcast_to(row, (B, int(horizon), d))), [{}] * B

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .validation import MAX_INT, check_choice, check_int, check_number, check_size, complex_of
+from .validation import MAX_INT, check_choice, check_dense, check_fits, check_int, check_number, check_size, complex_of
 
 Map = Callable[[Tensor], Tensor]
 
@@ -103,6 +103,8 @@ def start(x0, drawn: Tensor) -> Tensor:
     if x0 is None:
         return drawn
     batch, dim = drawn.shape
+    if isinstance(x0, Tensor):
+        check_dense(x0, "x0")
     try:
         arr = torch.as_tensor(x0.detach().cpu() if isinstance(x0, Tensor) else np.asarray(x0))
     except Exception:  # ragged lists, strings and the like
@@ -239,6 +241,15 @@ TASKS: dict[str, Callable[..., Task]] = {
 COMPLEX_TASKS = ("unitary",)  # complex sequences: the linear kernel of ckd.predict / descend / Streaming only
 
 
+def task_bytes(name: str, batch: int, length: int, dim: int, period: int = 5) -> int:
+    """Peak bytes of ``make_task`` (before it allocates): the sequences three times (the steps, their stack,
+    the cast to ``dtype``) and the maps f, four (B, d, d) matrices (Gaussian draw, QR's two factors, the
+    product) or the periodic families' P points and their distances; doubled for complex (``unitary``)."""
+    item = 16 if name in COMPLEX_TASKS else 8
+    maps = 2 * batch * period * dim if name.startswith("periodic") else 4 * batch * dim * dim
+    return item * (3 * batch * length * dim + maps + batch * period)
+
+
 def make_task(name: str, batch: int, length: int, dim: int, **options) -> Task:
     """Build a task family by name (see ``TASKS``); options go to the family.
 
@@ -249,6 +260,10 @@ def make_task(name: str, batch: int, length: int, dim: int, **options) -> Task:
     batch, length, dim = (check_size(v, n) for v, n in ((batch, "batch"), (length, "length"), (dim, "dim")))
     if "period" in options:
         options["period"] = check_size(options["period"], "period")
+    need = task_bytes(name, batch, length, dim, options.get("period", 5))
+    if need > 2**28:  # (reading the free memory costs more than a small task)
+        check_fits(need, f"task {name} of batch {batch}, length {length}, dim {dim}",
+                   "use a smaller batch, length or dim")
     for key in ("noise", "scale", "gain"):
         if key in options:
             options[key] = check_number(options[key], key, minimum=0.0 if key == "noise" else None)

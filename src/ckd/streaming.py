@@ -21,8 +21,9 @@ W_t = sum_{s<=t} alpha_s x_{s-1}^T instead of the keys and alphas:
 
 so a push costs O(d^2) whatever t is (``docs/performance.md``). Complex tokens (SPEC §10): with
 ``dtype=torch.complex128`` (or complex64), k(a, b) = b^H a and W_t = sum_{s<=t} alpha_s x_{s-1}^H;
-a complex dtype needs the linear kernel, and a complex token pushed into a real Streaming is refused
-(its imaginary part is never dropped).
+a complex dtype needs the linear kernel. A complex token pushed into a real linear Streaming turns it
+complex in its precision (float64 -> complex128, as ``ckd.predict`` computes a complex x), exactly;
+into another kernel's Streaming it is refused (``TypeError``). Its imaginary part is never dropped.
 
 Per-row steps (SPEC §10): ``push(x_t, step=eta_t)`` gives row t the step eta_t. Depth inf is then
 p = D P (R + lambda I)^{-1} D^{-1} y, D = diag(eta): the solve above with right-hand side
@@ -50,7 +51,16 @@ from torch import Tensor
 
 from .descent.steps import zero_step_error
 from .kernels import check_kernel, gaussian_scores_
-from .validation import as_dtype, check_complex, check_number, check_squares
+from .validation import (
+    as_dtype,
+    check_complex,
+    check_dense,
+    check_fits,
+    check_number,
+    check_size,
+    check_squares,
+    complex_of,
+)
 
 
 class Streaming:
@@ -71,26 +81,37 @@ class Streaming:
         self.beta = check_number(beta, "beta")
         self.sigma = check_number(sigma, "sigma", minimum=0.0, strict=True)
         self.ridge = check_number(ridge, "ridge", minimum=0.0)
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-        self.dim = int(dim)
+        self.dim = check_size(dim, "dim")
         self.dtype = as_dtype(dtype, complex_ok=True)
         check_complex(torch.empty(0, dtype=self.dtype), self.kernel)
         self.device = torch.device("cpu") if device is None else torch.device(device)
-        self._capacity0 = max(1, int(capacity))
+        self._capacity0 = check_size(capacity, "capacity")
+        self._check_fits(self._capacity0)
         self._threshold = math.log(torch.finfo(self.dtype).max) / 2
         self.reset()
+
+    def _check_fits(self, capacity: int) -> None:
+        """Refuse (one line, before allocating) a state that cannot fit: the linear kernel's d x d W (and two
+        tokens), or the keys and alphas of ``capacity`` tokens (``capacity`` x d each) of the other kernels."""
+        item = torch.empty(0, dtype=complex_of(self.dtype) if self.kernel == "linear" else self.dtype).element_size()
+        need = item * (self.dim * self.dim + 4 * self.dim if self.kernel == "linear" else (2 * self.dim + 1) * capacity)
+        if need > 2**26:  # (reading the free memory costs more than a small state)
+            check_fits(need, f"Streaming({self.kernel!r}, dim={self.dim}) holding {capacity} tokens",
+                       "use a smaller dim" + ("" if self.kernel == "linear" else " or fewer tokens (reset)"),
+                       self.device)
 
     def reset(self) -> None:
         """Forget every token pushed so far."""
         self.t = 0  # number of tokens pushed
-        self._keys = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
-        self._alpha = torch.zeros(self._capacity0, self.dim, dtype=self.dtype, device=self.device)
-        self._sqnorm = torch.zeros(self._capacity0, dtype=self.dtype, device=self.device)  # |x_s|^2 (gaussian)
+        cap = 0 if self.kernel == "linear" else self._capacity0  # the linear kernel keeps W only (module doc)
+        self._keys = torch.zeros(cap, self.dim, dtype=self.dtype, device=self.device)
+        self._alpha = torch.zeros(cap, self.dim, dtype=self.dtype, device=self.device)
+        self._sqnorm = torch.zeros(cap, dtype=self.dtype, device=self.device)  # |x_s|^2 (gaussian)
         self._prev = None  # scores of x_{t-1} against x_0..x_{t-1}: row t of R, in log space
         self._prev_w = None  # its weights (normalised for softmax), computed when it was the P row
         self._shift = 0.0  # exp kernel: weights stored divided by exp(shift), alphas times exp(shift)
-        self._W = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)  # linear: the state
+        d = self.dim if self.kernel == "linear" else 0
+        self._W = torch.zeros(d, d, dtype=self.dtype, device=self.device)  # linear: the state
         self._last = None  # linear: x_{t-1}
 
     def __len__(self) -> int:
@@ -217,33 +238,41 @@ class Streaming:
         return torch.exp(s - shift) if shift else torch.exp(s)
 
     def _grow(self) -> None:
-        """Double the key and alpha buffers (amortised O(1) per token)."""
+        """Double the key and alpha buffers (amortised O(1) per token); refused (one line) if that cannot fit."""
         cap = 2 * self._keys.shape[0]
+        self._check_fits(cap + self._keys.shape[0])  # the old buffers live until the copy is done
         for name in ("_keys", "_alpha", "_sqnorm"):
             old = getattr(self, name)
             new = old.new_zeros(cap, *old.shape[1:])
             new[:old.shape[0]] = old
             setattr(self, name, new)
 
-    def _check_kind(self, is_complex: bool, dtype: Any) -> None:
-        """A complex token needs a complex Streaming: casting it to a real dtype would drop its imaginary part."""
-        if is_complex and not self.dtype.is_complex:
+    def _token_dtype(self, is_complex: bool, dtype: Any) -> torch.dtype:
+        """The dtype a token is computed in. A complex token into a real Streaming: with the linear kernel
+        (SPEC §10) the stream turns complex in its precision (as ``ckd.predict`` computes a complex x:
+        float64 -> complex128), exactly (its real state is the same numbers); any other kernel is defined
+        for real x only (``TypeError``, the state kept). Its imaginary part is never dropped."""
+        if not is_complex or self.dtype.is_complex:
+            return self.dtype
+        if self.kernel != "linear":
             dtype = str(dtype).replace("torch.", "")
-            raise TypeError(f"x_t is complex ({dtype}) but this Streaming is real ({str(self.dtype)[6:]}); create it "
-                            "with dtype=torch.complex128 (linear kernel) to push complex tokens")
+            raise TypeError(f"x_t is complex ({dtype}) but the {self.kernel} kernel is defined for real x only; "
+                            "complex tokens need the linear kernel (k(a, b) = b^H a)")
+        return complex_of(self.dtype)
 
     def _as_token(self, x_t: Any) -> Tensor:
         if isinstance(x_t, Tensor):
-            self._check_kind(x_t.is_complex(), x_t.dtype)
-            x = x_t.detach().to(device=self.device, dtype=self.dtype)
+            check_dense(x_t, "x_t")
+            dtype = self._token_dtype(x_t.is_complex(), x_t.dtype)
+            x = x_t.detach().to(device=self.device, dtype=dtype)
         else:
             try:
                 a = np.asarray(x_t)
                 a = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64, copy=False)
             except (TypeError, ValueError) as err:
-                raise TypeError(f"x_t must be a numeric array: {err}") from None
-            self._check_kind(np.iscomplexobj(a), a.dtype)
-            x = torch.as_tensor(a, dtype=self.dtype, device=self.device)
+                raise TypeError(f"x_t must be a numeric array: {str(err).splitlines()[0]}") from None
+            dtype = self._token_dtype(np.iscomplexobj(a), a.dtype)
+            x = torch.as_tensor(a, dtype=dtype, device=self.device)
         if x.shape != (self.dim,):
             raise ValueError(f"x_t must have shape ({self.dim},), got {tuple(x.shape)}")
         # numpy's check on a CPU token costs ~1 us, torch's ~25 us (op dispatch): this is the hot path
@@ -254,6 +283,10 @@ class Streaming:
             finite, big = torch.isfinite(x).all(), float(x.abs().max())
         if not bool(finite):
             raise ValueError("x_t contains NaN or inf")
-        if big * big * self.dim >= torch.finfo(self.dtype).max / 4:  # rare: the batch's rule, ckd.validation
+        if big * big * self.dim >= torch.finfo(dtype).max / 4:  # rare: the batch's rule, ckd.validation
             check_squares(x[None], "x_t")
+        if dtype != self.dtype:  # a valid complex token: the linear state turns complex (exact)
+            self.dtype = dtype
+            self._W = self._W.to(dtype)
+            self._last = None if self._last is None else self._last.to(dtype)
         return x

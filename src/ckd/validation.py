@@ -100,6 +100,11 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
         raise TypeError(f"{name} must be a number, got {value!r}")
     if isinstance(value, Tensor) and value.numel() != 1:
         raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+    if (isinstance(value, (complex, np.complexfloating)) or (isinstance(value, Tensor) and value.is_complex())
+            or (isinstance(value, np.ndarray) and value.dtype.kind == "c")):  # float() would drop the imaginary part
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, Tensor) and (value.dtype == torch.bool or value.is_meta or value.is_quantized):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError, RuntimeError):
@@ -114,7 +119,11 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = MAX_INT) -> int:
-    """An integer (an integral float such as 3.0 is accepted) within [minimum, maximum]."""
+    """An integer (an integral float such as 3.0 is accepted; NumPy and torch scalars too) within
+    [minimum, maximum]."""
+    if (isinstance(value, Tensor) and value.ndim == 0 and not (value.is_complex() or value.is_meta
+                                                               or value.is_quantized or value.dtype == torch.bool)):
+        value = value.item()  # a torch scalar: int or float
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, (float, np.floating)):
@@ -205,8 +214,7 @@ def parse_step(step: Any, length: int | None = None) -> float | Tensor | None:
     if step is None:
         return None
     if isinstance(step, Tensor):
-        if step.is_meta or step.layout != torch.strided:
-            raise TypeError("step must be a number or a dense numeric vector")
+        check_dense(step, "step")
         if step.ndim == 0:
             return check_number(step, "step", minimum=0.0)
         if step.is_complex() or step.dtype == torch.bool:
@@ -242,20 +250,33 @@ def parse_step(step: Any, length: int | None = None) -> float | Tensor | None:
     return v
 
 
-def as_batch(x: Any, dtype: torch.dtype, name: str = "x", *, allow_complex: bool = False) -> tuple[Tensor, bool]:
+def check_dense(t: Tensor, name: str = "x") -> None:
+    """Refuse (one-line ``TypeError``) a tensor whose values cannot be read as numbers: meta (a shape, no
+    values), quantized (integers with a scale: dequantize it first), sparse or other layouts, nested."""
+    if t.is_meta:
+        raise TypeError(f"{name} is a meta tensor (it has a shape but no values)")
+    if t.is_quantized:
+        raise TypeError(f"{name} is a quantized tensor ({str(t.dtype).replace('torch.', '')}); call .dequantize() "
+                        "first")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}; call .to_dense() first")
+    if getattr(t, "is_nested", False):
+        raise TypeError(f"{name} is a nested tensor; pass a dense (B, T, d) tensor")
+
+
+def as_batch(x: Any, dtype: torch.dtype, name: str = "x", *, allow_complex: bool = False,
+             squares: bool = True) -> tuple[Tensor, bool]:
     """Check x is a finite, non-empty (T, d) or (B, T, d) real array; return (B, T, d) as a
     tensor of ``dtype`` (on x's device) and whether x had no batch axis.
 
     Refused: ragged or non-numeric data, complex (unless ``allow_complex``), sparse and meta
     tensors (no values), other ranks, empty arrays, NaN / inf, and rows whose squared norm
-    |x_t|^2 overflows ``dtype`` (every kernel computes x.x; rescale such data first).
+    |x_t|^2 overflows ``dtype`` (every kernel computes x.x; rescale such data first; ``squares=False``
+    leaves that check to a caller whose method squares nothing, e.g. a rollout by the last value).
     ``allow_complex``: a complex x, or a complex ``dtype``, gives ``complex_of(dtype)`` (the
     imaginary part is kept, never dropped)."""
     if isinstance(x, Tensor):
-        if x.is_meta:
-            raise TypeError(f"{name} is a meta tensor (it has a shape but no values)")
-        if x.layout != torch.strided:
-            raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
+        check_dense(x, name)
         t = x.detach()
     else:
         try:
@@ -281,7 +302,8 @@ def as_batch(x: Any, dtype: torch.dtype, name: str = "x", *, allow_complex: bool
     t = t.to(dtype)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
-    check_squares(t, name)
+    if squares:
+        check_squares(t, name)
     unbatched = t.ndim == 2
     return (t[None] if unbatched else t), unbatched
 

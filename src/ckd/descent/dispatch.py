@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import linear_time
 from ..kernels import causal_matrices
-from ..validation import check_complex, check_memory_budget, parse_step
+from ..validation import check_complex, check_fits, check_memory_budget, parse_step
 from .dense import block_rows, check_memory, default_budget, descend_blocked, finite_from_log, infinite_depth
 from .scaling import mixed_scales, power_of_two_scale
 from .steps import (
@@ -78,6 +78,10 @@ def descend(
     """
     check_complex(x, kernel)
     features = linear_time.check_features(kernel, features, feature_seed, beta)
+    if features is not None:
+        B, T, d = x.shape
+        check_fits(linear_time.features_bytes(B, T, d, features, x.element_size()),
+                   f"{features} random features on x of shape {tuple(x.shape)}", "use fewer features", x.device)
     infinite = depth == "inf" or (isinstance(depth, float) and math.isinf(depth))
     step = constant_step(parse_step(step, x.shape[1]))
     if isinstance(step, Tensor):

@@ -59,7 +59,7 @@ from ..descent.steps import (
 )
 from ..validation import check_complex, check_fits, parse_step
 from .chunk import ATTENTION_CHUNK, DELTA_CHUNK, causal_linear_attention, delta_rule_chunked, descend_chunked
-from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices
+from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices, features_bytes
 from .naive import delta_rule_naive, descend_naive, linear_attention_naive
 
 METHODS = ("auto", "dense", "linear")
@@ -79,6 +79,7 @@ __all__ = [
     "descend_naive",
     "feature_map",
     "feature_matrices",
+    "features_bytes",
     "linear_attention_naive",
     "pairs",
     "uses_linear_time",

@@ -50,6 +50,9 @@ def check_features(kernel: str, features, feature_seed, beta: float) -> int | No
     if not 0 <= int(feature_seed) < 2**63:
         raise ValueError(f"feature_seed must be an integer in [0, 2**63), got {feature_seed!r}")
     if features is None:
+        if int(feature_seed) != 0:  # never ignored: it seeds the features, and there are none
+            raise ValueError(f"feature_seed applies with features=D (random features), got feature_seed="
+                             f"{feature_seed!r} without features")
         return None
     if isinstance(features, bool) or not (isinstance(features, int) or _is_np_int(features)):
         raise TypeError(f"features must be an integer >= 1, got {features!r}")
@@ -64,6 +67,13 @@ def check_features(kernel: str, features, feature_seed, beta: float) -> int | No
     if kernel != "gaussian" and beta < 0:
         raise ValueError(f"positive random features need beta >= 0, got beta={beta!r}")
     return features
+
+
+def features_bytes(B: int, T: int, d: int, features: int, itemsize: int) -> int:
+    """Bytes of the random-feature path besides its T x T or depth-N work: Omega (m, d) drawn in float64 and
+    cast, the projection and phi(x) (B, T, D), the keys, queries and prefix sums built from it (about six
+    (B, T, D) arrays), and the D x d state of the delta rule."""
+    return 16 * features * d + itemsize * (6 * B * T * features + 2 * B * features * d)
 
 
 def _is_np_int(v) -> bool:
