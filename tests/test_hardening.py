@@ -282,3 +282,54 @@ def test_square_free_rollouts_are_exact_at_any_scale(tmp_path, capsys, method, s
         one_error(capsys, "input too large")
         with pytest.raises(ValueError, match="input too large"):
             forecast(x * scale, method="last")  # one step: every method standardises (x^2)
+
+
+# --------------------------------------------------------------------------- item 6: memory and tensor kinds
+
+
+def test_enormous_sizes_are_one_line_memory_refusals(capsys):
+    """Item 6: ``ckd demo --dim 1000000000`` printed an allocator traceback; make_task(batch=10**12),
+    features=2**40 and Streaming(dim=...) raised RuntimeError / TypeError. Each is refused before allocating
+    (``NotEnoughMemory``, a ValueError: how much, how much is free, what to do)."""
+    from ckd.sequences import make_task
+    from ckd.streaming import Streaming
+    from ckd.validation import NotEnoughMemory
+
+    assert main(["demo", "--dim", "1000000000"]) == 2
+    one_error(capsys, "needs about", "available", "smaller")
+    x = np.random.default_rng(6).standard_normal((10, 2))
+    for call in (lambda: make_task("linear", 10**12, 10, 3), lambda: make_task("unitary", 10, 10**9, 10**3),
+                 lambda: make_task("periodic", 10**9, 10**3, 3, period=10**6),
+                 lambda: ckd.predict(x, "exp", features=2**40), lambda: ckd.predict(x, "gaussian", features=2**40,
+                                                                                     method="dense"),
+                 lambda: Streaming("exp", dim=10**9), lambda: Streaming("linear", dim=10**7),
+                 lambda: Streaming("gaussian", dim=10**5, capacity=10**9)):
+        with pytest.raises(NotEnoughMemory, match="needs about"):
+            call()
+    with pytest.raises(ValueError, match="dim must be <="):
+        Streaming("exp", dim=2**70)
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        Streaming("exp", dim=2, capacity=0)
+
+
+def _odd_tensors() -> list:
+    x = torch.randn(6, 2)
+    return [torch.empty(6, 2, device="meta"), torch.quantize_per_tensor(x, 0.1, 0, torch.qint8),
+            x.to_sparse(), x.to_sparse_csr()]
+
+
+def test_tensors_without_readable_values_are_type_errors():
+    """Item 6: a quantized or meta tensor gave RuntimeError / NotImplementedError; sparse layouts a layout
+    error. Every entry point answers TypeError with one line (``ckd.validation.check_dense``)."""
+    from ckd.forecast import forecast
+    from ckd.sequences import make_task
+    from ckd.streaming import Streaming
+
+    for t in _odd_tensors():
+        calls = [lambda: ckd.predict(t), lambda: forecast(t), lambda: forecast(t, horizon=2, method="last"),
+                 lambda: Streaming("exp", dim=2).push(t[0]), lambda: ckd.predict(torch.ones(6, 2), step=t[:, 0]),
+                 lambda: make_task("linear", 6, 4, 2, x0=t)]
+        for call in calls:
+            with pytest.raises(TypeError) as err:
+                call()
+            assert "\n" not in str(err.value)
