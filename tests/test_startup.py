@@ -70,10 +70,11 @@ def test_numpy_forecast_is_the_library_bit_for_bit(tmp_path, method, shape):
     """The torch-free path of ckd forecast gives the bits of ckd.forecast (the same functions)."""
     x = np.cumsum(np.random.default_rng(1).normal(size=shape), -2)
     np.save(tmp_path / "ctx.npy", x)
+    embed = ["--embed", "4"] if method == "parrot" else []  # embed is parrot's alone (others refuse it)
     (rc, heavy, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "25", "--method", method,
-                                 "--embed", "4", "--report", "r.json"], tmp_path)
+                                 *embed, "--report", "r.json"], tmp_path)
     assert rc == 0 and heavy == [], err
-    expected = ckd.forecast.forecast(x, method, horizon=25, embed=4)
+    expected = ckd.forecast.forecast(x, method, horizon=25, **({"embed": 4} if embed else {}))
     got = np.load(tmp_path / "f.npy")
     assert got.shape == expected.shape and np.array_equal(got, expected)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -86,6 +87,13 @@ def test_library_path_still_used_when_needed(tmp_path, context):
     (rc, heavy, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "parrot",
                                  "--embed", "60"], tmp_path)
     assert rc == 2 and "torch" in heavy and "needs a context of at least 61 rows" in err
+
+
+def test_fast_path_refuses_what_the_library_refuses(tmp_path, context):
+    """--embed with last (a setting last does not read) is refused as ckd.forecast refuses it, not ignored."""
+    (rc, _, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "last",
+                             "--embed", "4"], tmp_path)
+    assert rc == 2 and "embed applies to method parrot" in err and not (tmp_path / "f.npy").exists()
 
 
 def test_user_policy_kept(tmp_path):

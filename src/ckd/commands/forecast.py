@@ -196,7 +196,8 @@ def simple(x: np.ndarray, args, H: int, D: int):
 
     if (args.method not in SIMPLE_METHODS or args.checkpoint is not None
             or any(v is not None for v in (args.sigma, args.ridge, args.sweeps, args.layers))
-            or args.k != 1 or args.depth.strip() != "1"):
+            or args.k != 1 or args.depth.strip() != "1"
+            or (D != 5 and args.method != "parrot" and not args.univariate)):  # the library refuses it
         return None
     if x.dtype.kind != "f" or x.dtype.itemsize > 8 or not x.dtype.isnative or x.ndim not in (2, 3) or x.size == 0:
         return None
