@@ -333,3 +333,192 @@ def test_tensors_without_readable_values_are_type_errors():
             with pytest.raises(TypeError) as err:
                 call()
             assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- systematic: byte order x dtype
+
+REAL_DTYPES = ["?", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "g"]
+COMPLEX_DTYPES = ["c8", "c16", "G"]
+OTHER_DTYPES = ["U3", "S3", "M8[s]", "m8[s]", "V8", [("a", "<f8")]]
+
+
+def _values(dtype: np.dtype) -> np.ndarray:
+    """A (6, 2) array exactly representable in ``dtype`` (and in float64)."""
+    base = np.array([[0, 1], [2, 3], [5, 7], [11, 13], [17, 19], [23, 29]])
+    if dtype.kind == "b":
+        return (base % 2).astype(dtype)
+    if dtype.kind == "c":
+        return (base - 10 + 1j * base[::-1]).astype(dtype)
+    return (base - (10 if dtype.kind in "if" else 0)).astype(dtype) / (4 if dtype.kind == "f" else 1)
+
+
+def _orders(code) -> list[np.dtype]:
+    native = np.dtype(code)
+    return [native] if native.itemsize == 1 or native.byteorder == "|" else [native.newbyteorder("<"),
+                                                                              native.newbyteorder(">")]
+
+
+def test_byte_order_x_dtype_round_trips(tmp_path):
+    """Systematic: every dtype, both byte orders, through .npy, .npz (and .csv for the real ones): load_array
+    returns the native array (float128 / complex256 as float64 / complex128, the same values), complex only
+    with complex_ok; any other dtype (text, bytes, dates, raw, records) is one line naming the file and dtype.
+    ckd.predict takes each real array (and complex with the linear kernel) as its float64 copy."""
+    cases = 0
+    for code in REAL_DTYPES + COMPLEX_DTYPES:
+        for dtype in _orders(code):
+            arr = _values(dtype)
+            native = arr.astype(dtype.newbyteorder("="))
+            want = native.astype(np.complex128 if dtype.kind == "c" else
+                                 (np.float64 if dtype.kind == "f" and dtype.itemsize > 8 else native.dtype))
+            for suffix in (".npy", ".npz"):
+                path = tmp_path / f"a{suffix}"
+                np.save(path, arr) if suffix == ".npy" else np.savez(path, x=arr)
+                cases += 1
+                if dtype.kind == "c":
+                    with pytest.raises(ValueError, match=f"{path}: dtype .* is not a real number type"):
+                        load_array(path)
+                    got = load_array(path, complex_ok=True)
+                else:
+                    got = load_array(path)
+                assert got.dtype.isnative and got.dtype.kind in (want.dtype.kind, "f") and np.array_equal(got, want), \
+                    (dtype, suffix, got.dtype)
+            if dtype.kind != "c":
+                np.savetxt(tmp_path / "a.csv", native.astype(np.float64), delimiter=",")
+                assert np.array_equal(load_array(tmp_path / "a.csv"), native.astype(np.float64))
+                cases += 1
+                assert np.array_equal(ckd.predict(arr, "linear", depth=2), ckd.predict(native.astype(np.float64),
+                                                                                       "linear", depth=2))
+            else:
+                assert np.allclose(ckd.predict(arr, "linear", depth="inf"), ckd.predict(want, "linear", depth="inf"),
+                                   rtol=1e-6 if dtype.itemsize == 8 else 1e-12)
+            cases += 1
+    for code in OTHER_DTYPES:
+        arr = np.zeros((3, 2), dtype=code)
+        for suffix in (".npy", ".npz"):
+            path = tmp_path / f"o{suffix}"
+            np.save(path, arr) if suffix == ".npy" else np.savez(path, x=arr)
+            with pytest.raises(ValueError) as err:
+                load_array(path, complex_ok=True)
+            assert str(path) in str(err.value) and "\n" not in str(err.value)
+            cases += 1
+    assert cases == 122  # counted in docs/guarantees.md
+
+
+# --------------------------------------------------------------------------- systematic: Python argument types
+
+INTEGERS = [np.int8(3), np.int16(3), np.int32(3), np.int64(3), np.uint8(3), np.uint16(3), np.uint32(3), np.uint64(3),
+            np.float64(3.0), np.float32(3.0), torch.tensor(3), torch.tensor(3, dtype=torch.int32),
+            torch.tensor(3, dtype=torch.uint8), torch.tensor(3.0), 3.0]
+
+
+def _integer_arguments():
+    """(name, call(value), reference) for every integer argument of the Python API (reference: the call at 3)."""
+    from ckd.forecast import forecast
+    from ckd.sequences import make_task
+    from ckd.streaming import Streaming
+
+    x = np.random.default_rng(7).standard_normal((24, 2)) * 0.5
+
+    def stream(**kw):
+        s = Streaming("exp", **{"dim": 2, **kw})
+        return np.stack([s.push(np.ones(2) * (t % 3)) for t in range(2)])
+
+    return [
+        ("predict depth", lambda v: ckd.predict(x, depth=v)),
+        ("predict sweeps", lambda v: ckd.predict(x, "gaussian", depth="inf", sweeps=v)),
+        ("predict features", lambda v: ckd.predict(x, "exp", features=v)),
+        ("predict feature_seed", lambda v: ckd.predict(x, "exp", features=4, feature_seed=v)),
+        ("forecast horizon", lambda v: forecast(x, horizon=v, method="last")),
+        ("forecast embed", lambda v: forecast(x, horizon=2, method="parrot", embed=v)),
+        ("forecast k", lambda v: forecast(x, method="analogues", k=v)),
+        ("forecast sweeps", lambda v: forecast(x[:12], horizon=2, method="ckd", sweeps=v, sigma=1.0, ridge=1e-3)),
+        ("forecast layers", lambda v: forecast(x[:12], horizon=2, method="ckd", layers=v, sigma=1.0, ridge=1e-3)),
+        ("make_task batch", lambda v: make_task("linear", v, 4, 2).x),
+        ("make_task length", lambda v: make_task("linear", 2, v, 2).x),
+        ("make_task dim", lambda v: make_task("linear", 2, 4, v).x),
+        ("make_task period", lambda v: make_task("periodic", 2, 4, 2, period=v).x),
+        ("make_task seed", lambda v: make_task("linear", 2, 4, 2, seed=v).x),
+        ("Streaming dim", lambda v: Streaming("exp", dim=v).push(np.ones(3))),
+        ("Streaming capacity", lambda v: stream(capacity=v)),
+    ]
+
+
+def test_numpy_and_torch_integer_scalars_are_integers():
+    """Systematic: where the Python API expects an integer, NumPy integer scalars, integral NumPy floats and
+    torch 0-d tensors are that integer (the same result as the int 3). 16 arguments x 15 kinds = 240 cases."""
+    failures = []
+    for name, call in _integer_arguments():
+        want = np.asarray(call(3))
+        for value in INTEGERS:
+            try:
+                got = np.asarray(call(value))
+                if not np.array_equal(got, want):
+                    failures.append(f"{name} = {value!r}: another result")
+            except Exception as err:  # noqa: BLE001 - every failure is collected and reported
+                failures.append(f"{name} = {value!r}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)
+
+
+def test_non_integers_are_one_clear_error():
+    """Systematic: bools, 3.5, NaN, text, None-like, complex and 2-element arrays where an integer is expected:
+    TypeError or ValueError, one line, for every integer argument."""
+    bad = [True, np.bool_(False), 3.5, np.float64("nan"), "3", 3 + 0j, np.complex64(3), torch.tensor([3, 3]),
+           torch.tensor(True), torch.tensor(3 + 0j), np.array([3, 3])]
+    failures = []
+    for name, call in _integer_arguments():
+        for value in bad:
+            if name == "predict depth" and isinstance(value, str):
+                continue  # depth takes text: "inf", or the CLI's "16" (ckd.validation.parse_depth)
+            try:
+                call(value)
+                failures.append(f"{name} = {value!r}: accepted")
+            except (TypeError, ValueError) as err:
+                if "\n" in str(err):
+                    failures.append(f"{name} = {value!r}: {err}")
+            except Exception as err:  # noqa: BLE001 - every failure is collected and reported
+                failures.append(f"{name} = {value!r}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)
+
+
+TORCH_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                torch.bfloat16, torch.float32, torch.float64]
+
+
+def test_tensors_of_every_dtype_and_layout():
+    """Systematic: x as a tensor of every real dtype (bool, integers, float16, bfloat16, float32, float64) gives
+    the prediction of its float64 copy; complex tensors run with the linear kernel and are TypeError with the
+    others; sparse (COO, CSR, CSC, BSR), meta and quantized tensors are TypeError, one line; a non-contiguous
+    view is its values. Through ckd.predict, forecast, Streaming.push and a per-row step."""
+    from ckd.forecast import forecast
+    from ckd.streaming import Streaming
+
+    g = torch.Generator().manual_seed(8)
+    base = torch.randint(-3, 4, (10, 2), generator=g).to(torch.float64) / 4
+    for dtype in TORCH_DTYPES:
+        x = (base > 0) if dtype == torch.bool else base.to(dtype) if dtype.is_floating_point else (base * 4).to(dtype)
+        ref = x.to(torch.float64)
+        assert torch.equal(ckd.predict(x, "exp", depth=3), ckd.predict(ref, "exp", depth=3)), dtype
+        assert torch.equal(forecast(x, horizon=2, method="mean"), forecast(ref, horizon=2, method="mean"))
+        a, b = Streaming("gaussian", dim=2), Streaming("gaussian", dim=2)
+        assert all(torch.equal(a.push(x[t]), b.push(ref[t])) for t in range(4)), dtype
+        if dtype != torch.bool:  # a bool is not a step (docs/guarantees.md, per-row steps)
+            step = torch.full((10,), 1, dtype=dtype)
+            assert torch.equal(ckd.predict(ref, "linear", depth=2, step=step),
+                               ckd.predict(ref, "linear", depth=2, step=1.0))
+    z = torch.complex(base, base.flip(0))
+    for dtype in (torch.complex64, torch.complex128):
+        assert ckd.predict(z.to(dtype), "linear", depth="inf").is_complex()
+        with pytest.raises(TypeError, match="linear kernel"):
+            ckd.predict(z.to(dtype), "exp")
+    view = torch.randn(2, 10, 4, generator=g, dtype=torch.float64)[:, :, ::2]  # strided, not contiguous
+    assert torch.equal(ckd.predict(view, "exp"), ckd.predict(view.contiguous(), "exp"))
+    odd = [base.to_sparse(), base.to_sparse_csr(), base.to_sparse_csc(), base.to_sparse_bsr((2, 2)),
+           torch.empty(10, 2, device="meta"), torch.quantize_per_tensor(base.float(), 0.25, 0, torch.qint8),
+           torch.quantize_per_tensor(base.float(), 0.25, 8, torch.quint8)]
+    for t in odd:
+        for call in (lambda: ckd.predict(t), lambda: forecast(t, horizon=2, method="last"),
+                     lambda: Streaming("exp", dim=2).push(t[0] if t.layout == torch.strided else t),
+                     lambda: ckd.predict(base, step=t[:, 0] if t.layout == torch.strided else t)):
+            with pytest.raises(TypeError) as err:
+                call()
+            assert "\n" not in str(err.value), (t.layout, t.dtype, str(err.value))

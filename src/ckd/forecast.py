@@ -59,7 +59,7 @@ from .kernels import CausalMatrices, causal_mask, scores, shift_gram
 from .names import FORECAST_METHODS
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
-from .validation import as_batch, check_fits, check_int, check_number, check_squares
+from .validation import MAX_INT, as_batch, check_fits, check_int, check_integer, check_number, check_squares
 
 METHODS = FORECAST_METHODS
 # DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
@@ -343,14 +343,10 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
             raise ValueError(f"{name} applies to method ckd, not {method} (the default is krr): give method ckd")
     if sweeps is not None and layers is not None:
         raise ValueError("give sweeps (Gauss-Seidel sweeps) or layers (layer-bounded iteration), not both")
-    if layers is not None and (isinstance(layers, bool) or not float(check_number(layers, "layers", minimum=1))
-                               .is_integer() or layers > MAX_LAYERS):
-        raise ValueError(f"layers must be an integer in 1 .. {MAX_LAYERS}, got {layers!r}")
+    if layers is not None:
+        layers = check_integer(layers, "layers", 1, MAX_LAYERS)
     if sweeps is not None:
-        try:
-            sweeps = check_int(sweeps, "sweeps", minimum=1)
-        except ValueError:
-            raise ValueError(f"sweeps must be an integer in 1 .. 2**63 - 1, got {sweeps!r}") from None
+        sweeps = check_integer(sweeps, "sweeps", 1, MAX_INT, "in 1 .. 2**63 - 1")
     univariate = bool(univariate)
     if method not in SQUARE_FREE:
         check_squares(x)
@@ -377,7 +373,7 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
                    sigma=None if sigma is None else check_number(sigma, "sigma", minimum=0.0, strict=True),
                    ridge=None if ridge is None else check_number(ridge, "ridge", minimum=0.0),
                    sweeps=sweeps, k=k, model=model,
-                   layers=None if layers is None else int(layers))
+                   layers=layers)
 
 
 def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,

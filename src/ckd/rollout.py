@@ -77,7 +77,7 @@ from .names import DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F
 from .parroting import SIMPLE_METHODS, simple_rollout
 from .reservoir import min_context as reservoir_min_context
 from .reservoir import reservoir_rollout
-from .validation import MAX_INT
+from .validation import MAX_INT, check_integer
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
 # coordinate of the token (the kernel divides by D d), lambda relative to G[s, s] = 1.
@@ -111,19 +111,13 @@ class Rollout:
 
 
 def check_horizon(horizon: Any) -> int:
-    """An integer H >= 1."""
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, float)) or not float(horizon).is_integer():
-        raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-    if horizon < 1 or horizon > MAX_INT:
-        raise ValueError(f"horizon must be an integer in 1 .. 2**63 - 1, got {horizon!r}")
-    return int(horizon)
+    """An integer H >= 1 (NumPy and torch integer scalars included)."""
+    return check_integer(horizon, "horizon", 1, MAX_INT, "in 1 .. 2**63 - 1")
 
 
 def check_embed(embed: Any) -> int:
-    """An integer D >= 1."""
-    if isinstance(embed, bool) or not isinstance(embed, (int, float)) or not float(embed).is_integer() or embed < 1:
-        raise ValueError(f"embed must be an integer >= 1, got {embed!r}")
-    return int(embed)
+    """An integer D >= 1 (NumPy and torch integer scalars included)."""
+    return check_integer(embed, "embed", 1)
 
 
 def min_context(method: str, univariate: bool, embed: int) -> int:

@@ -137,6 +137,16 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     return v
 
 
+def check_integer(value: Any, name: str, minimum: int, maximum: int = MAX_INT, rule: str | None = None) -> int:
+    """``check_int`` with one message for every value it refuses as a ``ValueError`` (out of range, not
+    integral): '<name> must be an integer <rule>, got <value>' (rule: '>= minimum' or 'in minimum .. maximum')."""
+    rule = rule or (f">= {minimum}" if maximum == MAX_INT else f"in {minimum} .. {maximum}")
+    try:
+        return check_int(value, name, minimum=minimum, maximum=maximum)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer {rule}, got {value!r}") from None
+
+
 def check_size(value: Any, name: str, *, maximum: int | None = MAX_INT) -> int:
     """A size: an integer >= 1 (batch, length, dim, period, ...)."""
     return check_int(value, name, minimum=1, maximum=maximum)
@@ -159,6 +169,9 @@ def parse_depth(depth: Any) -> int | str:
         except ValueError:
             raise ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}") from None
     bad = ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}")
+    if isinstance(depth, Tensor) and depth.ndim == 0 and not (depth.is_complex() or depth.is_meta or depth.is_quantized
+                                                              or depth.dtype == torch.bool):
+        depth = depth.item()  # a torch scalar: int or float
     if isinstance(depth, (bool, np.bool_)):
         raise bad
     if isinstance(depth, (float, np.floating)):

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import CausalMatrices, causal_matrices
+from ..validation import MAX_INT, check_integer
 
 FEATURE_KERNELS = ("exp", "softmax", "gaussian")
 
@@ -45,20 +46,13 @@ def check_features(kernel: str, features, feature_seed, beta: float) -> int | No
     """Validate ``features`` (None, or an integer D >= 1 for exp / softmax / gaussian; even for
     gaussian) and ``feature_seed`` (an integer in [0, 2^63)); return D or None. One clear ``ValueError`` /
     ``TypeError`` per mistake."""
-    if isinstance(feature_seed, bool) or not isinstance(feature_seed, int) and not _is_np_int(feature_seed):
-        raise TypeError(f"feature_seed must be an integer, got {feature_seed!r}")
-    if not 0 <= int(feature_seed) < 2**63:
-        raise ValueError(f"feature_seed must be an integer in [0, 2**63), got {feature_seed!r}")
+    feature_seed = check_integer(feature_seed, "feature_seed", 0, MAX_INT, "in [0, 2**63)")
     if features is None:
-        if int(feature_seed) != 0:  # never ignored: it seeds the features, and there are none
+        if feature_seed != 0:  # never ignored: it seeds the features, and there are none
             raise ValueError(f"feature_seed applies with features=D (random features), got feature_seed="
                              f"{feature_seed!r} without features")
         return None
-    if isinstance(features, bool) or not (isinstance(features, int) or _is_np_int(features)):
-        raise TypeError(f"features must be an integer >= 1, got {features!r}")
-    features = int(features)
-    if features < 1:
-        raise ValueError(f"features must be an integer >= 1, got {features}")
+    features = check_integer(features, "features", 1)
     if kernel not in FEATURE_KERNELS:
         raise ValueError(f"features apply to the {', '.join(FEATURE_KERNELS)} kernels; the {kernel} kernel "
                          "runs exactly in linear time without them")
@@ -74,12 +68,6 @@ def features_bytes(B: int, T: int, d: int, features: int, itemsize: int) -> int:
     cast, the projection and phi(x) (B, T, D), the keys, queries and prefix sums built from it (about six
     (B, T, D) arrays), and the D x d state of the delta rule."""
     return 16 * features * d + itemsize * (6 * B * T * features + 2 * B * features * d)
-
-
-def _is_np_int(v) -> bool:
-    import numpy as np
-
-    return isinstance(v, np.integer)
 
 
 def frequencies(kernel: str, features: int, dim: int, feature_seed: int = 0) -> Tensor:
