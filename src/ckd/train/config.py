@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from ..kernels import causal_matrices
 from ..sequences import COMPLEX_TASKS, TASKS, make_task
-from ..validation import check_fits, check_number
+from ..validation import check_fits, check_int, check_number
 
 ATTENTIONS = ("softmax", "linear", "exp", "gaussian")
 ATTENTION_NORMS = ("none", "keys")  # ckd.attention.ATTENTION_NORMS (not imported: torch-free CLI parsing)
@@ -98,6 +98,13 @@ class TrainConfig:
     loop_loss: str = "last"
 
     def __post_init__(self):
+        for f in fields(self):  # NumPy / torch scalars and integral floats are integers (stored as int: config.json)
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None") and value is not None and type(value) is not int:
+                try:
+                    setattr(self, f.name, check_int(value, f.name, minimum=None, maximum=None))
+                except (TypeError, ValueError):
+                    pass  # validate() names it
         if self.norm is None:  # a run older than ``norm``, or --layernorm alone
             self.norm = "pre" if self.layernorm else "none"
         if self.norm == "pre":
