@@ -339,7 +339,8 @@ def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, tra
         positional table   max_len pos_dim 8 (raw tokens)
         activations        per layer B T (2 width + H (2 E + 2 Ev) [+ mlp width]) itemsize, (+ B H T^2 for
                            linear attention with E Ev > T; else, when training, B H T C for the chunks' scores,
-                           C = ``ATTENTION_CHUNK``); when training, ``TRAINING_ACTIVATIONS`` times
+                           C = ``ATTENTION_CHUNK``, and B T H (2 (E + 2) + 2 (Ev + 1)) for exp and gaussian
+                           attention's padded copies); when training, ``TRAINING_ACTIVATIONS`` times
                            that for every layer (what autograd saves, and backward's gradient buffers);
                            the residual stream of every layer when ``hidden``.
     """
@@ -354,6 +355,8 @@ def memory_bytes(c: TransformerConfig, batch: int, T: int, itemsize: int, *, tra
         per_layer += batch * c.n_heads * T * T
     elif c.attention == "linear" and training:  # autograd keeps the chunks' (C, C) scores
         per_layer += batch * c.n_heads * T * min(T, ATTENTION_CHUNK)
+    elif c.attention in ("exp", "gaussian") and training:  # and the sink's padded q, k (E + 2), v, o (Ev + 1)
+        per_layer += batch * c.n_heads * T * (2 * (c.d_head + 2) + 2 * (c.d_value + 1))
     acts = per_layer * (layers * TRAINING_ACTIVATIONS if training else 1) + batch * T * (c.d_in + w)
     if hidden:
         acts += batch * T * w * (layers + 1)
