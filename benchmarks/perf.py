@@ -4,6 +4,7 @@
     python benchmarks/perf.py --quick --out /tmp/perf   # small sizes, a smoke run (~20 s)
     python benchmarks/perf.py --device cuda       # the same on a GPU (CUDA timings synchronise)
     python benchmarks/perf.py --replot            # redraw results.md and figures from results.json
+    python benchmarks/perf.py --under-load 2 --policy on off --out /tmp/load   # loaded / idle (perf_load.py)
 
 Every comparison is measured in one process, the candidates interleaved round-robin (so load
 from other processes hits both alike); we report the median (and the minimum) of the repeats.
@@ -54,6 +55,7 @@ from pathlib import Path
 import torch
 from perf_common import CLOCK, OUT, ROOT
 from perf_figures import figures
+from perf_load import PATHS, POLICIES, table, under_load
 from perf_report import report
 from perf_sections import SECTIONS
 from perf_sections.linear_memory import lt_worker
@@ -81,6 +83,11 @@ def main(argv=None) -> int:
                         help="what the tables report (default: cpu on CPU, wall on CUDA)")
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run these sections only")
     parser.add_argument("--replot", action="store_true", help="redraw results.md and the figures from results.json")
+    parser.add_argument("--under-load", type=int, metavar="N", default=None,
+                        help="time the main paths idle and with N busy processes (perf_load.py); writes load.json/.md")
+    parser.add_argument("--policy", nargs="+", choices=POLICIES, default=["on"],
+                        help="with --under-load: thread policies to compare (default on; off = before issue 17)")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=None, help="with --under-load: these only")
     parser.add_argument("--long-worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--lt-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -91,6 +98,14 @@ def main(argv=None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.under_load is not None:
+        results = under_load(args.under_load, args.policy, args.quick, args.paths)
+        results["command"] = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "load.json").write_text(json.dumps(results, indent=1))
+        (args.out / "load.md").write_text(table(results))
+        print(table(results))
+        return 0
     if args.lt_worker:
         depth, T, device = args.lt_worker
         lt_worker(depth, int(T), device)

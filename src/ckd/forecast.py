@@ -59,6 +59,7 @@ from .kernels import CausalMatrices, causal_mask, scores, shift_gram
 from .names import FORECAST_METHODS
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
+from .threads import threads_for
 from .validation import MAX_INT, as_batch, check_fits, check_int, check_integer, check_number, check_squares
 
 METHODS = FORECAST_METHODS
@@ -274,12 +275,13 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
     G = len(experts)
     preds = torch.full((G, B, T, d), math.nan, dtype=x.dtype, device=x.device)
     scale = torch.ones(B, T, d, dtype=x.dtype, device=x.device)
-    for a, b in blocks(T):
-        mean, std = causal_scale(x, a)
-        z = (x[:, :b] - mean) / std
-        out = _run_experts(z, method, experts, k=opts["k"], depth=depth, model=model)[:, :, a:b]
-        preds[:, :, a:b] = out * std + mean
-        scale[:, a:b] = std
+    with threads_for(B * T**3 if method == "krr" else 2 * B * T * T * (d + 1) * (2 * d + 1)):  # ckd.threads
+        for a, b in blocks(T):
+            mean, std = causal_scale(x, a)
+            z = (x[:, :b] - mean) / std
+            out = _run_experts(z, method, experts, k=opts["k"], depth=depth, model=model)[:, :, a:b]
+            preds[:, :, a:b] = out * std + mean
+            scale[:, a:b] = std
     # follow the leader on the clipped errors observed before row t
     err = ((preds[:, :, :-1] - x[None, :, 1:]) / scale[None, :, :-1]).norm(dim=-1)
     err = torch.nan_to_num(err, nan=math.inf).clamp_max(CLIP)  # (G, B, T-1)

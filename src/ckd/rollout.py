@@ -77,6 +77,7 @@ from .names import DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F
 from .parroting import SIMPLE_METHODS, simple_rollout
 from .reservoir import min_context as reservoir_min_context
 from .reservoir import reservoir_rollout
+from .threads import threads_for
 from .validation import MAX_INT, check_integer
 
 # Settings searched by ckd / krr in the full-state setting (standardised units). sigma is per
@@ -357,27 +358,28 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
         zs = z
     settings: list = []
     diagnostics: list = []
-    if method == "transformer":
-        out = transformer_rollout(zs, H, model)
-    else:
-        outs = []
-        for i in range(zs.shape[0]):
-            if method in ("ckd", "krr"):
-                D = embed if univariate else None
-                diag: dict = {}
-                o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers, embed=D,
-                                      lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
-                settings.append(s)
-                diagnostics.append(diag)
-            elif method in RESERVOIR_METHODS:
-                diag = {}
-                o, s = reservoir_rollout(zs[i], H, method, ridge=ridge, diagnostics=diag)
-                settings.append(s)
-                diagnostics.append(diag)
-            else:  # analogues
-                o = analogues_rollout(zs[i], H, k, embed if univariate else 1)
-            outs.append(o)
-        out = torch.stack(outs)
+    with threads_for(2 * T**3):  # the thread rule (ckd.threads): a (T, T) fit, then H small steps
+        if method == "transformer":
+            out = transformer_rollout(zs, H, model)
+        else:
+            outs = []
+            for i in range(zs.shape[0]):
+                if method in ("ckd", "krr"):
+                    D = embed if univariate else None
+                    diag: dict = {}
+                    o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers,
+                                          embed=D, lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
+                    settings.append(s)
+                    diagnostics.append(diag)
+                elif method in RESERVOIR_METHODS:
+                    diag = {}
+                    o, s = reservoir_rollout(zs[i], H, method, ridge=ridge, diagnostics=diag)
+                    settings.append(s)
+                    diagnostics.append(diag)
+                else:  # analogues
+                    o = analogues_rollout(zs[i], H, k, embed if univariate else 1)
+                outs.append(o)
+            out = torch.stack(outs)
     if univariate:
         out = out.reshape(B, d, H).transpose(1, 2)
         settings = [settings[b * d:(b + 1) * d] for b in range(B)] if settings else [[{}] * d] * B

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from .descent.steps import zero_step_error
 from .kernels import check_kernel, gaussian_scores_
+from .threads import threads_for
 from .validation import (
     as_dtype,
     check_complex,
@@ -124,16 +125,16 @@ class Streaming:
         x = self._as_token(x_t)
         t = self.t
         eta = self._check_step(step, t)
-        if self.kernel == "linear":
-            pred = self._push_linear(x, eta)
-            self.t = t + 1
-            return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
-        if t + 1 > self._keys.shape[0]:
-            self._grow()
-        self._keys[t] = x  # overwritten by the next push if this one raises
-        row = self._scores(x, t)  # scores of x_t vs x_0..x_t: one matrix-vector product
-        pred = torch.zeros_like(x) if t == 0 else self._advance(x, row, t, eta)
-        self._prev = row
+        with threads_for(4 * (t + 1) * x.numel()):  # ckd.threads: a few products of length t per push
+            if self.kernel == "linear":
+                pred = self._push_linear(x, eta)
+            else:
+                if t + 1 > self._keys.shape[0]:
+                    self._grow()
+                self._keys[t] = x  # overwritten by the next push if this one raises
+                row = self._scores(x, t)  # scores of x_t vs x_0..x_t: one matrix-vector product
+                pred = torch.zeros_like(x) if t == 0 else self._advance(x, row, t, eta)
+                self._prev = row
         self.t = t + 1
         return pred if isinstance(x_t, Tensor) else pred.cpu().numpy()
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import kernel_matrix
+from ..threads import threads_for
 
 
 def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all: bool = False,
@@ -35,10 +36,11 @@ def gauss_seidel(G: Tensor, Y: Tensor, ridge: float, sweeps: int, *, return_all:
     upper = torch.triu(G, 1)
     beta = torch.zeros_like(Y) if start is None else start
     out = []
-    for _ in range(int(sweeps)):
-        beta = torch.linalg.solve_triangular(lower, Y - upper @ beta, upper=False)
-        if return_all:
-            out.append(beta)
+    with threads_for(2 * G.numel() * Y.shape[-1]):  # ckd.threads: K sweeps of (n, n) x (n, c) products
+        for _ in range(int(sweeps)):
+            beta = torch.linalg.solve_triangular(lower, Y - upper @ beta, upper=False)
+            if return_all:
+                out.append(beta)
     return torch.stack(out) if return_all else beta
 
 
@@ -54,25 +56,26 @@ def gauss_seidel_doubling(G: Tensor, Y: Tensor, ridge: float, sweeps: int) -> di
     if isinstance(sweeps, bool) or int(sweeps) != sweeps or sweeps < 1:
         raise ValueError(f"sweeps must be an integer >= 1, got {sweeps!r}")
     n = G.shape[-1]
-    eye = torch.eye(n, dtype=G.dtype, device=G.device)
-    lower = torch.tril(G) + ridge * eye
-    M = torch.linalg.solve_triangular(lower, eye.expand_as(G), upper=False)
-    P = -(M @ torch.triu(G, 1))  # (-A)^m, m = 1, 2, 4, ...
-    F = M @ Y  # F_m b, m = 1
-    out, m = {1: F}, 1
-    acc, acc_P, acc_m = None, None, 0  # the product over the set bits of K seen so far
-    K = int(sweeps)
-    while True:
-        if K & m:
-            acc = F if acc is None else acc + acc_P @ F
-            acc_P = P if acc_P is None else acc_P @ P
-            acc_m += m
-        if 2 * m > K:
-            break
-        F = F + P @ F
-        P = P @ P
-        m *= 2
-        out[m] = F
+    with threads_for(2 * G.numel() * n):  # ckd.threads: (n, n) products, log2 K of them
+        eye = torch.eye(n, dtype=G.dtype, device=G.device)
+        lower = torch.tril(G) + ridge * eye
+        M = torch.linalg.solve_triangular(lower, eye.expand_as(G), upper=False)
+        P = -(M @ torch.triu(G, 1))  # (-A)^m, m = 1, 2, 4, ...
+        F = M @ Y  # F_m b, m = 1
+        out, m = {1: F}, 1
+        acc, acc_P, acc_m = None, None, 0  # the product over the set bits of K seen so far
+        K = int(sweeps)
+        while True:
+            if K & m:
+                acc = F if acc is None else acc + acc_P @ F
+                acc_P = P if acc_P is None else acc_P @ P
+                acc_m += m
+            if 2 * m > K:
+                break
+            F = F + P @ F
+            P = P @ P
+            m *= 2
+            out[m] = F
     out[K] = acc
     return out
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..progress import progress_bar
+from ..threads import threads_for
 
 DELTA_CHUNK = 32  # pairs per chunk of the delta rule (the C x C triangular solve)
 ATTENTION_CHUNK = 16  # pairs per chunk of linear attention (per layer: n C dv + n D dv products)
@@ -48,6 +49,12 @@ def _group_len(B: int, n: int, chunk: int) -> int:
     """Pairs per group: a multiple of ``chunk``, about GROUP_TOKENS / B, at least one chunk."""
     per = max(chunk, (GROUP_TOKENS // max(B, 1)) // chunk * chunk)
     return min(per, -(-n // chunk) * chunk)
+
+
+def group_flops(B: int, group: int, chunk: int, D: int, dv: int) -> int:
+    """An upper bound on the floating-point operations of the largest product of one group of chunks
+    (the C x C blocks of 2 query sets against keys and values): what ``ckd.threads`` decides on."""
+    return 4 * B * group * chunk * (D + dv)
 
 
 def _chunks(t: Tensor, start: int, stop: int, chunk: int) -> Tensor:
@@ -95,11 +102,12 @@ def causal_linear_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int = ATTENT
     out = v.new_empty(B, n, Fv)
     state = v.new_zeros(B, E, Fv)
     group = _group_len(B, n, chunk) if n else 1
-    for start in range(0, n, group):
-        stop = min(n, start + group)
-        qc, kc, vc = (_chunks(t, start, stop, chunk) for t in (q, k, v))
-        o, state = attention_chunks(chunk_scores(qc[:, :, None], kc), qc, kc, vc, state)
-        out[:, start:stop] = o.flatten(1, 2)[:, :stop - start]
+    with threads_for(group_flops(B, group, chunk, E, Fv)):  # ckd.threads
+        for start in range(0, n, group):
+            stop = min(n, start + group)
+            qc, kc, vc = (_chunks(t, start, stop, chunk) for t in (q, k, v))
+            o, state = attention_chunks(chunk_scores(qc[:, :, None], kc), qc, kc, vc, state)
+            out[:, start:stop] = o.flatten(1, 2)[:, :stop - start]
     return out.reshape(*lead, n, Fv)
 
 
@@ -126,31 +134,32 @@ def descend_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, depth: int, step
     group = _group_len(B, n, chunk) if n else 1
     bar = progress_bar(depth * -(-n // group), "causal kernel descent (linear time)", "layer",
                     work=4.0 * depth * B * n * D * dv)
-    for start in range(0, n, group):
-        stop = min(n, start + group)
-        kc = _chunks(k, start, stop, chunk)
-        queries = torch.stack([_chunks(q, start, stop, chunk), _chunks(u, start, stop, chunk)], 2)
-        scores = chunk_scores(queries, kc)
-        queries = queries.flatten(2, 3)  # (B, G, 2 C, D): the rows of P, then those of R
-        r = _chunks(y, start, stop, chunk)
-        p = torch.zeros_like(r)
-        if per_row:
-            eta, dec = _chunks(step, start, stop, chunk), _chunks(decay, start, stop, chunk)
-        for layer in range(depth):
-            both, states[layer] = attention_chunks(scores, queries, kc, r, states[layer])
-            Pr, Rr = both[:, :, :chunk], both[:, :, chunk:]
+    with threads_for(group_flops(B, group, chunk, D, dv)):  # ckd.threads
+        for start in range(0, n, group):
+            stop = min(n, start + group)
+            kc = _chunks(k, start, stop, chunk)
+            queries = torch.stack([_chunks(q, start, stop, chunk), _chunks(u, start, stop, chunk)], 2)
+            scores = chunk_scores(queries, kc)
+            queries = queries.flatten(2, 3)  # (B, G, 2 C, D): the rows of P, then those of R
+            r = _chunks(y, start, stop, chunk)
+            p = torch.zeros_like(r)
             if per_row:
-                p = p.addcmul_(eta, Pr)
-                r = (r * dec).addcmul_(eta, Rr, value=-1.0)
-            else:
-                p = p.add_(Pr, alpha=step)
-                r = (r * decay).sub_(Rr, alpha=step)
-            r_max = torch.maximum(r_max, r.abs().amax())
-            if history is not None:
-                history[layer + 1, :, start:stop] = p.flatten(1, 2)[:, :stop - start]
-            if bar is not None:
-                bar.update()
-        out[:, start:stop] = p.flatten(1, 2)[:, :stop - start]
+                eta, dec = _chunks(step, start, stop, chunk), _chunks(decay, start, stop, chunk)
+            for layer in range(depth):
+                both, states[layer] = attention_chunks(scores, queries, kc, r, states[layer])
+                Pr, Rr = both[:, :, :chunk], both[:, :, chunk:]
+                if per_row:
+                    p = p.addcmul_(eta, Pr)
+                    r = (r * dec).addcmul_(eta, Rr, value=-1.0)
+                else:
+                    p = p.add_(Pr, alpha=step)
+                    r = (r * decay).sub_(Rr, alpha=step)
+                r_max = torch.maximum(r_max, r.abs().amax())
+                if history is not None:
+                    history[layer + 1, :, start:stop] = p.flatten(1, 2)[:, :stop - start]
+                if bar is not None:
+                    bar.update()
+            out[:, start:stop] = p.flatten(1, 2)[:, :stop - start]
     if bar is not None:
         bar.close()
     return (history if history is not None else out), r_max
@@ -167,27 +176,28 @@ def delta_rule_chunked(k: Tensor, u: Tensor, q: Tensor, y: Tensor, ridge: float 
     S = y.new_zeros(B, D, dv)
     diag = (u * k).sum(-1) + ridge if diag is None else diag
     group = _group_len(B, n, chunk) if n else 1
-    for start in range(0, n, group):
-        stop = min(n, start + group)
-        kc, uc, qc, yc = (_chunks(t, start, stop, chunk) for t in (k, u, q, y))
-        dc = F.pad(diag[:, start:stop], (0, kc.shape[1] * chunk - (stop - start)), value=1.0)  # padding: a = 0
-        A = (uc @ kc.transpose(-1, -2)).tril_(-1)
-        A.diagonal(dim1=-2, dim2=-1).copy_(dc.view(B, -1, chunk))
-        sol = torch.linalg.solve_triangular(A, torch.cat([yc, uc], -1), upper=False)
-        # chunk-major layouts, so that each sequential step reads and writes contiguous blocks
-        ytil = sol[..., :dv].transpose(0, 1).contiguous()  # (G, B, C, dv)
-        wtil = sol[..., dv:].transpose(0, 1).contiguous()  # (G, B, C, D)
-        kT = kc.transpose(-1, -2).transpose(0, 1).contiguous()  # (G, B, D, C)
-        G = ytil.shape[0]
-        ac = torch.empty_like(ytil)
-        states = y.new_empty(G + 1, B, D, dv)
-        states[0] = S
-        _sequential(ytil, wtil, kT, ac, states)
-        S = states[G]
-        ac = ac.transpose(0, 1)  # (B, G, C, dv)
-        pc = (qc @ kc.transpose(-1, -2)).tril_() @ ac + qc @ states[:G].transpose(0, 1)
-        a[:, start:stop] = ac.flatten(1, 2)[:, :stop - start]
-        p[:, start:stop] = pc.flatten(1, 2)[:, :stop - start]
+    with threads_for(group_flops(B, group, chunk, D, dv)):  # ckd.threads: small products, a sequential loop
+        for start in range(0, n, group):
+            stop = min(n, start + group)
+            kc, uc, qc, yc = (_chunks(t, start, stop, chunk) for t in (k, u, q, y))
+            dc = F.pad(diag[:, start:stop], (0, kc.shape[1] * chunk - (stop - start)), value=1.0)  # padding: a = 0
+            A = (uc @ kc.transpose(-1, -2)).tril_(-1)
+            A.diagonal(dim1=-2, dim2=-1).copy_(dc.view(B, -1, chunk))
+            sol = torch.linalg.solve_triangular(A, torch.cat([yc, uc], -1), upper=False)
+            # chunk-major layouts, so that each sequential step reads and writes contiguous blocks
+            ytil = sol[..., :dv].transpose(0, 1).contiguous()  # (G, B, C, dv)
+            wtil = sol[..., dv:].transpose(0, 1).contiguous()  # (G, B, C, D)
+            kT = kc.transpose(-1, -2).transpose(0, 1).contiguous()  # (G, B, D, C)
+            G = ytil.shape[0]
+            ac = torch.empty_like(ytil)
+            states = y.new_empty(G + 1, B, D, dv)
+            states[0] = S
+            _sequential(ytil, wtil, kT, ac, states)
+            S = states[G]
+            ac = ac.transpose(0, 1)  # (B, G, C, dv)
+            pc = (qc @ kc.transpose(-1, -2)).tril_() @ ac + qc @ states[:G].transpose(0, 1)
+            a[:, start:stop] = ac.flatten(1, 2)[:, :stop - start]
+            p[:, start:stop] = pc.flatten(1, 2)[:, :stop - start]
     return p, a
 
 

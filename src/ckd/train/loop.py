@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..io import as_path, atomic_write
+from ..threads import threads_for
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     FolderLock,
@@ -71,6 +72,13 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def step_flops(cfg: TrainConfig, model: nn.Module) -> int:
+    """The floating-point operations of a training step's largest product, about: a (batch length,
+    width) x (width, max(width, length)) product (the projections, or the attention scores)."""
+    width = max((p.shape[-1] for p in model.parameters() if p.ndim == 2), default=1)
+    return 2 * cfg.batch * cfg.length * width * max(width, cfg.length)
 
 
 def setup(device: str) -> Dist:
@@ -238,7 +246,8 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             log_file.write(json.dumps(rec) + "\n")
             log_file.flush()
 
-    with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file:
+    with open(metrics_path, "a") if d.main else open(os.devnull, "w") as log_file, \
+            threads_for(step_flops(cfg, model)):  # ckd.threads: a small model's step is many small operations
         for step in range(start, end):
             # the loss logged at `step` is measured on fresh prompts after `step` updates
             x = draw(cfg.batch // d.world, TRAIN, step, d.rank)[:, :length_at(cfg, step)]
