@@ -307,7 +307,8 @@ LAYER_OBJECTS = 24 * 1024  # bytes of Python/torch objects per block besides its
 # Training keeps more than one forward's activations per layer: autograd saves the inputs of every op (LayerNorm
 # inputs, the padded and reshaped q, k, v and outputs, the sink channel of exp / gaussian attention, the chunk
 # states of linear attention: 0.9-1.8x the forward term, tests/test_hardening.py) and backward holds gradient
-# buffers besides. Peak RSS of one training step over the old 1x estimate (benchmarks/train_memory.py): 1.1-2.6x.
+# buffers besides. Peak RSS of one training step: 1.1-2.6x the old 1x estimate, 0.35-0.71x this one
+# (benchmarks/train_memory.py, 16 configurations).
 TRAINING_ACTIVATIONS = 3
 
 

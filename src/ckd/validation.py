@@ -17,7 +17,9 @@ Rules fixed here:
 - numbers (``check_number``): a real finite number, not a string or a bool, with an optional bound;
 - steps (``parse_step``): None, a number >= 0, or a per-row vector of length T (SPEC §10):
   real numeric, finite, >= 0 on rows t >= 1 (eta_0 is unused: any finite value);
-- integers (``check_int``): an integer (or an integral float), not a bool, within bounds;
+- integers (``check_int``, ``check_integer``): an integer (or an integral float; NumPy and torch
+  scalars too), not a bool, within bounds;
+- tensors (``check_dense``): values that can be read (no meta, quantized, sparse or nested tensor);
 - sizes (``check_size``): an integer >= 1 (batch, length, dim, ...);
 - memory budgets (``check_memory_budget``): None or a finite number of bytes > 0;
 - choices (``check_choice``, ``check_kernel``), depth (``parse_depth``), dtype (``as_dtype``);
@@ -118,12 +120,19 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, strict:
     return v
 
 
+def torch_scalar(value: Any) -> Any:
+    """A 0-d real, non-bool torch tensor as its Python number (int or float: a torch integer scalar is an
+    integer); anything else unchanged (bool, complex, meta and quantized tensors are refused by the caller)."""
+    if (isinstance(value, Tensor) and value.ndim == 0 and not (value.is_complex() or value.is_meta
+                                                               or value.is_quantized or value.dtype == torch.bool)):
+        return value.item()
+    return value
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = MAX_INT) -> int:
     """An integer (an integral float such as 3.0 is accepted; NumPy and torch scalars too) within
     [minimum, maximum]."""
-    if (isinstance(value, Tensor) and value.ndim == 0 and not (value.is_complex() or value.is_meta
-                                                               or value.is_quantized or value.dtype == torch.bool)):
-        value = value.item()  # a torch scalar: int or float
+    value = torch_scalar(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, (float, np.floating)):
@@ -169,9 +178,7 @@ def parse_depth(depth: Any) -> int | str:
         except ValueError:
             raise ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}") from None
     bad = ValueError(f"depth must be an integer >= 0 or 'inf', got {depth!r}")
-    if isinstance(depth, Tensor) and depth.ndim == 0 and not (depth.is_complex() or depth.is_meta or depth.is_quantized
-                                                              or depth.dtype == torch.bool):
-        depth = depth.item()  # a torch scalar: int or float
+    depth = torch_scalar(depth)
     if isinstance(depth, (bool, np.bool_)):
         raise bad
     if isinstance(depth, (float, np.floating)):
