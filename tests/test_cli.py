@@ -221,10 +221,7 @@ def test_predict_depth_beyond_int64_refused(tmp_path, seqs, capsys):
 @pytest.mark.parametrize("command", ["reproduce", "evaluate"])
 def test_figures_without_matplotlib_one_line(tmp_path, capsys, monkeypatch, command):
     """Item 19: without the plot extra, one line naming pip install 'ckd[plot]', before any work."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     out = tmp_path / "out"
     argv = ["reproduce", "--quick", "--out", str(out)] if command == "reproduce" else \
         ["evaluate", str(tmp_path / "run"), "--out", str(out)]

@@ -76,22 +76,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"ckd: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run ``ckd`` on argv (default: the program's arguments); the exit status."""
+    """Run ``ckd`` on argv (default: the program's arguments); the exit status. Warnings are held and
+    printed (``ckd: warning: ...``) once the command has finished; when it fails they are dropped, so
+    that an error is always exactly one stderr line."""
     if argv is None:  # run as a program: before torch is imported (a call from Python leaves os.environ alone)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         argv = sys.argv[1:]
-    warnings.showwarning = _show_warning
+    held: list[str] = []
+    warnings.showwarning = lambda message, *args, **kwargs: held.append(f"ckd: warning: {message}")
     try:
         first = next((a for a in argv if not a.startswith("-")), None)
         args = build_parser(first if first in COMMANDS else "").parse_args(argv)
         if args.command is None:
             raise UsageError("ckd: choose a command (ckd --help lists them)")
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        for line in held:
+            print(line, file=sys.stderr)
+        return code
     except (UsageError, ValueError, TypeError, OSError, FloatingPointError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"ckd: error: {message}", file=sys.stderr)

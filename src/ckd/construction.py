@@ -78,6 +78,7 @@ from .descent.steps import (
 )
 from .kernels import causal_matrices, check_kernel
 from .transformer import CausalTransformer, TransformerConfig, sinusoidal_frequencies
+from .validation import integer_value
 
 
 def slots(dim: int) -> dict[str, slice]:
@@ -155,6 +156,9 @@ def construct(
     the exp kernel with a large beta |x|^2).
     """
     check_kernel(kernel)
+    # NumPy and torch integer scalars are integers (bools are not: _check refuses them)
+    dim, depth, heads, max_len = (v if integer_value(v) is None else integer_value(v)
+                                  for v in (dim, depth, heads, max_len))
     rows = step_rows(step)
     if rows is not None:
         if log_step is not None:

@@ -57,7 +57,7 @@ from .metrics import next_token_error
 from .sequences import make_task
 from .train import TEST, TrainConfig, load_model, model_bytes, next_token_loss, seed_for, tune_ckd, tuning_prompts
 from .transformer import CausalTransformer
-from .validation import as_batch, check_fits, check_int, check_kernel
+from .validation import as_batch, check_fits, check_int, check_kernel, integer_value
 
 DEPTHS = (1, 2, 4, 8, 16, 32)
 FORMAT = "ckd-evaluate-1"  # marks an evaluation.json (and so its folder) as written by ckd evaluate
@@ -136,14 +136,16 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     (``ckd_settings``, or the given ``settings``), the baselines and the oracle. ``seed`` defaults
     to the run's seed.
     """
-    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
+    if integer_value(sequences) is None or integer_value(sequences) < 2:
         raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
+    sequences = integer_value(sequences)
     if cfg.task == "data":  # no family to draw fresh prompts from
         raise ValueError(f"the run was trained on the sequences of {cfg.data} (task 'data'), not on a task family: "
                          "there are no fresh prompts to draw; score it on your sequences instead")
     seed = cfg.seed if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+    if integer_value(seed) is None or not 0 <= integer_value(seed) < 2**63:
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")
+    seed = integer_value(seed)
     check_memory(cfg, sequences)
 
     def prompts(stream: int):

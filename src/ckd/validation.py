@@ -17,8 +17,8 @@ Rules fixed here:
 - numbers (``check_number``): a real finite number, not a string or a bool, with an optional bound;
 - steps (``parse_step``): None, a number >= 0, or a per-row vector of length T (SPEC §10):
   real numeric, finite, >= 0 on rows t >= 1 (eta_0 is unused: any finite value);
-- integers (``check_int``, ``check_integer``): an integer (or an integral float; NumPy and torch
-  scalars too), not a bool, within bounds;
+- integers (``check_int``, ``check_integer``; ``integer_value`` tells one apart): an integer (or an
+  integral float; NumPy and torch scalars too), not a bool, within bounds;
 - tensors (``check_dense``): values that can be read (no meta, quantized, sparse or nested tensor);
 - sizes (``check_size``): an integer >= 1 (batch, length, dim, ...);
 - memory budgets (``check_memory_budget``): None or a finite number of bytes > 0;
@@ -144,6 +144,19 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return v
+
+
+def integer_value(value: Any, *, floats: bool = False) -> int | None:
+    """``value`` as a Python int when it is an integer (a Python or NumPy integer, a 0-d torch integer
+    tensor; with ``floats``, an integral float of those kinds too), else None; a bool is not one."""
+    value = torch_scalar(value)
+    if isinstance(value, (bool, np.bool_, Tensor)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if floats and isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 def check_integer(value: Any, name: str, minimum: int, maximum: int = MAX_INT, rule: str | None = None) -> int:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..cli import path
+from ..figures import PLOT_EXTRA, matplotlib_problem, save_figure_as
 from ..names import FITS, KERNELS, parse_float
 
 FORMAT = "ckd-compare-1"  # marks a compare.json as ours
@@ -111,20 +112,13 @@ def run(args) -> int:
         atomic_write(folder / name, lambda fh, blob=blob: fh.write(blob))
         written.append(folder / name)
     png = folder / "compare.png"
-    try:
-        from ..experiments import plotting
-    except Exception:  # not installed, or broken: the figure is optional here
-        plotting = None
+    problem = matplotlib_problem()  # not installed or broken alike: the figure is optional here
+    if problem is not None:
         if png.exists():
             png.unlink()  # ours (check_out): it would no longer match compare.json
-        print("ckd: note: matplotlib is not importable: compare.png not written (pip install 'ckd[plot]')",
-              file=sys.stderr)
-    if plotting is not None:
-        fig = plot(result)
-        try:
-            atomic_write(png, lambda fh: fig.savefig(fh, format="png"))
-        finally:
-            plotting.plt.close(fig)
+        print(f"ckd: note: matplotlib {problem}: compare.png not written ({PLOT_EXTRA})", file=sys.stderr)
+    else:
+        save_figure_as(plot(result), png)
         written.append(png)
     print(text)
     print(f"wrote {', '.join(str(p) for p in written)}")

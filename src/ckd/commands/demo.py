@@ -7,6 +7,8 @@ import time
 import warnings
 
 from ..cli import integer
+from ..cost import check_time, descent_seconds
+from ..progress import estimated_progress
 
 # (task, kernel, kernel options): the settings of SPEC §2 "Expected behaviour".
 SETTINGS = [
@@ -27,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--sequences", type=integer(1), default=16, help="sequences per setting (default 16)")
     p.add_argument("--dim", type=integer(1), default=3, help="token dimension d (default 3)")
     p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated time exceeds an hour (refused by default, with the estimate)")
     p.set_defaults(run=run)
 
 
@@ -49,14 +53,33 @@ def table(sequences: int = 16, dim: int = 3, seed: int = 0) -> list[dict]:
     return rows
 
 
+def estimate(sequences: int, dim: int) -> float:
+    """Estimated seconds of ``table`` (``ckd.cost``): every setting at every depth."""
+    T = max(TIMES) + 2
+    finite = sum(depth for depth in DEPTHS if depth != "inf")
+    return len(SETTINGS) * (descent_seconds(sequences, T, dim, finite) + descent_seconds(sequences, T, dim, "inf"))
+
+
 def run(args) -> int:
+    from ..sequences import task_bytes
+    from ..validation import check_fits
+
+    T = max(TIMES) + 2
+    for task_name, _, _ in SETTINGS:  # memory first: a request that cannot fit is refused even with --force
+        check_fits(task_bytes(task_name, args.sequences, T, args.dim, 5),
+                   f"task {task_name} of batch {args.sequences}, length {T}, dim {args.dim}",
+                   "use a smaller --sequences or --dim")
+    seconds = estimate(args.sequences, args.dim)
+    check_time(seconds, f"ckd demo --sequences {args.sequences} --dim {args.dim}",
+               "use fewer --sequences or a smaller --dim", args.force)
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = table(args.sequences, args.dim, args.seed)
+        with estimated_progress(seconds, "ckd demo"):
+            rows = table(args.sequences, args.dim, args.seed)
     print(f"Causal kernel descent: median |x^_(t+1) - x_(t+1)| over {args.sequences} sequences, "
           f"d = {args.dim}, default step eta = 0.5 / max_t R[t,t]\n")
     header = f"{'task':<14}{'kernel':<10}{'options':<13}{'depth':>6}" + "".join(f"{'t=' + str(t):>11}" for t in TIMES)

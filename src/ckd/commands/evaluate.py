@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..evaluate import FORMAT, evaluate, evaluate_on, report, save
+    from ..figures import require_matplotlib
     from ..io import check_file_target, check_own_folder, json_format, load_array
-    from .reproduce import require_matplotlib
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise ValueError("give either CHECKPOINT or --pretrained NAME")

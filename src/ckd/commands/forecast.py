@@ -14,13 +14,17 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from ..cli import MAX_INT, integer, path
+from ..cost import check_time, fit_cubes, forecast_seconds
+from ..figures import figure_format, require_matplotlib, save_figure_as
 from ..names import DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
+from ..progress import estimated_progress
 
 if TYPE_CHECKING:
     import numpy as np
 
 ALL_METHODS = tuple(dict.fromkeys(FORECAST_METHODS + ROLLOUT_METHODS))
 HELP = "forecasts of a raw trajectory: one step per row, or --horizon H steps"
+MAX_PLOTTED = 8  # --plot draws the first 8 coordinates (one panel each); the title says how many of d
 SIMPLE_BYTES = 2**28  # larger outputs take the library path, whose memory check names the limit
 
 
@@ -54,7 +58,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", type=path, default=None, metavar="PT",
                    help="checkpoint.pt of ckd train (method transformer: a trained Transformer as forecaster)")
     p.add_argument("--plot", metavar="FIG", type=path, default=None,
-                   help="--horizon only: draw context, forecast (and --truth) per coordinate to FIG (.png, .pdf)")
+                   help="--horizon only: draw context, forecast (and --truth) of the first 8 coordinates to FIG, "
+                        "whose suffix names the format (.png, .pdf, .svg)")
     p.add_argument("--truth", metavar="TRUTH", type=path, default=None,
                    help="with --plot: the true continuation, shaped like OUT (.npy or .csv)")
     p.add_argument("--pretrained", default=None, metavar="NAME",
@@ -62,6 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--report", metavar="FILE.json", type=path, default=None,
                    help="write the settings chosen per sequence (and coordinate) and the fit diagnostics as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="one line on stderr with the chosen settings")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated time exceeds an hour (refused by default, with the estimate)")
     p.set_defaults(run=run)
 
 
@@ -87,16 +94,12 @@ def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     if args.horizon is None:
         raise ValueError("--plot draws a multi-step forecast: give --horizon H")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'ckd[plot]'") from None
+    require_matplotlib("ckd forecast --plot")  # absent or broken: one line, before any work
     check_file_target(args.plot, [args.input, args.output, *([args.truth] if args.truth else [])])
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    suffix = Path(args.plot).suffix.lower().lstrip(".") or "png"
-    if suffix not in FigureCanvasBase.get_supported_filetypes():
-        raise ValueError(f"{args.plot}: matplotlib cannot write .{suffix} figures; use .png or .pdf")
+    figure_format(args.plot)
+    for other, flag in ((args.output, "-o"), (args.report, "--report")):
+        if other is not None and Path(other).resolve() == Path(args.plot).resolve():
+            raise ValueError(f"{args.plot}: --plot and {flag} are the same file; choose two names")
     if args.truth is None:
         return None
     truth = load_array(args.truth)
@@ -108,16 +111,18 @@ def _check_plot(args, out_shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, title: str) -> None:
-    """Context, forecast and truth of one trajectory, one panel per coordinate (step index on x)."""
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
+    """Context, forecast and truth of one trajectory, one panel per coordinate (step index on x), for
+    the first ``MAX_PLOTTED`` coordinates only (the title says so): a figure of d = 2000 panels
+    would take minutes and show nothing. Written atomically to exactly ``path``."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
     T, d = context.shape
     H = pred.shape[0]
-    fig, axes = plt.subplots(d, 1, figsize=(8, 1.8 * d + 0.6), sharex=True, squeeze=False)
+    shown = min(d, MAX_PLOTTED)
+    if shown < d:
+        title += f"; coordinates 0..{shown - 1} of {d} shown"
+    fig, axes = plt.subplots(shown, 1, figsize=(8, 1.8 * shown + 0.6), sharex=True, squeeze=False)
     steps = np.arange(T, T + H)
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(np.arange(T), context[:, i], color="0.4", lw=1, label="context")
@@ -130,8 +135,36 @@ def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.nda
     axes[0, 0].set_title(title, fontsize=10)
     axes[-1, 0].set_xlabel("step t")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure_as(fig, path, dpi=120)
+
+
+def estimate(args, shape: tuple[int, ...], horizon: int | None, embed: int) -> float:
+    """Estimated seconds of the forecast (``ckd.cost``) from the sizes and the settings it will search."""
+    from ..forecast import GRIDS as ONE_STEP_GRIDS
+    from ..heldout import heldout_origins
+    from ..rollout import GRIDS, UNIVARIATE_LAGS
+
+    if len(shape) not in (2, 3):
+        return 0.0  # refused by as_batch, with its own message
+    B, T, d = (1, *shape) if len(shape) == 2 else shape
+    depth = "inf" if str(args.depth).strip().lower() in ("inf", "infinity") else 1
+    if horizon is None:
+        grid = ONE_STEP_GRIDS.get("ckd-inf" if args.method == "ckd" and depth == "inf" else args.method)
+        experts = 1 if grid is None else ((1 if args.sigma is not None else len(grid["sigma"]))
+                                          * (1 if args.ridge is not None else len(grid["ridge"])))
+        return forecast_seconds(args.method, B, T, d, depth=depth, experts=experts)
+    fits = 1
+    if args.method in ("ckd", "krr"):
+        grid = GRIDS["ckd-layers" if args.layers is not None else args.method]
+        searched = ((1 if args.sigma is not None else len(grid["sigma"]))
+                    * (1 if args.ridge is not None else len(grid["ridge"]))
+                    * (len(UNIVARIATE_LAGS) if args.univariate else len(grid["embed"]))
+                    * (3 if args.layers is not None else 1 if args.sweeps is not None or args.method == "krr"
+                       else len(grid["sweeps"])))
+        fits = 1 + (searched > 1) * searched * len(heldout_origins(T))
+    cubes = fit_cubes(args.method, T, 1 if args.univariate else d, sweeps=args.sweeps, layers=args.layers)
+    return forecast_seconds(args.method, B, T, d, horizon=horizon, univariate=args.univariate, embed=embed,
+                            fits=fits, cubes=cubes if args.method in ("ckd", "krr") else 0.0)
 
 
 def _setting_text(setting: dict) -> str:
@@ -226,12 +259,17 @@ def run(args) -> int:
         check_file_target(args.report, [args.input, args.output, *([args.truth] if args.truth else [])])
         if Path(args.report).resolve() == Path(args.output).resolve():
             raise ValueError(f"{args.report}: --report and -o are the same file; choose two names")
-    H = D = details = None
+    H = None if args.horizon is None else _integer(args.horizon, "--horizon")
+    D = None if H is None else _integer(args.embed, "--embed")
+    details = None
+    what = f"ckd forecast --method {args.method}" + ("" if H is None else f" --horizon {H}") + f" on {x.shape}"
+    seconds = estimate(args, x.shape, H, D or 5)
+    check_time(seconds, what,
+               "use a shorter trajectory (these methods fit (T, T) kernel matrices), a shorter --horizon, or "
+               "--method last, mean or parrot", args.force)
     if args.horizon is None:
         _check_plot(args, x.shape)
     else:
-        H = _integer(args.horizon, "--horizon")
-        D = _integer(args.embed, "--embed")
         truth = _check_plot(args, x.shape[:-2] + (H, x.shape[-1]))
         details = simple(x, args, H, D)
     if details is None:
@@ -241,9 +279,10 @@ def run(args) -> int:
         from ..validation import as_batch
 
         batch, _ = as_batch(x, torch.float64, squares=False)  # forecast_details checks x^2 where a method needs it
-        details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D or 5,
-                                   sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k,
-                                   depth=args.depth, checkpoint=args.checkpoint, layers=args.layers)
+        with estimated_progress(seconds, "ckd forecast" + ("" if H is None else f" --horizon {H}")):
+            details = forecast_details(batch, args.method, horizon=H, univariate=args.univariate, embed=D or 5,
+                                       sigma=args.sigma, ridge=args.ridge, sweeps=args.sweeps, k=args.k,
+                                       depth=args.depth, checkpoint=args.checkpoint, layers=args.layers)
         details.pred = details.pred.cpu().numpy()
     pred = details.pred[0] if x.ndim == 2 else details.pred
     if args.horizon is not None and args.plot is not None:

@@ -12,6 +12,9 @@ from ..names import BACKENDS, DTYPE_NAMES, KERNELS, TOKENS, parse_float
 if TYPE_CHECKING:
     import numpy as np
 
+from ..cost import check_time
+from ..progress import estimated_progress
+
 HELP = "next-token predictions of causal kernel descent for IN"
 
 
@@ -43,6 +46,8 @@ def add_parser(sub) -> None:
                    help="with a looped trained model (ckd train --loop): run K loops instead of the trained count")
     p.add_argument("--tokens", default="augmented", choices=TOKENS, help="transformer input tokens")
     p.add_argument("--dtype", default="float64", choices=DTYPE_NAMES)
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated time exceeds an hour (refused by default, with the estimate)")
     p.set_defaults(run=run)
 
 
@@ -64,11 +69,36 @@ def run(args) -> int:
     inputs = [args.input] + ([args.step_file] if args.step_file else [])
     out_path = check_output_path(args.output, x.ndim, inputs=inputs)
     step = args.step if args.step_file is None else load_step(args.step_file, x.shape[-2])
-    pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=step,
-                   ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype, sweeps=args.sweeps,
-                   loops=args.loops)
+    seconds = estimate(args, x.shape)
+    advice = ("use fewer --sweeps (each is a triangular solve over the prompt)" if args.sweeps > 1 else
+              "use a smaller --depth or fewer tokens (a layer costs B T^2 d), or --depth inf (one sweep)")
+    check_time(seconds, f"ckd predict --depth {args.depth}" + (f" --sweeps {args.sweeps}" if args.sweeps > 1 else "")
+               + f" on {x.shape}", advice, args.force)
+    with estimated_progress(seconds, "ckd predict"):
+        pred = predict(x, args.kernel, beta=args.beta, sigma=args.sigma, depth=args.depth, step=step,
+                       ridge=args.ridge, backend=args.backend, tokens=args.tokens, dtype=args.dtype,
+                       sweeps=args.sweeps, loops=args.loops)
     save_array(out_path, pred)
     return 0
+
+
+def estimate(args, shape: tuple[int, ...]) -> float:
+    """Estimated seconds of the request (``ckd.cost``); 0 when its options are invalid (refused later)."""
+    from ..cost import descent_seconds, transformer_seconds
+    from ..validation import parse_depth
+
+    if len(shape) not in (2, 3):
+        return 0.0  # refused by ckd.predict, with its own message
+    B, T, d = (1, *shape) if len(shape) == 2 else shape
+    try:
+        depth = parse_depth(args.depth)
+    except ValueError:
+        return 0.0
+    if args.backend == "transformer" and depth != "inf":
+        return transformer_seconds(B, T, d, depth)
+    if args.backend != "descent":
+        return 0.0  # a trained model: its size bounds the work
+    return descent_seconds(B, T, d, depth, sweeps=args.sweeps, linear_time=args.kernel == "linear")
 
 
 def load_step(path: str, length: int) -> np.ndarray:

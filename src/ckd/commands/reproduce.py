@@ -15,7 +15,6 @@ skipped, unless ``--force``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import shlex
@@ -27,6 +26,7 @@ from datetime import datetime, timezone
 
 from ..cli import integer, path
 from ..experiments import EXPECTED_SECONDS, EXPERIMENTS, load
+from ..figures import require_matplotlib
 
 HELP = "run the experiments: figures, numbers and summary.md"
 
@@ -65,6 +65,7 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available to torch here; use --device cpu")
+    require_matplotlib("ckd reproduce")  # before importing any experiment: they draw with it
     if "chaos-forecast" in names:  # its worker count comes from the environment: check it now, not mid-run
         from ..experiments.chaos_forecast import workers
 
@@ -73,18 +74,7 @@ def check_args(args) -> tuple[list[str], pathlib.Path]:
     if out.exists():  # files it will write: never through a pipe, never onto a folder
         for file in ["summary.json", "summary.md", *(f"{n}.{ext}" for n in names for ext in ("json", "png", "pdf"))]:
             check_file_target(out / file)
-    require_matplotlib("ckd reproduce")
     return names, out
-
-
-def require_matplotlib(what: str) -> None:
-    """Figures need matplotlib, an optional extra (``ckd[plot]``): without it, one line before any work.
-
-    matplotlib stays optional: predict, forecast, train and evaluate without --out run without it,
-    and it is the heaviest dependency after torch."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError(f"{what} draws figures with matplotlib, which is not installed: "
-                         "pip install 'ckd[plot]'")
 
 
 def size_of(args) -> str:

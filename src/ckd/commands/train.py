@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import MAX_INT, integer, path
+from ..cost import check_time, train_seconds
 
 HELP = "train a Transformer in context (random init or the CKD construction)"
 
@@ -116,6 +117,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stop-after", type=integer(0), default=None, metavar="K",
                    help="stop after K steps, leaving a checkpoint that --resume continues exactly")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the estimated time exceeds an hour (refused by default, with the estimate)")
     p.set_defaults(run=run)
 
 
@@ -160,6 +163,14 @@ def run(args) -> int:
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
                       loop_loss=args.loop_loss, loss_from=args.loss_from,
                       **(data.fields if data is not None else {}))
+    from ..train.config import check_memory
+
+    check_memory(cfg.validate(), args.device)  # what cannot fit is refused as such, even with --force
+    width = cfg.width or 4 * cfg.dim + 2  # the construction's width when none is given (about 4 d)
+    check_time(train_seconds(cfg.steps, cfg.batch, cfg.length, width, cfg.layers, cfg.steps // cfg.eval_every + 1),
+               f"ckd train --steps {cfg.steps} --batch {cfg.batch} --length {cfg.length}",
+               "use fewer --steps, a smaller --batch or --length (a step costs batch x length^2 x width x layers)",
+               args.force)
     train(cfg, args.out, resume=args.resume, device=args.device, stop_after=args.stop_after, progress=not args.quiet,
           data=data)
     return 0

@@ -281,7 +281,9 @@ def check_growth(p: Tensor, r_max: float, y_max: float, *, infinite: bool = Fals
         advice += ", or float64"
     if not torch.isfinite(p).all():
         growth = r_max / max(y_max, 1e-300)
-        raise FloatingPointError(f"causal kernel descent overflowed in {dtype} ({cause} by {growth:.3g}); {advice}")
+        # r_max itself may have overflowed (inf or nan): then say so rather than "by nan"
+        by = f"by {growth:.3g}" if math.isfinite(growth) else f"beyond the range of {dtype}"
+        raise FloatingPointError(f"causal kernel descent overflowed in {dtype} ({cause} {by}); {advice}")
     if y_max > 0:
         growth = r_max / y_max
         lost = growth * torch.finfo(p.dtype).eps

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
+import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,6 +54,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda fh: torch.save(state, fh))
 
 
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0][:200]
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a checkpoint of ``ckd train``; a clear ``ValueError`` if it is missing or corrupted."""
     path = Path(path)
@@ -59,10 +66,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: is not a regular file (a folder, pipe or device), not a checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on foreign pickles: the file is judged below
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # PyTorch's multi-line weights-only message: one line of our own
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise ValueError(f"{path}: corrupted or not a ckd training checkpoint (unreadable: "
+                             f"{detail.group(1).strip()[:120] if detail else _first_line(err)}); it was left "
+                             "as is") from None
+        raise ValueError(f"{path}: not a ckd training checkpoint: it holds Python objects ({found.group(1)}), which "
+                         "are never unpickled (a weights-only load); it was left as is") from None
     except Exception as err:
-        msg = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        raise ValueError(f"{path}: corrupted or not a ckd training checkpoint ({msg}); it was left as is") from None
+        raise ValueError(f"{path}: corrupted or not a ckd training checkpoint ({_first_line(err)}); it was left "
+                         "as is") from None
     keys = {"format", "config", "setting", "step", "model", "optimizer", "scheduler", "rng"}
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or not keys <= set(state):
         raise ValueError(f"{path}: not a ckd training checkpoint (format {CHECKPOINT_FORMAT}); it was left as is")
