@@ -1,5 +1,5 @@
-"""Property-based CLI fuzzing (issue 12): ``ckd predict``, ``forecast``, ``train`` (``--data`` too), ``evaluate``
-and ``compare``
+"""Property-based CLI fuzzing (issues 12 and 21): ``ckd predict``, ``forecast`` (one step, and rollouts with every
+method and ``--plot``), ``train`` (``--data`` too), ``evaluate`` (``--out`` too), ``compare`` and ``zoo``
 on generated inputs -- arrays of random shapes, dtypes, magnitudes and NaN/inf positions, CSV
 texts, flag values. Every run either exits 0 with finite output of the promised shape, or exits 2
 with exactly one stderr line ``ckd: error: ...``; never a traceback (an exception escaping
@@ -77,8 +77,10 @@ def _digest(folder: pathlib.Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
 
-def _check(argv: list[str], folder: pathlib.Path, capsys, out: pathlib.Path | None, shape, name: str) -> int:
-    """Run ``ckd argv`` and check the promise; return the exit status."""
+def _check(argv: list[str], folder: pathlib.Path, capsys, out: pathlib.Path | None, shape, name: str,
+           also: tuple[str, ...] = ()) -> int:
+    """Run ``ckd argv`` and check the promise; return the exit status. ``also``: other files the run may
+    write (created or replaced) after a success."""
     capsys.readouterr()
     before = _digest(folder)
     rc = main(argv)
@@ -88,7 +90,7 @@ def _check(argv: list[str], folder: pathlib.Path, capsys, out: pathlib.Path | No
     COUNTS[f"{name} exit {rc}"] = COUNTS.get(f"{name} exit {rc}", 0) + 1
     assert "Traceback" not in captured.err, (argv, captured.err)
     changed = {k for k in before if after.get(k) != before[k]} | (set(after) - set(before))
-    owned = {out.name} if out is not None else set()
+    owned = ({out.name} if out is not None else set()) | set(also)
     assert changed <= owned, (argv, "changed files it does not own", changed - owned)
     if rc == 2:
         lines = captured.err.strip().splitlines()
@@ -337,6 +339,114 @@ def test_fuzz_compare(data, pred, existing, flags, tmp_path, capsys):
     else:
         assert {p.name for p in out.iterdir()} <= {"compare.json", "compare.md", "compare.png"}
         assert json.loads((out / "compare.json").read_text())["format"] == "ckd-compare-1"
+
+
+ROLLOUT_FLAGS = {  # issue 21: the rollout methods and --plot
+    "--univariate": st.just(None), "--embed": st.sampled_from(["2", "3", "2", "0", "x", str(2**70)]),
+    "--sweeps": st.sampled_from(["4", "16", "0", str(2**70)]), "--layers": st.sampled_from(["2", "4", "0", "70000"]),
+    "--k": st.sampled_from(["1", "2", "0"]), "--sigma": st.sampled_from(["0.5", "1", "0", "nan", "1e300"]),
+    "--ridge": st.sampled_from(["1e-6", "1e-3", "-1", "inf"]),
+    "--plot": st.sampled_from(["fig.png", "fig.pdf", "fig.png", "fig", "fig.xyz", "figdir", "out.npy",
+                               "unrelated.npy"]),
+}
+# the flags each method reads (others are refused with one line: drawn now and then)
+READS = {"krr": ["--univariate", "--sigma", "--ridge", "--plot"],
+         "ckd": ["--univariate", "--sweeps", "--layers", "--sigma", "--ridge", "--plot"],
+         "analogues": ["--univariate", "--k", "--plot"], "parrot": ["--embed", "--plot"], "last": ["--plot"],
+         "mean": ["--plot"], "magic": []}
+
+
+@st.composite
+def trajectories(draw) -> np.ndarray:
+    """Valid contexts long enough for every rollout method (T >= 36), one or a few sequences."""
+    T, d = draw(st.integers(36, 48)), draw(st.integers(1, 3))
+    x = np.cumsum(np.random.default_rng(draw(st.integers(0, 2**16))).normal(size=(T, d)), 0)
+    return x if draw(st.booleans()) else np.stack([x, x[::-1]])
+
+
+@st.composite
+def rollout_flags(draw) -> dict:
+    method = draw(st.sampled_from(list(READS)))
+    keys = READS[method] if draw(st.integers(0, 3)) else list(ROLLOUT_FLAGS)
+    chosen = draw(st.lists(st.sampled_from(keys), max_size=3, unique=True)) if keys else []
+    if "--univariate" in chosen and method != "ckd" and draw(st.booleans()):
+        chosen.append("--embed")
+    return {"--method": method, **{k: draw(ROLLOUT_FLAGS[k]) for k in chosen}}
+
+
+@settings(max_examples=30 * LONG, **FUZZ)
+@given(data=st.one_of(trajectories(), trajectories(), trajectories(), arrays()),
+       horizon=st.sampled_from(["1", "3", "5", "2", "4", "0", "-1", "2.5", str(2**70)]),
+       truth=st.sampled_from([None, "ok", "bad"]), flags=rollout_flags())
+def test_fuzz_rollout(data, horizon, truth, flags, tmp_path, capsys):
+    """``ckd forecast --horizon H`` with every rollout method, --univariate, --embed, --sweeps, --layers and
+    --plot FIG (names without a suffix, unknown suffixes, a folder, the output, someone else's file):
+    finite (H, d) / (B, H, d) or one line; FIG written only on success, never onto a file it does not own."""
+    pytest.importorskip("matplotlib")
+    folder = _fresh(tmp_path)
+    (folder / "figdir").mkdir()
+    inp = _write_input(folder, data, ".npy")
+    out = folder / "out.npy"
+    argv = ["forecast", str(inp), "-o", str(out), "--horizon", horizon]
+    for k, v in flags.items():
+        argv += [k] if v is None else [k, str(folder / v) if k == "--plot" else v]
+    shape = _shape_of(inp)
+    H = int(horizon) if horizon.isdigit() and int(horizon) < 100 else None
+    want = None if shape is None or H is None or len(shape) not in (2, 3) else shape[:-2] + (H, shape[-1])
+    if truth is not None and want is not None:
+        np.save(folder / "truth.npy", np.zeros(want if truth == "ok" else (1, 1)))
+        argv += ["--truth", str(folder / "truth.npy")]
+    plot = flags.get("--plot")
+    rc = _check(argv, folder, capsys, out, want, "forecast --horizon", also=(plot,) if plot else ())
+    if plot in ("fig", "fig.xyz", "out.npy", "unrelated.npy"):
+        assert rc == 2 and not (folder / plot).is_file() or plot == "unrelated.npy", argv
+    if rc == 0 and plot:
+        assert (folder / plot).read_bytes()[:4] in (b"\x89PNG", b"%PDF"), argv
+
+
+@settings(max_examples=12 * LONG, **FUZZ)
+@given(argv=st.sampled_from([["zoo"], ["zoo", "list"], ["zoo", "show"], ["zoo", "show", "NAME"],
+                             ["zoo", "show", "x"], ["zoo", "show", "../etc/passwd"], ["zoo", "show", ""],
+                             ["zoo", "build", "nope", "--out", "OUT"],
+                             ["zoo", "build", "--out", ""], ["zoo", "frobnicate"], ["zoo", "list", "--x"]]))
+def test_fuzz_zoo(argv, tmp_path, capsys):
+    """``ckd zoo``: list and show answer 0; unknown models, actions and flags are one line; nothing written."""
+    from ckd import pretrained
+
+    folder = _fresh(tmp_path)
+    names = pretrained.list()
+    argv = [names[0] if a == "NAME" and names else str(folder / "zoo") if a == "OUT" else a for a in argv]
+    rc = _check(argv, folder, capsys, None, None, "zoo")
+    assert rc == (0 if argv[1:2] == ["list"] and len(argv) == 2 or argv[1:3] == ["show", names[0]] else 2), argv
+    assert not (folder / "zoo").exists()
+
+
+@pytest.mark.parametrize("existing", [None, "foreign", "ours", "file", "figure only"])
+def test_fuzz_evaluate_out(checkpoint, existing, tmp_path, capsys):
+    """``ckd evaluate --out DIR``: a new, empty or own folder is written; a folder holding someone else's
+    evaluation files, or a file, is refused with one line and left as it was (issue 21, item 1)."""
+    pytest.importorskip("matplotlib")
+    folder = _fresh(tmp_path)
+    out = folder / "eval"
+    if existing == "file":
+        out.write_text("theirs")
+    elif existing:
+        out.mkdir()
+        if existing == "foreign":
+            (out / "evaluation.json").write_text('{"theirs": 1}')
+        elif existing == "ours":
+            (out / "evaluation.json").write_text('{"format": "ckd-evaluate-1"}')
+        elif existing == "figure only":
+            (out / "evaluation.png").write_bytes(b"theirs")
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.is_dir() else None
+    rc = _check(["evaluate", str(checkpoint), "--sequences", "2", "--out", str(out)], folder, capsys, None, None,
+                "evaluate --out", also=("eval",))
+    if existing in ("foreign", "file", "figure only"):
+        assert rc == 2
+        assert (out.read_text() == "theirs") if existing == "file" else \
+            {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert rc == 0 and {"evaluation.json", "evaluation.png", "evaluation.pdf"} <= {p.name for p in out.iterdir()}
 
 
 def test_fuzz_counts_are_reported():
