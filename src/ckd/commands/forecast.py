@@ -140,21 +140,23 @@ def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.nda
 
 def estimate(args, shape: tuple[int, ...], horizon: int | None, embed: int) -> float:
     """Estimated seconds of the forecast (``ckd.cost``) from the sizes and the settings it will search."""
-    from ..forecast import GRIDS as ONE_STEP_GRIDS
-    from ..heldout import heldout_origins
-    from ..rollout import GRIDS, UNIVARIATE_LAGS
-
-    if len(shape) not in (2, 3):
-        return 0.0  # refused by as_batch, with its own message
+    if len(shape) not in (2, 3) or (horizon is not None and args.method not in ("ckd", "krr", "analogues",
+                                                                              "transformer")):
+        return 0.0  # refused by as_batch; or parrot, last, mean, nvar, esn: linear in T and H
     B, T, d = (1, *shape) if len(shape) == 2 else shape
     depth = "inf" if str(args.depth).strip().lower() in ("inf", "infinity") else 1
     if horizon is None:
+        from ..forecast import GRIDS as ONE_STEP_GRIDS
+
         grid = ONE_STEP_GRIDS.get("ckd-inf" if args.method == "ckd" and depth == "inf" else args.method)
         experts = 1 if grid is None else ((1 if args.sigma is not None else len(grid["sigma"]))
                                           * (1 if args.ridge is not None else len(grid["ridge"])))
         return forecast_seconds(args.method, B, T, d, depth=depth, experts=experts)
     fits = 1
     if args.method in ("ckd", "krr"):
+        from ..heldout import heldout_origins
+        from ..rollout import GRIDS, UNIVARIATE_LAGS
+
         grid = GRIDS["ckd-layers" if args.layers is not None else args.method]
         searched = ((1 if args.sigma is not None else len(grid["sigma"]))
                     * (1 if args.ridge is not None else len(grid["ridge"]))

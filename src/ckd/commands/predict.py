@@ -69,6 +69,7 @@ def run(args) -> int:
     inputs = [args.input] + ([args.step_file] if args.step_file else [])
     out_path = check_output_path(args.output, x.ndim, inputs=inputs)
     step = args.step if args.step_file is None else load_step(args.step_file, x.shape[-2])
+    check_memory_first(args, x)
     seconds = estimate(args, x.shape)
     advice = ("use fewer --sweeps (each is a triangular solve over the prompt)" if args.sweeps > 1 else
               "use a smaller --depth or fewer tokens (a layer costs B T^2 d), or --depth inf (one sweep)")
@@ -80,6 +81,27 @@ def run(args) -> int:
                        sweeps=args.sweeps, loops=args.loops)
     save_array(out_path, pred)
     return 0
+
+
+def check_memory_first(args, x) -> None:
+    """The transformer backend's memory refusal before the time refusal: what cannot fit is refused
+    as such, even with --force (``ckd.predict`` checks it again, for every caller)."""
+    from ..names import KERNELS
+    from ..validation import parse_depth
+
+    try:
+        depth = parse_depth(args.depth)
+    except ValueError:
+        return  # refused by ckd.predict, with its own message
+    if args.backend != "transformer" or depth == "inf" or args.kernel not in KERNELS or x.ndim not in (2, 3):
+        return
+    import torch
+
+    from ..api import DTYPES, check_transformer_memory
+
+    shape = (1, *x.shape) if x.ndim == 2 else x.shape
+    view = torch.zeros((), dtype=DTYPES[args.dtype]).expand(*shape)  # its shape and itemsize; no allocation
+    check_transformer_memory(view, kernel=args.kernel, depth=depth, ridge=args.ridge, tokens=args.tokens)
 
 
 def estimate(args, shape: tuple[int, ...]) -> float:
