@@ -421,7 +421,7 @@ def test_fuzz_zoo(argv, tmp_path, capsys):
     assert not (folder / "zoo").exists()
 
 
-@pytest.mark.parametrize("existing", [None, "foreign", "file", "figure only"])  # "ours": tests/test_hardening.py (item 1)
+@pytest.mark.parametrize("existing", [None, "foreign", "file", "figure only"])  # "ours": test_hardening.py
 def test_fuzz_evaluate_out(checkpoint, existing, tmp_path, capsys):
     """``ckd evaluate --out DIR``: a new, empty or own folder is written; a folder holding someone else's
     evaluation files, or a file, is refused with one line and left as it was (issue 21, item 1)."""

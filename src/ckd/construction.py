@@ -157,7 +157,7 @@ def construct(
     """
     check_kernel(kernel)
     # NumPy and torch integer scalars are integers (bools are not: _check refuses them)
-    dim, depth, heads, max_len = (v if integer_value(v) is None else integer_value(v)
+    dim, depth, heads, max_len = (v if integer_value(v, floats=True) is None else integer_value(v, floats=True)
                                   for v in (dim, depth, heads, max_len))
     rows = step_rows(step)
     if rows is not None:

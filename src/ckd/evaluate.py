@@ -136,16 +136,16 @@ def reference(cfg: TrainConfig, *, sequences: int = 64, seed: int | None = None,
     (``ckd_settings``, or the given ``settings``), the baselines and the oracle. ``seed`` defaults
     to the run's seed.
     """
-    if integer_value(sequences) is None or integer_value(sequences) < 2:
+    if integer_value(sequences, floats=True) is None or integer_value(sequences, floats=True) < 2:
         raise ValueError(f"--sequences must be an integer >= 2, got {sequences!r}")
-    sequences = integer_value(sequences)
+    sequences = integer_value(sequences, floats=True)
     if cfg.task == "data":  # no family to draw fresh prompts from
         raise ValueError(f"the run was trained on the sequences of {cfg.data} (task 'data'), not on a task family: "
                          "there are no fresh prompts to draw; score it on your sequences instead")
     seed = cfg.seed if seed is None else seed
-    if integer_value(seed) is None or not 0 <= integer_value(seed) < 2**63:
+    if integer_value(seed, floats=True) is None or not 0 <= integer_value(seed, floats=True) < 2**63:
         raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")
-    seed = integer_value(seed)
+    seed = integer_value(seed, floats=True)
     check_memory(cfg, sequences)
 
     def prompts(stream: int):

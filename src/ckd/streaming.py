@@ -61,7 +61,6 @@ from .validation import (
     check_size,
     check_squares,
     complex_of,
-    integer_value,
 )
 
 
@@ -83,9 +82,7 @@ class Streaming:
         self.beta = check_number(beta, "beta")
         self.sigma = check_number(sigma, "sigma", minimum=0.0, strict=True)
         self.ridge = check_number(ridge, "ridge", minimum=0.0)
-        if integer_value(dim) is None:  # Python, NumPy or torch integers; not bools or floats
-            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-        self.dim = check_size(integer_value(dim), "dim")
+        self.dim = check_size(dim, "dim")
         self.dtype = as_dtype(dtype, complex_ok=True)
         check_complex(torch.empty(0, dtype=self.dtype), self.kernel)
         self.device = torch.device("cpu") if device is None else torch.device(device)
