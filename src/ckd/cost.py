@@ -46,7 +46,7 @@ TSTEP = 3.0e-3  # one optimizer step's fixed cost (forward, backward, AdamW)
 TRAIN = 1.2e-7  # one unit of batch x length x (length + width) x layers of a training step
 EVAL = 0.01  # one evaluation of the default run (ckd train's held-out prompts)
 DEFAULT_TRAIN_SIZE = 32 * 32 * (32 + 14) * 2  # batch x length x (length + width) x layers of the default run
-ONESTEP = {"krr": 2.2e-10, "ckd": 3.0e-9, "ckd-inf": 3.0e-9, "analogues": 8.5e-9}  # per unit of ONESTEP_WORK
+ONESTEP = {"krr": 2.2e-10, "ckd": 3.0e-9, "ckd-inf": 3.0e-9, "analogues": 8.5e-9}  # per unit of onestep_work
 
 
 def hours(seconds: float) -> str:
@@ -95,9 +95,8 @@ def onestep_work(method: str, depth: Any, T: int, d: int) -> float:
     """Units of ``ONESTEP`` for one sequence and one expert (doubling blocks: sum of b^p ~ 8/7 T^p)."""
     if method == "krr":
         return 8 / 7 * float(T) ** 3
-    if method == "ckd":
-        return 4 / 3 * float(T) ** 2 * ((d + 1) ** 2 + d) * (1 if depth != "inf" else 0) + \
-            (4 / 3 * float(T) ** 2 * (d + 1) if depth == "inf" else 0)
+    if method == "ckd":  # depth 1: local moments, (d+1)^2 + d value channels; depth inf: d + 1 targets
+        return 4 / 3 * float(T) ** 2 * ((d + 1) ** 2 + d if depth != "inf" else d + 1)
     if method == "analogues":
         return 4 / 3 * float(T) ** 2 * d
     return 0.0
@@ -148,8 +147,3 @@ def train_seconds(steps: int, batch: int, length: int, width: int, layers: int, 
     by the same size relative to the default run's."""
     size = float(batch) * length * (length + width) * layers
     return float(steps) * (TSTEP + size * TRAIN) + evals * EVAL * max(size / DEFAULT_TRAIN_SIZE, 1.0)
-
-
-def is_huge(seconds: float) -> bool:
-    """Whether a loop of this estimate deserves a progress bar (a second or more)."""
-    return math.isfinite(seconds) and seconds >= 1.0 or not math.isfinite(seconds)
