@@ -9,9 +9,10 @@ reports the largest absolute difference of the outputs (0 = the same bits). The 
 Lorenz-63 trajectory (RK4, dt 0.01, from (1, 1, 1) after a burn-in), a chaotic system: a rollout
 amplifies any rounding difference by the dynamics (e^(0.9 t) per time unit).
 
-Cases: krr and ckd rollouts of 300 steps from (400, 3) and (1200, 3) contexts (``ckd forecast
---horizon 300``), one-step krr forecasts of (400, 3), the linear-time path (depth inf, T = 2^16,
-d = 8) and dense descent (exp, depth 16, B = 16, T = 512, d = 8).
+Cases: krr and ckd rollouts of 300 steps from (400, 3) contexts (``ckd forecast --horizon 300``),
+krr from (512, 3) (the context of docs/forecast.md's benchmark) and (1200, 3) contexts, one-step
+krr forecasts of (400, 3), the linear-time path (depth inf, T = 2^16, d = 8) and dense descent
+(exp, depth 16, B = 16, T = 512, d = 8).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("krr rollout T=400", "ckd rollout T=400", "krr rollout T=1200", "krr one-step T=400",
+CASES = ("krr rollout T=400", "ckd rollout T=400", "krr rollout T=512", "krr rollout T=1200", "krr one-step T=400",
          "linear time T=2^16", "dense T=512")
 
 

@@ -100,10 +100,11 @@ def lorenz(T: int, dt: float = 0.01) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.mark.parametrize("method, horizon", [("krr", 300), ("krr", 0), ("ckd", 100)])
+@pytest.mark.parametrize("method, horizon", [("krr", 300), ("krr", 0)])
 def test_small_forecasts_do_not_depend_on_the_thread_count(tmp_path, method, horizon):
     """Under the thread rule a (400, 3) context is forecast on one thread whatever torch's count:
-    the same bits with OMP_NUM_THREADS=1 and 2 (before the rule: up to 0.06 apart, issue 17)."""
+    the same bits with OMP_NUM_THREADS=1 and 2 (without the rule they differ: 2.3e-7 for this rollout,
+    1.3e-11 one step; benchmarks/thread_determinism.py)."""
     np.save(tmp_path / "x.npy", lorenz(400))
     outs = []
     for n in (1, 2):
