@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -260,7 +261,16 @@ def test_training_loss_rows_and_every_pass():
         looped = build_model(cfg)
         expect = sum(rows_loss(looped(x, loops=k), x, 2) for k in (1, 2, 3)) / 3
         assert torch.allclose(training_loss(cfg, looped, x, 0), expect, rtol=1e-6)
-    for changes, words in [(dict(loss_from=11), "loss_from must be an integer in 1 .. length - 2 = 10"),
+        window = replace(cfg, loop_window=2)  # the last two passes of three
+        expect = sum(rows_loss(looped(x, loops=k), x, 2) for k in (2, 3)) / 2
+        assert torch.allclose(training_loss(window, looped, x, 0), expect, rtol=1e-6)
+        assert torch.equal(training_loss(replace(cfg, loop_window=3), looped, x, 0), training_loss(cfg, looped, x, 0))
+        assert torch.allclose(training_loss(replace(cfg, loop_window=9), looped, x, 0),
+                              training_loss(cfg, looped, x, 0))  # a window wider than the passes: every pass
+    for changes, words in [(dict(loop=2, layers=2, loop_window=2), "loop_window applies"),
+                           (dict(loop=2, layers=2, loop_loss="every", loop_window=-1), "loop_window must be"),
+                           (dict(loop=2, layers=2, loop_loss="every", loop_window=True), "loop_window must be"),
+                           (dict(loss_from=11), "loss_from must be an integer in 1 .. length - 2 = 10"),
                            (dict(loss_from=0), "loss_from"), (dict(loop_loss="every"), "loop_loss applies"),
                            (dict(loop=2, layers=2, loop_loss="all"), "unknown loop_loss")]:
         with pytest.raises(ValueError, match=words):
@@ -271,7 +281,9 @@ def test_loss_from_trains_and_is_recorded(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*cli(tiny(steps=3), out), "--loss-from", "5", "--loop", "2", "--loop-loss", "every"]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["loss_from"], cfg["loop_loss"]) == (5, "every")
+    assert (cfg["loss_from"], cfg["loop_loss"], cfg["loop_window"]) == (5, "every", 0)
+    assert main([*cli(tiny(steps=3), tmp_path / "w"), "--loop", "3", "--loop-loss", "every", "--loop-window", "2"]) == 0
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["loop_window"] == 2
     assert main([*cli(tiny(), tmp_path / "bad"), "--loss-from", "11"]) == 2
     one_error(capsys, "loss_from")
 

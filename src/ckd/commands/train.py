@@ -108,6 +108,9 @@ def add_parser(sub) -> None:
     p.add_argument("--loop-loss", default=DEFAULTS.loop_loss, choices=LOOP_LOSSES,
                    help="with --loop: the loss after the last pass, or the mean over the predictions after every pass "
                         "(default last)")
+    p.add_argument("--loop-window", type=integer(0), default=DEFAULTS.loop_window, metavar="K",
+                   help="with --loop-loss every: the mean over the predictions after the last K passes only "
+                        "(default 0: every pass)")
     p.add_argument("--loss-from", type=integer(1), default=DEFAULTS.loss_from, metavar="T0",
                    help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
                         "--length - 2: the last prediction)")
@@ -161,7 +164,7 @@ def run(args) -> int:
                       log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, loop=args.loop,
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
-                      loop_loss=args.loop_loss, loss_from=args.loss_from,
+                      loop_loss=args.loop_loss, loop_window=args.loop_window, loss_from=args.loss_from,
                       **(data.fields if data is not None else {}))
     from ..train.config import check_memory
 

@@ -94,8 +94,10 @@ class TrainConfig:
     reinject: bool = False
     # the training objective (``training_loss``): rows t >= loss_from (1: every row with a pair; length - 2: the last
     # prediction only); loop_loss "every": a looped model's loss is the mean over the predictions after every pass
+    # (loop_window k >= 1: after the last k passes only; 0: every pass)
     loss_from: int = 1
     loop_loss: str = "last"
+    loop_window: int = 0
 
     def __post_init__(self):
         for f in fields(self):  # NumPy / torch scalars and integral floats are integers (stored as int: config.json)
@@ -166,6 +168,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
         if self.loop_loss not in LOOP_LOSSES:
             raise ValueError(f"unknown loop_loss {self.loop_loss!r}; choose one of {', '.join(LOOP_LOSSES)}")
+        w = self.loop_window
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= MAX_INT:
+            raise ValueError(f"loop_window must be an integer >= 0 (and < 2**63), got {w!r}")
+        if w and self.loop_loss != "every":
+            raise ValueError("loop_window applies to the loss over the passes: add --loop-loss every")
         if (isinstance(self.loss_from, bool) or not isinstance(self.loss_from, int)
                 or not 1 <= self.loss_from <= self.length - 2):
             raise ValueError(f"loss_from must be an integer in 1 .. length - 2 = {self.length - 2} (the rows t of the "
@@ -313,19 +320,20 @@ def rows_loss(pred: Tensor, x: Tensor, t0: int = 1) -> Tensor:
 def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Tensor:
     """The objective of training ``step`` on prompts x (B, T, d): ``rows_loss`` from row t0 = min(loss_from, T - 2);
     a looped model runs ``loops_at(cfg, step)`` loops, and with loop_loss "every" the loss is the mean of the
-    losses of the predictions read out after every pass."""
+    losses of the predictions read out after every pass (with ``loop_window`` k >= 1: after the last k passes)."""
     t0 = min(cfg.loss_from, x.shape[1] - 2)
     if not cfg.loop:
         return rows_loss(net(x), x, t0)
     if cfg.loop_loss == "every":
-        return torch.stack([rows_loss(p, x, t0) for p in net(x, loops=loops_at(cfg, step), every_pass=True)]).mean()
+        passes = net(x, loops=loops_at(cfg, step), every_pass=True)[-cfg.loop_window:]  # [-0:] is every pass
+        return torch.stack([rows_loss(p, x, t0) for p in passes]).mean()
     return rows_loss(net(x, loops=loops_at(cfg, step)), x, t0)
 
 
 def unlooped(cfg: TrainConfig) -> TrainConfig:
     """The config of a looped run's body: its ``loop_blocks`` blocks as an ordinary model."""
     return replace(cfg, layers=cfg.loop_blocks, loop=0, loop_blocks=1, loop_range=None, reinject=False,
-                   loop_loss="last")
+                   loop_loss="last", loop_window=0)
 
 
 # --------------------------------------------------------------------------- model

@@ -1,0 +1,173 @@
+"""Does a looped model trained from random init keep improving with test-time loops? (issue 20, goal A).
+
+    python benchmarks/looped_depth.py --out runs/looped-depth                  # every variant, both families
+    python benchmarks/looped_depth.py --out runs/looped-depth --only base post  # some variants
+    python benchmarks/looped_depth.py --out runs/looped-depth --report          # the markdown table of the runs
+
+One base recipe: one block (2 heads, width 13, no MLP, no LayerNorm) looped with tied weights, random init,
+``--loop 2``, a loop count drawn per step from 1..4 (``--loop-range 1,4``), the loss averaged over the
+predictions after every pass (``--loop-loss every``), 1000 AdamW steps, lr 2e-2, 50 warm-up steps, cosine to
+0.1 lr, batch 32, T = 32, d = 3, float32, seed 0 (periodic: ``--loss-from 5``, the rows after the first period,
+as in ``ckd reproduce looped``), and variants that change one or two things each (``VARIANTS``): the loss after
+the last pass only or over a window of the last passes (``--loop-window``), the input re-injected every pass,
+post-LayerNorm (``--norm post``: the stream normalised after every block, so the loop map acts on a bounded
+set), a smaller lr, a wider loop range.
+
+Every model is scored on the same 64 fresh prompts (seed stream ``TEST`` of seed 0, T = 32, float64) at
+K = 1, 2, 4, 8, 16, 32 loops and at 4x the largest loop count it was trained with: median error
+|prediction - x_{t+1}| at t = 30. Beside them, CKD with the setting tuned at depth 4 run for K layers (what the
+looped construction computes) and CKD at depth inf. "falls to" is the largest K up to which the error falls at
+every doubling from the largest trained count (the goal: at least 4x that count). Runs are saved at once into
+OUT/looped_depth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import ckd
+from ckd.evaluate import reference, run_ckd
+from ckd.train import TEST, TrainConfig, load_model, seed_for, train
+
+FAMILIES = (("nonlinear", "softmax"), ("periodic", "softmax"))
+BASE = dict(layers=2, loop=2, loop_range=[1, 4], loop_loss="every", steps=1000, lr=2e-2, warmup=50, batch=32,
+            length=32, dim=3, seed=0, log_every=50, eval_every=1000, eval_batch=128, checkpoint_every=1000)
+PER_FAMILY = {"nonlinear": {}, "periodic": dict(loss_from=5)}
+KS = (1, 2, 4, 8, 16, 32)
+LAST = 30  # the t scored (the last prediction of T = 32)
+
+# name: (what changes, TrainConfig changes)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "base": ("loss every pass, loops 1..4", {}),
+    "last": ("loss after the last pass only", dict(loop_loss="last")),
+    "reinject": ("input re-injected every pass", dict(reinject=True)),
+    "post": ("post-LayerNorm (--norm post)", dict(norm="post")),
+    "post-reinject": ("post-LayerNorm + re-injection", dict(norm="post", reinject=True)),
+    "post-reinject-lr": ("post-LayerNorm + re-injection, lr 5e-3", dict(norm="post", reinject=True, lr=5e-3)),
+    "post-reinject-last": ("post-LayerNorm + re-injection, loss after the last pass only",
+                           dict(norm="post", reinject=True, loop_loss="last")),
+    "post-reinject-window": ("post-LayerNorm + re-injection, loss on the last 2 passes (--loop-window 2)",
+                             dict(norm="post", reinject=True, loop_window=2)),
+    "post-reinject-deep": ("post-LayerNorm + re-injection, loops 1..16 (--loop 8), loss on the last 4 passes",
+                           dict(norm="post", reinject=True, layers=8, loop=8, loop_range=[1, 16], loop_window=4)),
+    "wide": ("loops 1..8 (--loop 4)", dict(layers=4, loop=4, loop_range=[1, 8])),
+}
+
+
+def test_prompts(task: str) -> torch.Tensor:
+    """The 64 prompts every model is scored on (T = 32, d = 3, seed stream TEST of seed 0)."""
+    return ckd.make_task(task, 64, 32, 3, seed=seed_for(0, TEST)).x
+
+
+def err_last(pred: torch.Tensor, x: torch.Tensor) -> float:
+    """Median over prompts of |pred[:, LAST] - x[:, LAST + 1]|."""
+    return float(ckd.next_token_error(pred, x)[:, LAST].median())
+
+
+def falls_to(errors: dict[str, float], trained: int) -> int:
+    """The largest K (of those scored, doubling from ``trained``) up to which the error falls at every step."""
+    ks = sorted(k for k in map(int, errors) if k >= trained)
+    best = trained
+    for a, b in zip(ks, ks[1:]):
+        if errors[str(b)] >= errors[str(a)]:
+            break
+        best = b
+    return best
+
+
+def run_one(name: str, task: str, attention: str, out: Path) -> dict:
+    what, changes = VARIANTS[name]
+    cfg = TrainConfig(task=task, attention=attention, **(BASE | PER_FAMILY[task] | changes)).validate()
+    folder = out / f"{task}-{attention}-{name}"
+    t0 = time.perf_counter()
+    records = train(cfg, folder, progress=False)
+    wall = time.perf_counter() - t0
+    _, model, _ = load_model(folder / "checkpoint.pt")
+    model = model.double().eval()
+    trained = cfg.loop_range[1] if cfg.loop_range else cfg.loop
+    x = test_prompts(task)
+    ks = sorted({*KS, trained, 2 * trained, 4 * trained})
+    with torch.no_grad():
+        errors = {str(k): err_last(model(x, loops=k), x) for k in ks}
+    return dict(variant=name, change=what, task=task, attention=attention, config=asdict(cfg), trained_loops=trained,
+                train_seconds=wall, final_loss=records[-1]["loss"], err_last=errors,
+                falls_to=falls_to(errors, trained))
+
+
+def ckd_reference(task: str, attention: str) -> dict:
+    """CKD with the setting tuned at depth 4 (separate prompts) run for K layers, and CKD at depth inf."""
+    cfg = TrainConfig(task=task, attention=attention, **(BASE | dict(layers=4, loop=4)))
+    settings = reference(cfg, sequences=64)["settings"]
+    x = test_prompts(task)
+    step4 = {str(k): err_last(run_ckd(x, {**settings["ckd depth 4"], "depth": k}), x) for k in KS}
+    return {"CKD depth K, step of depth 4 (the construction looped K times)": step4,
+            "CKD depth inf": {"1": err_last(run_ckd(x, settings["ckd depth inf"]), x)}}
+
+
+def report(data: dict) -> str:
+    lines = []
+    for task, attention in FAMILIES:
+        rows = [r for r in data["results"] if r["task"] == task and r["attention"] == attention]
+        if not rows:
+            continue
+        lines += [f"\n{task} / {attention} attention: median error at t = {LAST} vs test-time loops K "
+                  "(64 fresh prompts, T = 32)\n",
+                  "| variant | train s | trained loops | " + " | ".join(f"K = {k}" for k in KS)
+                  + " | 4x trained | falls to |", "|---" * (5 + len(KS)) + "|"]
+        for r in rows:
+            e, n = r["err_last"], r["trained_loops"]
+            lines.append(f"| {r['change']} | {r['train_seconds']:.0f} | {n} | "
+                         + " | ".join(f"{e[str(k)]:.2g}" for k in KS)
+                         + f" | {e[str(4 * n)]:.2g} (K = {4 * n}) | {r['falls_to']} |")
+        for k, e in data.get("ckd", {}).get(f"{task}/{attention}", {}).items():
+            lines.append(f"| {k} | | | " + " | ".join(f"{e[str(j)]:.2g}" if str(j) in e else "" for j in KS)
+                         + " | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--families", nargs="*", default=[t for t, _ in FAMILIES], choices=[t for t, _ in FAMILIES])
+    parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_depth.json and stop")
+    args = parser.parse_args(argv)
+    path = args.out / "looped_depth.json"
+    if args.report:
+        print(report(json.loads(path.read_text())))
+        return 0
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=1,
+                torch=torch.__version__, results=[], ckd={})
+    if path.exists():
+        data = json.loads(path.read_text())
+    done = {(r["variant"], r["task"], r["attention"]) for r in data["results"]}
+    for task, attention in FAMILIES:
+        if task not in args.families:
+            continue
+        if f"{task}/{attention}" not in data["ckd"]:
+            data["ckd"][f"{task}/{attention}"] = ckd_reference(task, attention)
+        for name in args.only:
+            if (name, task, attention) in done:
+                continue
+            result = run_one(name, task, attention, args.out)
+            data["results"].append(result)
+            path.write_text(json.dumps(data, indent=1) + "\n")
+            print(f"{name} {task}/{attention}: {result['train_seconds']:.0f} s, t={LAST} error by K "
+                  + " ".join(f"{k}:{v:.3g}" for k, v in result["err_last"].items())
+                  + f", falls to {result['falls_to']}", flush=True)
+    print(report(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
