@@ -37,12 +37,15 @@ import ckd
 from ckd.evaluate import reference, run_ckd
 from ckd.train import TEST, TrainConfig, load_model, seed_for, train
 
-FAMILIES = (("nonlinear", "softmax"), ("periodic", "softmax"))
+FAMILIES = (("nonlinear", "softmax"), ("periodic", "softmax"), ("linear", "linear"))
 BASE = dict(layers=2, loop=2, loop_range=[1, 4], loop_loss="every", steps=1000, lr=2e-2, warmup=50, batch=32,
             length=32, dim=3, seed=0, log_every=50, eval_every=1000, eval_batch=128, checkpoint_every=1000)
-PER_FAMILY = {"nonlinear": {}, "periodic": dict(loss_from=5)}
+PER_FAMILY = {"nonlinear": {}, "periodic": dict(loss_from=5), "linear": dict(lr=1e-2)}
+FALL = 0.01  # "falls": by at least 1 % (a model at its fixed point moves by ~1e-5 from 16 to 32 loops)
 KS = (1, 2, 4, 8, 16, 32)
 LAST = 30  # the t scored (the last prediction of T = 32)
+
+LONG = dict(norm="post", reinject=True, loop_loss="last", steps=1500, eval_every=1500, checkpoint_every=1500)
 
 # name: (what changes, TrainConfig changes)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -54,10 +57,22 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "post-reinject-lr": ("post-LayerNorm + re-injection, lr 5e-3", dict(norm="post", reinject=True, lr=5e-3)),
     "post-reinject-last": ("post-LayerNorm + re-injection, loss after the last pass only",
                            dict(norm="post", reinject=True, loop_loss="last")),
+    "post-reinject-last-lr": ("post-LayerNorm + re-injection, loss after the last pass, lr / 4",
+                              dict(norm="post", reinject=True, loop_loss="last", lr="/4")),
+    "post-reinject-last-long": ("post-LayerNorm + re-injection, loss after the last pass, 1500 steps", LONG),
+    "post-reinject-last-long-seed1": ("the same, seed 1", LONG | dict(seed=1)),
+    "post-reinject-last-long-seed2": ("the same, seed 2", LONG | dict(seed=2)),
+    "post-reinject-last-long-batch": ("the same, seed 0, batch 128", LONG | dict(batch=128)),
+    "post-reinject-last-long-wide": ("the same, batch 32, loops 1..8 (--loop 4)",
+                                     LONG | dict(layers=4, loop=4, loop_range=[1, 8])),
+    "post-reinject-last-wide": ("post-LayerNorm + re-injection, loss after the last pass, loops 1..8 (--loop 4)",
+                                dict(norm="post", reinject=True, loop_loss="last", layers=4, loop=4,
+                                     loop_range=[1, 8])),
     "post-reinject-window": ("post-LayerNorm + re-injection, loss on the last 2 passes (--loop-window 2)",
                              dict(norm="post", reinject=True, loop_window=2)),
     "post-reinject-deep": ("post-LayerNorm + re-injection, loops 1..16 (--loop 8), loss on the last 4 passes",
                            dict(norm="post", reinject=True, layers=8, loop=8, loop_range=[1, 16], loop_window=4)),
+    "pre-reinject": ("pre-LayerNorm (--layernorm) + re-injection", dict(norm="pre", reinject=True)),
     "wide": ("loops 1..8 (--loop 4)", dict(layers=4, loop=4, loop_range=[1, 8])),
 }
 
@@ -73,11 +88,12 @@ def err_last(pred: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def falls_to(errors: dict[str, float], trained: int) -> int:
-    """The largest K (of those scored, doubling from ``trained``) up to which the error falls at every step."""
+    """The largest K (of those scored, doubling from ``trained``) up to which the error falls by at least ``FALL``
+    (relative) at every doubling."""
     ks = sorted(k for k in map(int, errors) if k >= trained)
     best = trained
     for a, b in zip(ks, ks[1:]):
-        if errors[str(b)] >= errors[str(a)]:
+        if errors[str(b)] > (1 - FALL) * errors[str(a)]:
             break
         best = b
     return best
@@ -85,7 +101,10 @@ def falls_to(errors: dict[str, float], trained: int) -> int:
 
 def run_one(name: str, task: str, attention: str, out: Path) -> dict:
     what, changes = VARIANTS[name]
-    cfg = TrainConfig(task=task, attention=attention, **(BASE | PER_FAMILY[task] | changes)).validate()
+    fields = BASE | PER_FAMILY[task] | changes
+    if fields["lr"] == "/4":  # a quarter of the family's lr
+        fields["lr"] = (BASE | PER_FAMILY[task])["lr"] / 4
+    cfg = TrainConfig(task=task, attention=attention, **fields).validate()
     folder = out / f"{task}-{attention}-{name}"
     t0 = time.perf_counter()
     records = train(cfg, folder, progress=False)
@@ -115,7 +134,9 @@ def ckd_reference(task: str, attention: str) -> dict:
 def report(data: dict) -> str:
     lines = []
     for task, attention in FAMILIES:
-        rows = [r for r in data["results"] if r["task"] == task and r["attention"] == attention]
+        order = {name: i for i, name in enumerate(VARIANTS)}
+        rows = sorted((r for r in data["results"] if r["task"] == task and r["attention"] == attention),
+                      key=lambda r: order.get(r["variant"], len(order)))
         if not rows:
             continue
         lines += [f"\n{task} / {attention} attention: median error at t = {LAST} vs test-time loops K "
@@ -126,7 +147,7 @@ def report(data: dict) -> str:
             e, n = r["err_last"], r["trained_loops"]
             lines.append(f"| {r['change']} | {r['train_seconds']:.0f} | {n} | "
                          + " | ".join(f"{e[str(k)]:.2g}" for k in KS)
-                         + f" | {e[str(4 * n)]:.2g} (K = {4 * n}) | {r['falls_to']} |")
+                         + f" | {e[str(4 * n)]:.2g} (K = {4 * n}) | {falls_to(e, n)} |")
         for k, e in data.get("ckd", {}).get(f"{task}/{attention}", {}).items():
             lines.append(f"| {k} | | | " + " | ".join(f"{e[str(j)]:.2g}" if str(j) in e else "" for j in KS)
                          + " | | |")
