@@ -71,6 +71,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "post-reinject-last-long-seed2": ("PR, last pass, 1500 steps, seed 2", LONG | dict(seed=2)),
     "post-reinject-last-long-batch": ("PR, last pass, 1500 steps, batch 128", LONG | dict(batch=128)),
     "post-reinject-last-long-wide": ("PR, last pass, 1500 steps, loops 1..8 (--loop 4)", LONG | WIDE),
+    "post-reinject-last-long-mlp": ("PR, last pass, 1500 steps, an MLP in the block (--mlp)", LONG | dict(mlp=True)),
+    "post-reinject-last-long-heads": ("PR, last pass, 1500 steps, 4 heads", LONG | dict(heads=4)),
     "short": ("PR, last pass, 1500 steps, loops 1..2", LONG | dict(loop_range=[1, 2])),
     "short-seed1": ("PR, last pass, 1500 steps, loops 1..2, seed 1", LONG | dict(loop_range=[1, 2], seed=1)),
     "short-seed2": ("PR, last pass, 1500 steps, loops 1..2, seed 2", LONG | dict(loop_range=[1, 2], seed=2)),
