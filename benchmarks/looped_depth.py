@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from study import run_study
 
 import ckd
 from ckd.evaluate import reference, run_ckd
@@ -172,27 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(json.loads(path.read_text())))
         return 0
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=1,
-                torch=torch.__version__, results=[], ckd={})
-    if path.exists():
-        data = json.loads(path.read_text())
-    done = {(r["variant"], r["task"], r["attention"]) for r in data["results"]}
-    for task, attention in FAMILIES:
-        if task not in args.families:
-            continue
-        if f"{task}/{attention}" not in data["ckd"]:
-            data["ckd"][f"{task}/{attention}"] = ckd_reference(task, attention)
-        for name in STUDY[task] if args.only is None else args.only:
-            if (name, task, attention) in done:
-                continue
-            result = run_one(name, task, attention, args.out)
-            data["results"].append(result)
-            path.write_text(json.dumps(data, indent=1) + "\n")
-            print(f"{name} {task}/{attention}: {result['train_seconds']:.0f} s, t={LAST} error by K "
-                  + " ".join(f"{k}:{v:.3g}" for k, v in result["err_last"].items())
-                  + f", falls to {result['falls_to']}", flush=True)
+    families = [(t, a) for t, a in FAMILIES if t in args.families]
+    data = run_study(path, families, lambda task: STUDY[task] if args.only is None else args.only, ckd_reference,
+                     lambda name, task, attention: run_one(name, task, attention, args.out),
+                     lambda r: f"t={LAST} error by K " + " ".join(f"{k}:{v:.3g}" for k, v in r["err_last"].items()))
     print(report(data))
     return 0
 

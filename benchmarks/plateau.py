@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
+from study import run_study
 
 import ckd
 import ckd.train.loop
@@ -176,26 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(json.loads(path.read_text())))
         return 0
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), threads=1,
-                torch=torch.__version__, results=[], ckd={})
-    if path.exists():
-        data = json.loads(path.read_text())
-    done = {(r["variant"], r["task"], r["attention"]) for r in data["results"]}
-    for task, attention in FAMILIES:
-        if task not in args.families:
-            continue
-        if f"{task}/{attention}" not in data["ckd"]:
-            data["ckd"][f"{task}/{attention}"] = ckd_reference(task, attention)
-        for name in args.only:
-            if (name, task, attention) in done:
-                continue
-            result = run_one(name, task, attention, args.out)
-            data["results"].append(result)
-            path.write_text(json.dumps(data, indent=1) + "\n")
-            print(f"{name} {task}/{attention}: {result['train_seconds']:.0f} s, "
-                  f"t=30 error {result['median_error']['30']:.3g}", flush=True)
+    families = [(t, a) for t, a in FAMILIES if t in args.families]
+    data = run_study(path, families, lambda task: args.only, ckd_reference,
+                     lambda name, task, attention: run_one(name, task, attention, args.out),
+                     lambda r: f"t=30 error {r['median_error']['30']:.3g}")
     print(report(data))
     return 0
 
