@@ -73,6 +73,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "post-reinject-last-long-wide": ("PR, last pass, 1500 steps, loops 1..8 (--loop 4)", LONG | WIDE),
     "post-reinject-last-long-mlp": ("PR, last pass, 1500 steps, an MLP in the block (--mlp)", LONG | dict(mlp=True)),
     "post-reinject-last-long-heads": ("PR, last pass, 1500 steps, 4 heads", LONG | dict(heads=4)),
+    "post-reinject-last-long-lr2": ("PR, last pass, 1500 steps, lr x 2", LONG | dict(lr="x2")),
+    "post-reinject-last-long-lr2-seed1": ("PR, last pass, 1500 steps, lr x 2, seed 1", LONG | dict(lr="x2", seed=1)),
+    "post-reinject-last-long-lr2-seed2": ("PR, last pass, 1500 steps, lr x 2, seed 2", LONG | dict(lr="x2", seed=2)),
     "short": ("PR, last pass, 1500 steps, loops 1..2", LONG | dict(loop_range=[1, 2])),
     "short-seed1": ("PR, last pass, 1500 steps, loops 1..2, seed 1", LONG | dict(loop_range=[1, 2], seed=1)),
     "short-seed2": ("PR, last pass, 1500 steps, loops 1..2, seed 2", LONG | dict(loop_range=[1, 2], seed=2)),
@@ -107,8 +110,8 @@ def falls_to(errors: dict[str, float], trained: int) -> int:
 def run_one(name: str, task: str, attention: str, out: Path) -> dict:
     what, changes = VARIANTS[name]
     fields = BASE | PER_FAMILY[task] | changes
-    if fields["lr"] == "/4":  # a quarter of the family's lr
-        fields["lr"] = (BASE | PER_FAMILY[task])["lr"] / 4
+    if fields["lr"] in ("/4", "x2"):  # a quarter or twice the family's lr
+        fields["lr"] = (BASE | PER_FAMILY[task])["lr"] * (0.25 if fields["lr"] == "/4" else 2)
     cfg = TrainConfig(task=task, attention=attention, **fields).validate()
     folder = out / f"{task}-{attention}-{name}"
     t0 = time.perf_counter()
