@@ -56,7 +56,7 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
-from .names import FORECAST_METHODS
+from .names import CHOICE_METHOD, FORECAST_METHODS
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .threads import threads_for
@@ -303,7 +303,8 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
 
 
 # which methods read each setting (an argument a method does not read is refused, never ignored)
-USED_BY = {"sigma": ("ckd", "krr"), "ridge": ("ckd", "krr", "nvar", "esn"), "k": ("analogues",)}
+USED_BY = {"sigma": ("ckd", "krr", CHOICE_METHOD), "ridge": ("ckd", "krr", CHOICE_METHOD, "nvar", "esn"),
+           "k": ("analogues",)}
 SQUARE_FREE = ("last", "mean", "parrot")  # rollouts exact at any scale: no x^2 (parrot compares scaled windows)
 
 
@@ -312,12 +313,12 @@ def check_used(method: Any, horizon: Any, *, sigma: Any, ridge: Any, k: Any, emb
     nvar, esn for a horizon), k other than 1 (analogues), embed other than 5 (parrot, univariate rollouts)."""
     if not isinstance(method, str):
         return  # the method's own check names it
-    ridge_users = USED_BY["ridge"] if horizon is not None else ("ckd", "krr")
+    ridge_users = USED_BY["ridge"] if horizon is not None else ("ckd", "krr", CHOICE_METHOD)
     for name, given, users in (("sigma", sigma is not None, USED_BY["sigma"]),
                                ("ridge", ridge is not None, ridge_users), ("k", not _is_one(k), USED_BY["k"])):
         if given and method not in users:
             raise ValueError(f"{name} applies to method {', '.join(users)}, not {method} (it would be ignored)")
-    if not _is_one(embed, 5) and method != "parrot" and not univariate:
+    if not _is_one(embed, 5) and method not in ("parrot", CHOICE_METHOD) and not univariate:
         raise ValueError(f"embed applies to method parrot and univariate rollouts, not {method} (it would be ignored)")
 
 
@@ -354,7 +355,7 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
         check_squares(x)
     B, T, d = x.shape
     series = B * d if univariate else B
-    gram = 6 * T * T * 8 if method in ("ckd", "krr") else 0  # the (T, T) Gram, its factors and doublings
+    gram = 6 * T * T * 8 if method in ("ckd", "krr", CHOICE_METHOD) else 0  # the (T, T) Gram, its factors and doublings
     check_fits(series * gram + 4 * B * (T + H) * d * 8, f"a {H}-step forecast --method {method} on B={B}, T={T}, d={d}",
                "use a shorter context or horizon (ckd and krr build (T, T) matrices), or --method parrot, "
                "analogues or last", x.device)
@@ -390,9 +391,10 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
 
     horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
     (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: krr
-    (default) | ckd | analogues | parrot | last | mean | transformer | nvar | esn (reservoirpy);
+    (default) | krr-or-parrot (per sequence krr or parrot, whichever held-out rollouts on the context
+    prefer, ``ckd.choice``) | ckd | analogues | parrot | last | mean | transformer | nvar | esn (reservoirpy);
     univariate: forecast each coordinate from its own past through a delay embedding of
-    dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr; ridge
+    dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr, krr-or-parrot; ridge
     also nvar, esn) and sweeps (ckd) fix settings (default: chosen from the context by held-out
     rollouts). layers L (ckd): L layers of an iteration of ``ckd.rollout.LAYER_ITERATIONS``
     (``ckd.iterations``, chosen from the context) instead of K Gauss-Seidel sweeps, each layer one

@@ -21,7 +21,9 @@ DTYPE_NAMES = ("float64", "float32")  # the keys of ckd.validation.DTYPES
 FITS = ("fit", "fit-per-row")  # ckd.compare's fitted steps
 RESERVOIR_METHODS = ("nvar", "esn")
 FORECAST_METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")  # one-step (ckd.forecast.METHODS)
-ROLLOUT_METHODS = ("ckd", "krr", "analogues", "parrot", "last", "mean", "transformer") + RESERVOIR_METHODS
+CHOICE_METHOD = "krr-or-parrot"  # per sequence krr or parrot, by their held-out rollouts (ckd.choice)
+ROLLOUT_METHODS = (("ckd", "krr", CHOICE_METHOD, "analogues", "parrot", "last", "mean", "transformer")
+                   + RESERVOIR_METHODS)
 DEFAULT_METHOD = "krr"  # the best method measured, one-step and multi-step (docs/forecast.md)
 
 

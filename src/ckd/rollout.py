@@ -31,6 +31,8 @@ Methods (``ROLLOUT_METHODS``):
                (appending a pair that the fit already interpolates leaves the ridge solution
                unchanged: the rollout iterates the fitted map exactly). It is the best method
                measured on the SPEC §8 benchmark (docs/forecast.md), hence the default.
+    krr-or-parrot  per sequence (per coordinate, univariate) krr or parrot, whichever has the smaller
+               held-out score on the context (below; ``ckd.choice``); its output is that method's, bit for bit.
     analogues  the literal loop: the next state is the successor of the earlier state nearest
                (Euclidean, standardised units) to the current one, among the context and the
                tokens generated so far (mean of the k nearest with ``k``; lag 1).
@@ -70,10 +72,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .choice import chosen_setting, parrot_heldout, take_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
 from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
 from .iterations import layer_iterates
-from .names import DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F401 - public here too
+from .names import CHOICE_METHOD, DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F401 - public here too
 from .parroting import SIMPLE_METHODS, simple_rollout
 from .reservoir import min_context as reservoir_min_context
 from .reservoir import reservoir_rollout
@@ -129,6 +132,8 @@ def min_context(method: str, univariate: bool, embed: int) -> int:
         return 2
     if method == "parrot":
         return embed + 1
+    if method == CHOICE_METHOD:
+        return max(min_context("krr", univariate, embed), embed + 1)
     if method == "analogues":
         return (embed if univariate else 1) + 1
     if method in RESERVOIR_METHODS:
@@ -366,11 +371,14 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
         else:
             outs = []
             for i in range(zs.shape[0]):
-                if method in ("ckd", "krr"):
+                if method in ("ckd", "krr", CHOICE_METHOD):
                     D = embed if univariate else None
                     diag: dict = {}
-                    o, s = kernel_rollout(zs[i], H, method, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers,
+                    kind = "krr" if method == CHOICE_METHOD else method
+                    o, s = kernel_rollout(zs[i], H, kind, sigma=sigma, ridge=ridge, sweeps=sweeps, layers=layers,
                                           embed=D, lag=UNIVARIATE_LAGS if univariate else None, diagnostics=diag)
+                    if method == CHOICE_METHOD:
+                        s = chosen_setting(s, diag["heldout_error"], parrot_heldout(zs[i], embed), embed)
                     settings.append(s)
                     diagnostics.append(diag)
                 elif method in RESERVOIR_METHODS:
@@ -389,6 +397,8 @@ def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate
     elif not settings:
         settings, diagnostics = [{}] * B, [{}] * B
     pred = out * std + mean
+    if method == CHOICE_METHOD:  # parroting's own bits where it was chosen
+        pred = take_parrot(pred, x, settings, embed, univariate)
     pred, stopped = _stop_nonfinite(pred, x[:, -1])
     if int(stopped.sum()):
         n = int((stopped > 0).sum())

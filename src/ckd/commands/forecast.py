@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..cli import MAX_INT, integer, path
 from ..cost import check_time, fit_cubes, forecast_seconds
 from ..figures import figure_format, require_matplotlib, save_figure_as
-from ..names import DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
+from ..names import CHOICE_METHOD, DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
 from ..progress import estimated_progress
 
 if TYPE_CHECKING:
@@ -140,9 +140,11 @@ def plot_rollout(path: str, context: np.ndarray, pred: np.ndarray, truth: np.nda
 
 def estimate(args, shape: tuple[int, ...], horizon: int | None, embed: int) -> float:
     """Estimated seconds of the forecast (``ckd.cost``) from the sizes and the settings it will search."""
-    if len(shape) not in (2, 3) or (horizon is not None and args.method not in ("ckd", "krr", "analogues",
-                                                                              "transformer")):
+    if len(shape) not in (2, 3) or (horizon is not None and args.method not in ("ckd", "krr", CHOICE_METHOD,
+                                                                              "analogues", "transformer")):
         return 0.0  # refused by as_batch; or parrot, last, mean, nvar, esn: linear in T and H
+    if horizon is not None and args.method == CHOICE_METHOD:  # krr's work; parroting's is linear
+        args = SimpleNamespace(**{**vars(args), "method": "krr"})
     B, T, d = (1, *shape) if len(shape) == 2 else shape
     depth = "inf" if str(args.depth).strip().lower() in ("inf", "infinity") else 1
     if horizon is None:

@@ -1,0 +1,105 @@
+"""krr, parrot and krr-or-parrot on the chaos-forecast benchmark's cached cases (issue 18).
+
+    python benchmarks/krr_or_parrot.py --ics 3 --systems Aizawa ArnoldWeb ...   # names, or
+    python benchmarks/krr_or_parrot.py --ics 3 --systems $(cat sel.txt) --json out.json
+
+Runs only the three rollouts on each (system, initial condition) of ``ckd reproduce chaos-forecast``'s
+protocol (context 512, horizon 300, 30 points per Lyapunov time; the data cached by a previous run under
+``ckd.experiments.chaos_forecast.data.cache_dir()``; a case not cached is integrated, as the benchmark
+does): krr full state, parroting (per coordinate, window 5) and krr-or-parrot full state
+(``ckd.choice``), one thread, as the benchmark's workers. Prints, as the benchmark's tables do, the
+median over systems of the per-system median VPT, the mean, wins / ties / losses against parrot and the
+seconds of each method; then how often krr-or-parrot chose parrot and how often its choice was the
+better of the two on the future (the truth is read only here, to score). "best of both" is the VPT of
+the better of krr and parrot per case: what a perfect choice would reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from ckd.experiments.chaos_forecast.data import PROTOCOL, SystemData
+from ckd.forecast import forecast_details
+from ckd.metrics import vpt
+
+RUNS = (("krr", "krr", False), ("parrot", "parrot", True), ("krr-or-parrot", "krr-or-parrot", False))
+EMBED = 5
+
+
+def run_case(x: np.ndarray) -> dict:
+    """VPT, seconds and (krr-or-parrot) the choice and scores of the three rollouts of one trajectory."""
+    T, H = PROTOCOL["context"], PROTOCOL["horizon"]
+    ctx = torch.tensor(x[None, :T], dtype=torch.float64)
+    truth = x[None, T:T + H]
+    out: dict = {"vpt": {}, "seconds": {}}
+    for label, method, uni in RUNS:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = forecast_details(ctx, method, horizon=H, univariate=uni, embed=EMBED)
+        out["seconds"][label] = time.perf_counter() - t0
+        out["vpt"][label] = float(vpt(truth, r.pred.numpy(), pts_per_lyapunov=PROTOCOL["pts_per_period"])[0])
+        if method == "krr-or-parrot":
+            s = r.settings[0]
+            out["choice"] = {k: s[k] for k in ("chosen", "heldout_krr", "heldout_parrot")}
+    return out
+
+
+def summary(results: dict) -> list[str]:
+    labels = [lab for lab, _, _ in RUNS] + ["best of both"]
+    per = {}  # system -> label -> median VPT over its cases
+    for name, cases in results.items():
+        v = {lab: [c["vpt"][lab] for c in cases] for lab in labels[:-1]}
+        v["best of both"] = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in cases]
+        per[name] = {lab: float(np.median(vals)) for lab, vals in v.items()}
+    lines = [f"{len(per)} systems, {sum(len(c) for c in results.values())} cases", "",
+             "| method | median VPT | mean VPT | wins / ties / losses vs parrot | seconds |", "|---|---|---|---|---|"]
+    for lab in labels:
+        v = np.array([p[lab] for p in per.values()])
+        ref = np.array([p["parrot"] for p in per.values()])
+        secs = sum(c["seconds"].get(lab, 0.0) for cases in results.values() for c in cases)
+        wtl = "—" if lab == "parrot" else f"{(v > ref).sum()} / {(v == ref).sum()} / {(v < ref).sum()}"
+        shown = "—" if lab == "best of both" else f"{secs:.0f}"
+        lines.append(f"| {lab} | {np.median(v):.3g} | {v.mean():.3g} | {wtl} | {shown} |")
+    cases = [c for cs in results.values() for c in cs]
+    chose_p = sum(c["choice"]["chosen"] == "parrot" for c in cases)
+    right = sum((c["choice"]["chosen"] == "parrot") == (c["vpt"]["parrot"] > c["vpt"]["krr"])
+                or c["vpt"]["parrot"] == c["vpt"]["krr"] for c in cases)
+    lines += ["", f"krr-or-parrot chose parrot on {chose_p} of {len(cases)} cases; its choice had the larger "
+              f"(or an equal) VPT of the two on {right} of {len(cases)}", "",
+              "| system | krr | parrot | krr-or-parrot | chosen (per case) |", "|---|---|---|---|---|"]
+    for name, p in per.items():
+        ch = " ".join(c["choice"]["chosen"] for c in results[name])
+        lines.append(f"| {name} | {p['krr']:.3g} | {p['parrot']:.3g} | {p['krr-or-parrot']:.3g} | {ch} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", nargs="+", required=True)
+    ap.add_argument("--ics", type=int, default=3)
+    ap.add_argument("--json", default=None, help="write the per-case results here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    results: dict = {}
+    t0 = time.perf_counter()
+    for name in args.systems:
+        data = SystemData(name)
+        cases = [run_case(x) for i in range(args.ics) if (x := data.trajectory(i)) is not None]
+        if cases:
+            results[name] = cases
+    print("\n".join(summary(results)))
+    print(f"\nwall {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
