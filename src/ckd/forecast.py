@@ -303,8 +303,8 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
 
 
 # which methods read each setting (an argument a method does not read is refused, never ignored)
-USED_BY = {"sigma": ("ckd", "krr", CHOICE_METHOD), "ridge": ("ckd", "krr", CHOICE_METHOD, "nvar", "esn"),
-           "k": ("analogues",)}
+USED_BY = {"sigma": ("ckd", "krr", CHOICE_METHOD), "ridge": ("ckd", "krr", "nvar", "esn", CHOICE_METHOD),
+           "k": ("analogues",)}  # one step: the methods of FORECAST_METHODS among them
 SQUARE_FREE = ("last", "mean", "parrot")  # rollouts exact at any scale: no x^2 (parrot compares scaled windows)
 
 
@@ -313,9 +313,9 @@ def check_used(method: Any, horizon: Any, *, sigma: Any, ridge: Any, k: Any, emb
     nvar, esn for a horizon), k other than 1 (analogues), embed other than 5 (parrot, univariate rollouts)."""
     if not isinstance(method, str):
         return  # the method's own check names it
-    ridge_users = USED_BY["ridge"] if horizon is not None else ("ckd", "krr", CHOICE_METHOD)
-    for name, given, users in (("sigma", sigma is not None, USED_BY["sigma"]),
-                               ("ridge", ridge is not None, ridge_users), ("k", not _is_one(k), USED_BY["k"])):
+    used = {n: m if horizon is not None else tuple(v for v in m if v in FORECAST_METHODS) for n, m in USED_BY.items()}
+    for name, given, users in (("sigma", sigma is not None, used["sigma"]),
+                               ("ridge", ridge is not None, used["ridge"]), ("k", not _is_one(k), used["k"])):
         if given and method not in users:
             raise ValueError(f"{name} applies to method {', '.join(users)}, not {method} (it would be ignored)")
     if not _is_one(embed, 5) and method not in ("parrot", CHOICE_METHOD) and not univariate:
