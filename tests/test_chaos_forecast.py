@@ -215,3 +215,14 @@ def test_reproduce_refuses_a_bad_worker_count_in_one_line(tmp_path, capsys, monk
     assert main(["reproduce", "chaos-forecast", "--quick", "--out", str(tmp_path / "out")]) == 2
     one_error(capsys, "CKD_WORKERS")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_run_has_a_colour_and_runs_a_known_method():
+    """A run added to RUNS (e.g. krr-or-parrot) is drawn in the figures and names a rollout method."""
+    from ckd.experiments.chaos_forecast.reporting import COLORS
+    from ckd.names import ROLLOUT_METHODS
+
+    assert {lab for lab, _, _ in cf.RUNS} <= set(COLORS)
+    assert {method for _, method, _ in cf.RUNS} <= set(ROLLOUT_METHODS)
+    assert ("krr-or-parrot", "krr-or-parrot", False) in cf.RUNS
+    assert ("krr-or-parrot-uni", "krr-or-parrot", True) in cf.RUNS

@@ -192,7 +192,8 @@ def goals(summ: dict) -> list[str]:
 
 
 COLORS = {"ckd": "C0", "krr": "C3", "analogues": "C2", "last": "C8", "mean": "C5", "ckd-uni": "C9",
-          "krr-uni": "C1", "analogues-uni": "C4", "parrot": "C6", "nvar": "C7", "esn": "olive"}
+          "krr-uni": "C1", "analogues-uni": "C4", "parrot": "C6", "nvar": "C7", "esn": "olive",
+          "krr-or-parrot": "maroon", "krr-or-parrot-uni": "salmon"}
 
 
 def figures(out: pathlib.Path, results: dict, summary: dict, horizon: int) -> None:

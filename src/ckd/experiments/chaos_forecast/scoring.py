@@ -21,10 +21,12 @@ from .data import LONG, PROTOCOL, SystemData
 # construction (univariate); last and mean are the same in both settings (listed once, full).
 # krr is the default of ckd forecast; nvar and esn are reservoirpy's (run when it is installed).
 RUNS = [
-    ("ckd", "ckd", False), ("krr", "krr", False), ("analogues", "analogues", False),
+    ("ckd", "ckd", False), ("krr", "krr", False), ("krr-or-parrot", "krr-or-parrot", False),
+    ("analogues", "analogues", False),
     ("nvar", "nvar", False), ("esn", "esn", False),
     ("last", "last", False), ("mean", "mean", False),
-    ("ckd-uni", "ckd", True), ("krr-uni", "krr", True), ("analogues-uni", "analogues", True),
+    ("ckd-uni", "ckd", True), ("krr-uni", "krr", True), ("krr-or-parrot-uni", "krr-or-parrot", True),
+    ("analogues-uni", "analogues", True),
     ("parrot", "parrot", True),
 ]
 REFERENCE = "parrot"
