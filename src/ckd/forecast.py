@@ -56,7 +56,7 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
-from .names import CHOICE_METHOD, FORECAST_METHODS
+from .names import CHOICE_METHOD, FORECAST_METHODS, USED_BY, check_used  # noqa: F401 - USED_BY, check_used: public here too
 from .reservoir import reservoirpy
 from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .threads import threads_for
@@ -302,31 +302,7 @@ def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = 
     return Forecast(pred, choice, experts, fallbacks)
 
 
-# which methods read each setting (an argument a method does not read is refused, never ignored)
-USED_BY = {"sigma": ("ckd", "krr", CHOICE_METHOD), "ridge": ("ckd", "krr", "nvar", "esn", CHOICE_METHOD),
-           "k": ("analogues",)}  # one step: the methods of FORECAST_METHODS among them
 SQUARE_FREE = ("last", "mean", "parrot")  # rollouts exact at any scale: no x^2 (parrot compares scaled windows)
-
-
-def check_used(method: Any, horizon: Any, *, sigma: Any, ridge: Any, k: Any, embed: Any, univariate: Any) -> None:
-    """Refuse (one-line ``ValueError``) a setting the method does not read: sigma (ckd, krr), ridge (ckd, krr;
-    nvar, esn for a horizon), k other than 1 (analogues), embed other than 5 (parrot, univariate rollouts)."""
-    if not isinstance(method, str):
-        return  # the method's own check names it
-    used = {n: m if horizon is not None else tuple(v for v in m if v in FORECAST_METHODS) for n, m in USED_BY.items()}
-    for name, given, users in (("sigma", sigma is not None, used["sigma"]),
-                               ("ridge", ridge is not None, used["ridge"]), ("k", not _is_one(k), used["k"])):
-        if given and method not in users:
-            raise ValueError(f"{name} applies to method {', '.join(users)}, not {method} (it would be ignored)")
-    if not _is_one(embed, 5) and method not in ("parrot", CHOICE_METHOD) and not univariate:
-        raise ValueError(f"embed applies to method parrot and univariate rollouts, not {method} (it would be ignored)")
-
-
-def _is_one(value: Any, one: int = 1) -> bool:
-    try:
-        return bool(value == one)
-    except Exception:  # arrays and the like: the option's own check refuses them
-        return False
 
 
 def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embed: Any, sigma: Any, ridge: Any,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from typing import Any
 
 MAX_INT = 2**63 - 1  # torch and numpy integers (seeds, sizes) are int64
 KERNELS = ("linear", "exp", "softmax", "gaussian")
@@ -40,3 +41,29 @@ def parse_float(text: str) -> float:
     if math.isinf(v) and not re.search("inf", text, re.IGNORECASE):
         raise argparse.ArgumentTypeError(f"{text} overflows float64")
     return v
+
+
+# which methods read each setting (an argument a method does not read is refused, never ignored)
+USED_BY = {"sigma": ("ckd", "krr", CHOICE_METHOD), "ridge": ("ckd", "krr", "nvar", "esn", CHOICE_METHOD),
+           "k": ("analogues",)}  # one step: the methods of FORECAST_METHODS among them
+
+
+def check_used(method: Any, horizon: Any, *, sigma: Any, ridge: Any, k: Any, embed: Any, univariate: Any) -> None:
+    """Refuse (one-line ``ValueError``) a setting the method does not read: sigma (ckd, krr), ridge (ckd, krr;
+    nvar, esn for a horizon), k other than 1 (analogues), embed other than 5 (parrot, univariate rollouts)."""
+    if not isinstance(method, str):
+        return  # the method's own check names it
+    used = {n: m if horizon is not None else tuple(v for v in m if v in FORECAST_METHODS) for n, m in USED_BY.items()}
+    for name, given, users in (("sigma", sigma is not None, used["sigma"]),
+                               ("ridge", ridge is not None, used["ridge"]), ("k", not _is_one(k), used["k"])):
+        if given and method not in users:
+            raise ValueError(f"{name} applies to method {', '.join(users)}, not {method} (it would be ignored)")
+    if not _is_one(embed, 5) and method not in ("parrot", CHOICE_METHOD) and not univariate:
+        raise ValueError(f"embed applies to method parrot and univariate rollouts, not {method} (it would be ignored)")
+
+
+def _is_one(value: Any, one: int = 1) -> bool:
+    try:
+        return bool(value == one)
+    except Exception:  # arrays and the like: the option's own check refuses them
+        return False

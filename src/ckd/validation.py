@@ -133,12 +133,10 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     """An integer (an integral float such as 3.0 is accepted; NumPy and torch scalars too) within
     [minimum, maximum]."""
     value = torch_scalar(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, (float, np.floating)):
-        if not (math.isfinite(value) and float(value).is_integer()):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    v = int(value)
+    v = integer_value(value, floats=True)
+    if v is None:  # a real number that is not integral is a wrong value; anything else a wrong type
+        raise (ValueError if isinstance(value, (float, np.floating)) else TypeError)(
+            f"{name} must be an integer, got {value!r}")
     if minimum is not None and v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if maximum is not None and v > maximum:

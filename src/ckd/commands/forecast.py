@@ -229,13 +229,15 @@ def simple(x: np.ndarray, args, H: int, D: int):
     ``ckd.rollout``. None where the library path must run (it validates and reports the rest)."""
     import numpy as np
 
+    from ..names import check_used
     from ..parroting import SIMPLE_METHODS, simple_rollout
 
     if (args.method not in SIMPLE_METHODS or args.checkpoint is not None
             or any(v is not None for v in (args.sigma, args.ridge, args.sweeps, args.layers))
-            or args.k != 1 or args.depth.strip() != "1"
-            or (D != 5 and args.method != "parrot" and not args.univariate)):  # the library refuses it
+            or args.k != 1 or args.depth.strip() != "1"):
         return None
+    # the library's rule for settings a method does not read (embed with last or mean), without torch
+    check_used(args.method, H, sigma=None, ridge=None, k=1, embed=D, univariate=args.univariate)
     if x.dtype.kind != "f" or x.dtype.itemsize > 8 or not x.dtype.isnative or x.ndim not in (2, 3) or x.size == 0:
         return None
     batch = np.ascontiguousarray(x if x.ndim == 3 else x[None], dtype=np.float64)
