@@ -2,6 +2,8 @@
 
     python benchmarks/krr_or_parrot.py --ics 3 --systems Aizawa ArnoldWeb ...   # names, or
     python benchmarks/krr_or_parrot.py --ics 3 --systems $(cat sel.txt) --json out.json
+    python benchmarks/krr_or_parrot.py --ics 20 --all --json part.json     # the full benchmark's cases
+    python benchmarks/krr_or_parrot.py --read part1.json part2.json         # the tables of finished runs
 
 Runs only the three rollouts on each (system, initial condition) of ``ckd reproduce chaos-forecast``'s
 protocol (context 512, horizon 300, 30 points per Lyapunov time; the data cached by a previous run under
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 
@@ -89,24 +92,47 @@ def summary(results: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", nargs="+", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--systems", nargs="+")
+    which.add_argument("--all", action="store_true", help="every system of the benchmark (all_systems())")
+    which.add_argument("--read", nargs="+", metavar="JSON", help="only print the tables of these result files")
+    ap.add_argument("--part", default="0/1", help="K/N: run only the systems i with i %% N == K (split a run)")
     ap.add_argument("--ics", type=int, default=3)
-    ap.add_argument("--json", default=None, help="write the per-case results here")
+    ap.add_argument("--json", default=None,
+                    help="per-case results, written after each system; systems already in it are skipped (resume)")
     ap.add_argument("--univariate", action="store_true", help="krr and krr-or-parrot per coordinate (embed 5)")
     args = ap.parse_args()
+    if args.read:
+        results = {}
+        for path in args.read:
+            with open(path) as fh:
+                results.update(json.load(fh))
+        print("\n".join(summary(results)))
+        return
     torch.set_num_threads(1)
+    if args.all:
+        from ckd.experiments.chaos_forecast.data import all_systems
+        args.systems = all_systems()
+    k, n = (int(v) for v in args.part.split("/"))
     results: dict = {}
+    if args.json and os.path.exists(args.json):
+        with open(args.json) as fh:
+            results = json.load(fh)
     t0 = time.perf_counter()
-    for name in args.systems:
+    for name in args.systems[k::n]:
+        if name in results:
+            continue
         data = SystemData(name)
         cases = [run_case(x, args.univariate) for i in range(args.ics) if (x := data.trajectory(i)) is not None]
         if cases:
             results[name] = cases
+        if args.json:  # after each system, atomically: an interrupted run resumes here
+            with open(args.json + ".tmp", "w") as fh:
+                json.dump(results, fh, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+        print(f"{name}: {len(cases)} cases, {time.perf_counter() - t0:.0f} s", flush=True)
     print("\n".join(summary(results)))
     print(f"\nwall {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
 
 
 if __name__ == "__main__":

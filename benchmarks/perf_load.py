@@ -9,7 +9,9 @@ Paths: dense descent (``ckd.predict``, exp kernel, depth 16, B = 16, T = 512, d 
 (linear kernel, depth inf, B = 1, d = 8, T = 2^18 and 2^20), streaming (2000 pushes of
 ``ckd.Streaming("exp")``, d = 8), ``ckd forecast ctx.npy -o out.npy --horizon 300`` end to end on a
 (400, 3) context (a fresh ``ckd`` process per repeat, start-up included) and training (40 steps of
-``ckd train``'s loop at its default size: 2 layers, batch 32, length 32, d = 3).
+``ckd train``'s loop at its default size: 2 layers, batch 32, length 32, d = 3). The control path
+is no ckd at all: a pure-Python loop on one thread (about 0.3 s idle), i.e. what the N busy
+processes do to any single-threaded job on this machine; a path's ratio is read against it.
 
 Policies (``--policy``, several allowed):
 
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("on", "off", "passive", "scoped")
 # path -> (repeats, repeats of --quick)
 PATHS = {"dense": (5, 2), "linear 2^18": (3, 1), "linear 2^20": (3, 1), "streaming": (3, 1),
-         "forecast CLI": (5, 2), "training": (3, 1)}
+         "forecast CLI": (5, 2), "training": (3, 1), "control": (5, 2)}
 SIZES = {"dense": (16, 512, 8), "linear 2^18": (1, 2**18, 8), "linear 2^20": (1, 2**20, 8)}
 QUICK_SIZES = {"dense": (4, 256, 8), "linear 2^18": (1, 2**14, 8), "linear 2^20": (1, 2**16, 8)}
 TIMEOUT = 900  # seconds per (path, policy, condition): a spinning run under load can take minutes
@@ -102,6 +104,9 @@ def worker(path: str, policy: str, reps: int, quick: bool) -> dict:
 
         def run():
             train(cfg, tempfile.mkdtemp(dir=tmp), progress=False)
+    elif path == "control":  # no ckd, no torch work: the machine's own loaded / idle for one thread
+        def run():
+            sum(i * i for i in range(3_000_000 if not quick else 300_000))
     else:
         raise ValueError(f"unknown path {path!r}; choose from {', '.join(PATHS)}")
     run()  # warm-up (first-call allocations, lazy imports)

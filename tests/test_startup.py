@@ -25,7 +25,9 @@ try:
     rc = ckd.cli.main()
 except SystemExit as exit:
     rc = exit.code
-print(json.dumps([rc, [m for m in {heavy!r} if m in sys.modules], os.environ.get("OMP_WAIT_POLICY")]))
+import gc
+print(json.dumps([rc, [m for m in {heavy!r} if m in sys.modules], os.environ.get("OMP_WAIT_POLICY"),
+                  gc.get_freeze_count()]))
 """
 
 
@@ -55,13 +57,24 @@ def context(tmp_path):
       for m in ("parrot", "last", "mean")],
 ])
 def test_light_paths_import_no_torch(tmp_path, context, args, rc):
-    (got_rc, heavy, policy), err = probe(args, tmp_path)
+    (got_rc, heavy, policy, _), err = probe(args, tmp_path)
     assert got_rc == rc, err
     assert heavy == [], f"{args} imported {heavy}"
     assert policy == "PASSIVE"
     if rc == 2:  # a user mistake: one line
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ckd: error:"), err
+
+
+@pytest.mark.parametrize("args, rc", [(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "30"], 0),
+                                      (["forecast", "ctx.npy", "-o", "f.npy", "--k", "0"], 2)])
+def test_program_freezes_its_objects_before_exit(tmp_path, context, args, rc):
+    """Run as a program, ckd moves the objects torch's import made out of the collector's reach
+    before the interpreter exits (the exit's collection of them cost ~0.3 s; docs/performance.md),
+    on success and on error alike."""
+    (got_rc, heavy, _, frozen), err = probe(args, tmp_path)
+    assert got_rc == rc, err
+    assert frozen > 10_000 if "torch" in heavy else frozen > 0
 
 
 @pytest.mark.parametrize("method", ["parrot", "last", "mean"])
@@ -71,7 +84,7 @@ def test_numpy_forecast_is_the_library_bit_for_bit(tmp_path, method, shape):
     x = np.cumsum(np.random.default_rng(1).normal(size=shape), -2)
     np.save(tmp_path / "ctx.npy", x)
     embed = ["--embed", "4"] if method == "parrot" else []  # embed is parrot's alone (others refuse it)
-    (rc, heavy, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "25", "--method", method,
+    (rc, heavy, _, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "25", "--method", method,
                                  *embed, "--report", "r.json"], tmp_path)
     assert rc == 0 and heavy == [], err
     expected = ckd.forecast.forecast(x, method, horizon=25, **({"embed": 4} if embed else {}))
@@ -84,20 +97,20 @@ def test_numpy_forecast_is_the_library_bit_for_bit(tmp_path, method, shape):
 
 def test_library_path_still_used_when_needed(tmp_path, context):
     """A context too short for the window goes through the library, which names the problem."""
-    (rc, heavy, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "parrot",
+    (rc, heavy, _, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "parrot",
                                  "--embed", "60"], tmp_path)
     assert rc == 2 and "torch" in heavy and "needs a context of at least 61 rows" in err
 
 
 def test_fast_path_refuses_what_the_library_refuses(tmp_path, context):
     """--embed with last (a setting last does not read) is refused as ckd.forecast refuses it, not ignored."""
-    (rc, _, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "last",
+    (rc, _, _, _), err = probe(["forecast", "ctx.npy", "-o", "f.npy", "--horizon", "5", "--method", "last",
                              "--embed", "4"], tmp_path)
     assert rc == 2 and "embed applies to method parrot" in err and not (tmp_path / "f.npy").exists()
 
 
 def test_user_policy_kept(tmp_path):
-    (rc, _, policy), _ = probe(["--help"], tmp_path, OMP_WAIT_POLICY="ACTIVE")
+    (rc, _, policy, _), _ = probe(["--help"], tmp_path, OMP_WAIT_POLICY="ACTIVE")
     assert rc == 0 and policy == "ACTIVE"
 
 

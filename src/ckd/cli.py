@@ -11,6 +11,7 @@ that sleep instead of spinning between operations (the thread rule, ``ckd.thread
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import re
@@ -82,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     that an error is always exactly one stderr line."""
     if argv is None:  # run as a program: before torch is imported (a call from Python leaves os.environ alone)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        argv = sys.argv[1:]
+        try:
+            return main(sys.argv[1:])
+        finally:
+            # The interpreter's exit collects every object torch's import made (~0.3 s, a fifth of
+            # `ckd forecast`'s wall time); frozen objects are left to the process's end instead.
+            gc.freeze()
     held: list[str] = []
     warnings.showwarning = lambda message, *args, **kwargs: held.append(f"ckd: warning: {message}")
     try:
