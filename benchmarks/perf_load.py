@@ -21,6 +21,8 @@ Policies (``--policy``, several allowed):
              every thread: ckd before issue 17)
     passive  OMP_WAIT_POLICY=PASSIVE only
     scoped   the thread rule only
+    one      "on" in a process of one thread (OMP_NUM_THREADS=1): what holding one thread for a whole
+             stream or run gives, against the rule's scope per call
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ("on", "off", "passive", "scoped")
+POLICIES = ("on", "off", "passive", "scoped", "one")
 # path -> (repeats, repeats of --quick)
 PATHS = {"dense": (5, 2), "linear 2^18": (3, 1), "linear 2^20": (3, 1), "streaming": (3, 1),
          "forecast CLI": (5, 2), "training": (3, 1), "control": (5, 2)}
@@ -48,14 +50,16 @@ def env_for(policy: str) -> dict:
     """The environment of a worker: the wait policy set or removed."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    if policy in ("on", "passive"):
+    if policy in ("on", "passive", "one"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if policy == "one":
+        env["OMP_NUM_THREADS"] = "1"
     return env
 
 
 def cli_command(policy: str, args: list[str]) -> list[str]:
     """The ckd command as a user runs it (policy on), or with the rule switched off / on alone."""
-    if policy == "on":
+    if policy in ("on", "one"):
         return [sys.executable, "-m", "ckd.cli", *args]
     flops = 0 if policy in ("off", "passive") else 2**28
     prelude = (f"import sys; import ckd.threads as t; t.SMALL_FLOPS = {flops}; import ckd.cli; "
