@@ -28,7 +28,8 @@ Complex x (linear kernel, SPEC §10: k(a, b) = b^H a): the keys are stored conju
 so that every product above stays bilinear: u_t.k_s = x_{s-1}^H x_{t-1}, W_t = sum alpha_s x_{s-1}^H, and
 ``naive`` and ``chunk`` run unchanged on complex tensors (``pairs``).
 
-``naive`` holds the plain sequential loops (the reference), ``chunk`` the fast forms.
+``naive`` holds the plain sequential loops (the reference), ``chunk`` the fast forms, ``deltanet`` the
+same depth-inf recurrence as the inputs of flash-linear-attention's delta rule (DeltaNet).
 ``ckd.descent.descend`` (hence ``ckd.predict``) calls ``descend`` here for the linear kernel, or
 when ``features`` is given, unless ``method="dense"``; the results equal the dense path's
 (``tests/test_linear_time.py``), including the default step eta = 0.5 / max_t (R[t,t] + lambda)
@@ -59,6 +60,7 @@ from ..descent.steps import (
 )
 from ..validation import check_complex, check_fits, parse_step
 from .chunk import ATTENTION_CHUNK, DELTA_CHUNK, causal_linear_attention, delta_rule_chunked, descend_chunked
+from .deltanet import deltanet_inputs, deltanet_rows, fla_reference
 from .features import FEATURE_KERNELS, check_features, feature_map, feature_matrices, features_bytes
 from .naive import delta_rule_naive, descend_naive, linear_attention_naive
 
@@ -74,12 +76,15 @@ __all__ = [
     "check_method",
     "delta_rule_chunked",
     "delta_rule_naive",
+    "deltanet_inputs",
+    "deltanet_rows",
     "descend",
     "descend_chunked",
     "descend_naive",
     "feature_map",
     "feature_matrices",
     "features_bytes",
+    "fla_reference",
     "linear_attention_naive",
     "pairs",
     "uses_linear_time",
