@@ -146,15 +146,17 @@ def fla_kernels(ieee: bool) -> dict:
     def fwd(chunk):
         return lambda a: chunk_delta_rule_fwd(a["q"], a["k"], a["v"], a["beta"], 1.0, None, False, chunk_size=chunk)[0]
 
-    fns = {"fla chunk_delta_rule_fwd float32 C=64": (torch.float32, fwd(64)),
-           "fla chunk_delta_rule_fwd float32 C=32": (torch.float32, fwd(32))}
     if ieee:
-        return fns
-    return {"fla chunk_delta_rule bfloat16 C=64": (torch.bfloat16, lambda a: chunk_delta_rule(**a, chunk_size=64)[0]),
-            "fla chunk_delta_rule bfloat16 C=32": (torch.bfloat16, lambda a: chunk_delta_rule(**a, chunk_size=32)[0]),
-            "fla chunk_delta_rule float16 C=64": (torch.float16, lambda a: chunk_delta_rule(**a, chunk_size=64)[0]),
-            "fla fused_recurrent float32": (torch.float32, lambda a: fused_recurrent_delta_rule(**a)[0]),
-            **fns}
+        return {"fla chunk_delta_rule_fwd float32 C=64": (torch.float32, fwd(64)),
+                "fla chunk_delta_rule_fwd float32 C=32": (torch.float32, fwd(32))}
+    return {  # in order of importance: a part short of time skips the last ones
+        "fla chunk_delta_rule bfloat16 C=64": (torch.bfloat16, lambda a: chunk_delta_rule(**a, chunk_size=64)[0]),
+        "fla chunk_delta_rule_fwd float32 C=64": (torch.float32, fwd(64)),
+        "fla fused_recurrent float32": (torch.float32, lambda a: fused_recurrent_delta_rule(**a)[0]),
+        "fla chunk_delta_rule bfloat16 C=32": (torch.bfloat16, lambda a: chunk_delta_rule(**a, chunk_size=32)[0]),
+        "fla chunk_delta_rule_fwd float32 C=32": (torch.float32, fwd(32)),
+        "fla chunk_delta_rule float16 C=64": (torch.float16, lambda a: chunk_delta_rule(**a, chunk_size=64)[0]),
+    }
 
 
 def part_fla(part: Part, ieee: bool = False) -> None:
@@ -184,9 +186,9 @@ def part_fla(part: Part, ieee: bool = False) -> None:
         x = data(1, T, D, part.device)
         fns = ours(x)
         outputs = {name: once(fn, part.device)[0] for name, fn in fns.items()}
-        row = {"T": T, "first_call_s": {}, "notes": {}}
+        row = {"T": T, "first_call_s": {}, "first_rel_diff_f64": {}, "notes": {}}
         for name, (dtype, kernel) in kernels.items():
-            if part.left() < 20:
+            if part.left() < (60 if part.cuda else 20):  # a first call compiles and autotunes; keep time to compare
                 row["notes"][name] = "not run: no time left"
                 continue
             errors = []
@@ -204,6 +206,7 @@ def part_fla(part: Part, ieee: bool = False) -> None:
                 fns[name] = lambda a=args, f=kernel: deltanet_rows(f(a), D)
                 outputs[name] = deltanet_rows(o, D)
                 row["first_call_s"][name] = sec  # compilation and autotuning included
+                row["first_rel_diff_f64"][name] = rel_diff(outputs[name], outputs["ckd predict float64"])
                 break
             part.save({**result, "sizes": result["sizes"] + [row]})
         reps = 3 if part.quick or T > 2**16 else 10

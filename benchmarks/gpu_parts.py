@@ -46,7 +46,10 @@ class Part:
 
     def save(self, result: dict) -> None:
         self.record["result"] = result
-        self.record["markdown"] = self.table(result)
+        try:  # a table that cannot be drawn must not lose the numbers
+            self.record["markdown"] = self.table(result) if result else ""
+        except Exception as exc:
+            self.record["markdown"] = f"(no table: {type(exc).__name__}: {exc})"
         self.path.write_text(json.dumps(self.record, indent=1))
 
     def skip(self, reason: str) -> None:
