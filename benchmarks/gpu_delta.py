@@ -55,29 +55,36 @@ def once(fn, device: str) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - start
 
 
-def compare(fns: dict, outputs: dict, reps: int, device: str, ref: torch.Tensor, ref32: torch.Tensor) -> dict:
-    """Interleaved medians and the rel diffs of every output against ours in float64 and float32."""
-    res = interleaved(fns, reps, device, warmup=0)  # every candidate has run once already (outputs)
+def compare(fns: dict, outputs: dict, part: Part, T: int) -> tuple[int, dict]:
+    """Interleaved medians (every candidate has run once already: ``outputs``) and the rel diffs of
+    every output against ours in float64 and float32. Returns (repeats, {name: ...})."""
+    reps = 3 if part.quick or T > 2**16 or not part.cuda else 10
+    res = interleaved(fns, reps, part.device, warmup=0)
     base = res["ckd predict float32"]["median"]
-    return {name: {"median_s": res[name]["median"], "min_s": res[name]["min"], "vs_ckd_f32": res[name]["median"] / base,
-                   "rel_diff_f64": rel_diff(outputs[name], ref), "rel_diff_f32": rel_diff(outputs[name], ref32)}
-            for name in fns}
+    ref, ref32 = outputs["ckd predict float64"], outputs["ckd predict float32"]
+    return reps, {name: {"median_s": res[name]["median"], "min_s": res[name]["min"],
+                         "vs_ckd_f32": res[name]["median"] / base, "rel_diff_f64": rel_diff(outputs[name], ref),
+                         "rel_diff_f32": rel_diff(outputs[name], ref32)} for name in fns}
+
+
+def each_length(part: Part, result: dict, need: float):
+    """For each T while ``need`` seconds are left: (T, x, our candidates, their first outputs)."""
+    for T in lengths(part):
+        if part.left() < need:
+            result["stopped"] = f"T = {T} and later: no time left"
+            return
+        x = data(1, T, D, part.device)
+        fns = ours(x)
+        yield T, x, fns, {name: once(fn, part.device)[0] for name, fn in fns.items()}
 
 
 def part_delta(part: Part) -> None:
     """Ours alone (no Triton), and fla's plain references where fla is installed (the mapping's check)."""
     fla = fla_reference()
     result = {"B": 1, "d": D, "sizes": []}
-    for T in lengths(part):
-        if part.left() < 15:
-            result["stopped"] = f"T = {T} and later: no time left"
-            break
-        x = data(1, T, D, part.device)
-        fns = ours(x)
-        outputs = {name: once(fn, part.device)[0] for name, fn in fns.items()}
-        reps = 3 if part.quick or T > 2**16 or not part.cuda else 10
-        row = {"T": T, "reps": reps, "candidates": compare(
-            fns, outputs, reps, part.device, outputs["ckd predict float64"], outputs["ckd predict float32"])}
+    for T, x, fns, outputs in each_length(part, result, 15):
+        reps, candidates = compare(fns, outputs, part, T)
+        row = {"T": T, "reps": reps, "candidates": candidates}
         row["references"] = fla_references(fla, x) if fla is not None else "fla not installed"
         result["sizes"].append(row)
         part.save(result)
@@ -179,13 +186,7 @@ def part_fla(part: Part, ieee: bool = False) -> None:
         result["trial"] = ("CPU trial: fla's Triton kernels need CUDA and were skipped; the part's code ran "
                            "with stand-ins built on fla's plain chunked reference (same call form), so the "
                            "stand-in rows are not fla's kernels' numbers")
-    for T in lengths(part):
-        if part.left() < 30:
-            result["stopped"] = f"T = {T} and later: no time left"
-            break
-        x = data(1, T, D, part.device)
-        fns = ours(x)
-        outputs = {name: once(fn, part.device)[0] for name, fn in fns.items()}
+    for T, x, fns, outputs in each_length(part, result, 30):
         row = {"T": T, "first_call_s": {}, "first_rel_diff_f64": {}, "notes": {}}
         for name, (dtype, kernel) in kernels.items():
             if part.left() < (60 if part.cuda else 20):  # a first call compiles and autotunes; keep time to compare
@@ -209,10 +210,7 @@ def part_fla(part: Part, ieee: bool = False) -> None:
                 row["first_rel_diff_f64"][name] = rel_diff(outputs[name], outputs["ckd predict float64"])
                 break
             part.save({**result, "sizes": result["sizes"] + [row]})
-        reps = 3 if part.quick or T > 2**16 else 10
-        row["reps"] = reps
-        row["candidates"] = compare(fns, outputs, reps, part.device, outputs["ckd predict float64"],
-                                    outputs["ckd predict float32"])
+        row["reps"], row["candidates"] = compare(fns, outputs, part, T)
         result["sizes"].append(row)
         part.save(result)
     part.save(result)
