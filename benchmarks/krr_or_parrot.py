@@ -62,13 +62,16 @@ def run_case(x: np.ndarray, univariate: bool = False) -> dict:
 
 
 def summary(results: dict) -> list[str]:
+    excluded = {name: r["excluded"] for name, r in results.items() if isinstance(r, dict)}
+    results = {name: r for name, r in results.items() if not isinstance(r, dict)}
     labels = [lab for lab, _, _ in RUNS] + ["best of both"]
     per = {}  # system -> label -> median VPT over its cases
     for name, cases in results.items():
         v = {lab: [c["vpt"][lab] for c in cases] for lab in labels[:-1]}
         v["best of both"] = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in cases]
         per[name] = {lab: float(np.median(vals)) for lab, vals in v.items()}
-    lines = [f"{len(per)} systems, {sum(len(c) for c in results.values())} cases", "",
+    lines = [f"{len(per)} systems, {sum(len(c) for c in results.values())} cases"
+             + "".join(f"; {name} excluded ({why})" for name, why in excluded.items()), "",
              "| method | median VPT | mean VPT | wins / ties / losses vs parrot | seconds |", "|---|---|---|---|---|"]
     for lab in labels:
         v = np.array([p[lab] for p in per.values()])
@@ -123,7 +126,11 @@ def main() -> None:
         if name in results:
             continue
         data = SystemData(name)
-        cases = [run_case(x, args.univariate) for i in range(args.ics) if (x := data.trajectory(i)) is not None]
+        try:
+            cases = [run_case(x, args.univariate) for i in range(args.ics) if (x := data.trajectory(i)) is not None]
+        except Exception as err:  # as the benchmark (scoring.merge_parts): a system whose run raised is excluded
+            results[name] = {"excluded": f"{type(err).__name__}: {err}"}
+            cases = []
         if cases:
             results[name] = cases
         if args.json:  # after each system, atomically: an interrupted run resumes here

@@ -1,4 +1,4 @@
-"""The default forecaster (issue 18): krr for one step and for rollouts, ``--report`` and ``-v``."""
+"""The default forecasters (issue 18): krr for one step, krr-or-parrot for rollouts, ``--report`` and ``-v``."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 
 from ckd.cli import main
 from ckd.forecast import forecast, forecast_details
-from ckd.rollout import DEFAULT_METHOD, _gram, kernel_pairs
+from ckd.rollout import DEFAULT_METHOD, DEFAULT_ROLLOUT_METHOD, _gram, kernel_pairs
 
 
 def lorenz(T, dt=0.03, x0=(1.0, 1.0, 20.0)):
@@ -21,21 +21,29 @@ def lorenz(T, dt=0.03, x0=(1.0, 1.0, 20.0)):
     return np.array(out)
 
 
-def test_the_default_is_krr_for_one_step_and_for_rollouts():
+def test_the_defaults_are_krr_for_one_step_and_krr_or_parrot_for_rollouts():
+    from test_krr_or_parrot import ambiguous_cycle
+
+    assert (DEFAULT_METHOD, DEFAULT_ROLLOUT_METHOD) == ("krr", "krr-or-parrot")
     x = lorenz(120)
-    assert DEFAULT_METHOD == "krr"
     assert np.array_equal(forecast(x), forecast(x, "krr"))
-    assert np.array_equal(forecast(x, horizon=7), forecast(x, "krr", horizon=7))
+    assert np.array_equal(forecast(x, horizon=7), forecast(x, "krr-or-parrot", horizon=7))
+    assert np.array_equal(forecast(x, horizon=7), forecast(x, "krr", horizon=7))  # krr chosen on Lorenz
     assert not np.array_equal(forecast(x, horizon=7), forecast(x, "ckd", horizon=7))
+    cycle = ambiguous_cycle(150)  # parroting chosen: the default is not krr there
+    assert np.array_equal(forecast(cycle, horizon=20), forecast(cycle, "parrot", horizon=20))
+    assert not np.array_equal(forecast(cycle, horizon=20), forecast(cycle, "krr", horizon=20))
 
 
-def test_cli_default_is_krr(tmp_path):
-    x = lorenz(80)
-    np.save(tmp_path / "in.npy", x)
-    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "a.npy"), "--horizon", "5"]) == 0
-    assert np.array_equal(np.load(tmp_path / "a.npy"), forecast(x, "krr", horizon=5))
-    assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "b.npy")]) == 0
-    assert np.array_equal(np.load(tmp_path / "b.npy"), forecast(x, "krr"))
+def test_cli_defaults(tmp_path):
+    from test_krr_or_parrot import ambiguous_cycle
+
+    for x in (lorenz(80), ambiguous_cycle(150)):
+        np.save(tmp_path / "in.npy", x)
+        assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "a.npy"), "--horizon", "5"]) == 0
+        assert np.array_equal(np.load(tmp_path / "a.npy"), forecast(x, "krr-or-parrot", horizon=5))
+        assert main(["forecast", str(tmp_path / "in.npy"), "-o", str(tmp_path / "b.npy")]) == 0
+        assert np.array_equal(np.load(tmp_path / "b.npy"), forecast(x, "krr"))
 
 
 @pytest.mark.parametrize("opts,match", [
@@ -75,10 +83,10 @@ def test_report_and_verbose_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     data = json.loads(rep.read_text())
     ref = forecast_details(torch.tensor(x)[None], horizon=6)
-    assert data["method"] == "krr" and data["horizon"] == 6 and data["input_shape"] == [90, 3]
+    assert data["method"] == "krr-or-parrot" and data["horizon"] == 6 and data["input_shape"] == [90, 3]
     assert data["sequences"][0]["settings"] == ref.settings[0]
     assert data["sequences"][0]["diagnostics"] == pytest.approx(ref.diagnostics[0])
-    assert len(err) == 1 and err[0].startswith("ckd forecast: krr, horizon 6, full state: sequence 0: sigma=")
+    assert len(err) == 1 and err[0].startswith("ckd forecast: krr-or-parrot, horizon 6, full state: sequence 0: ")
     # univariate, batched: one list of d settings per sequence
     np.save(tmp_path / "b.npy", np.stack([x, x[::-1].copy()]))
     assert main(["forecast", str(tmp_path / "b.npy"), "-o", str(tmp_path / "o.npy"), "--horizon", "3",

@@ -56,14 +56,23 @@ from torch import Tensor
 from .baselines import analogues, kernel_ridge, least_squares
 from .descent import StabilityWarning, infinite_depth
 from .kernels import CausalMatrices, causal_mask, scores, shift_gram
-from .names import CHOICE_METHOD, FORECAST_METHODS, USED_BY, check_used  # noqa: F401 - USED_BY, check_used: public here too
+from .names import (  # noqa: F401 - public here too
+    CHOICE_METHOD,
+    DEFAULT_METHOD,
+    DEFAULT_ROLLOUT_METHOD,
+    FORECAST_METHODS,
+    USED_BY,
+    check_used,
+    default_method,
+)
 from .reservoir import reservoirpy
-from .rollout import DEFAULT_METHOD, ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
+from .rollout import ROLLOUT_METHODS, Rollout, check_embed, check_horizon, min_context, rollout
 from .threads import threads_for
 from .validation import MAX_INT, as_batch, check_fits, check_int, check_integer, check_number, check_squares
 
 METHODS = FORECAST_METHODS
-# DEFAULT_METHOD (krr) is the default of one-step and multi-step forecasts alike: the best measured in both
+# DEFAULT_METHOD (krr) is the default of one-step forecasts, DEFAULT_ROLLOUT_METHOD (krr-or-parrot) of rollouts:
+# the best measured in each (docs/forecast.md)
 
 # Expert grids (standardised units): every combination is an expert.
 GRIDS = {
@@ -242,14 +251,16 @@ def memory_needed(method: str, depth: Any, B: int, T: int, d: int) -> int:
     return _BYTES_PER_T2[key] * B * T * T + 64 * B * T * (d + 1) ** 2 * 8
 
 
-def forecast_details(x: Tensor, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False,
+def forecast_details(x: Tensor, method: str | None = None, *, horizon: Any = None, univariate: bool = False,
                      embed: Any = 5, sigma: float | None = None, ridge: float | None = None, k: int = 1,
                      depth: Any = 1, sweeps: Any = None, checkpoint: Any = None, layers: Any = None
                      ) -> Forecast | Rollout:
     """``forecast`` on a float64 tensor x (B, T, d), with its details: for one-step forecasts
     (horizon None) a ``Forecast`` (the expert chosen at each row; ``fallbacks`` counts the rows
     the guard replaced by x_t, and a ``RuntimeWarning`` gives that count); for a horizon H a
-    ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``)."""
+    ``ckd.rollout.Rollout`` (the settings chosen per sequence and the steps ``stopped``).
+    method None: ``default_method(horizon)``."""
+    method = default_method(horizon) if method is None else method
     check_used(method, horizon, sigma=sigma, ridge=ridge, k=k, embed=embed, univariate=univariate)
     if horizon is not None:
         return _rollout_details(x, method, horizon, univariate, embed, sigma, ridge, k, depth, sweeps, checkpoint,
@@ -355,7 +366,7 @@ def _rollout_details(x: Tensor, method: str, horizon: Any, univariate: Any, embe
                    layers=layers)
 
 
-def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
+def forecast(x: Any, method: str | None = None, *, horizon: Any = None, univariate: bool = False, embed: Any = 5,
              sigma: float | None = None, ridge: float | None = None, k: int = 1, depth: Any = 1,
              sweeps: Any = None, checkpoint: Any = None, layers: Any = None) -> Any:
     """Forecasts of a raw trajectory from its past only.
@@ -366,9 +377,10 @@ def forecast(x: Any, method: str = DEFAULT_METHOD, *, horizon: Any = None, univa
     causally per row from ``GRIDS``); depth: 1 or "inf" for ckd. See the module doc.
 
     horizon H (an integer >= 1): the H states after the context x, (H, d) for (T, d) and
-    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method: krr
-    (default) | krr-or-parrot (per sequence krr or parrot, whichever held-out rollouts on the context
-    prefer, ``ckd.choice``) | ckd | analogues | parrot | last | mean | transformer | nvar | esn (reservoirpy);
+    (B, H, d) for (B, T, d), by an autoregressive rollout (``ckd.rollout``). method:
+    krr-or-parrot (default: per sequence krr or parrot, whichever held-out rollouts on the context
+    prefer, ``ckd.choice``; the best on the full benchmark) | krr | ckd | analogues | parrot | last | mean |
+    transformer | nvar | esn (reservoirpy);
     univariate: forecast each coordinate from its own past through a delay embedding of
     dimension ``embed`` (also the window of parroting, default 5); sigma, ridge (ckd, krr, krr-or-parrot; ridge
     also nvar, esn) and sweeps (ckd) fix settings (default: chosen from the context by held-out

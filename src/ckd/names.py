@@ -25,7 +25,14 @@ FORECAST_METHODS = ("ckd", "analogues", "krr", "ols", "last", "transformer")  # 
 CHOICE_METHOD = "krr-or-parrot"  # per sequence krr or parrot, by their held-out rollouts (ckd.choice)
 ROLLOUT_METHODS = (("ckd", "krr", CHOICE_METHOD, "analogues", "parrot", "last", "mean", "transformer")
                    + RESERVOIR_METHODS)
-DEFAULT_METHOD = "krr"  # the best method measured, one-step and multi-step (docs/forecast.md)
+DEFAULT_METHOD = "krr"  # one step: the best method measured (docs/forecast.md)
+DEFAULT_ROLLOUT_METHOD = CHOICE_METHOD  # a horizon: the best on the full benchmark (docs/forecast.md, issue 18)
+
+
+def default_method(horizon: Any) -> str:
+    """The method of a forecast that names none: ``DEFAULT_METHOD`` for one step (horizon None),
+    ``DEFAULT_ROLLOUT_METHOD`` for a rollout."""
+    return DEFAULT_METHOD if horizon is None else DEFAULT_ROLLOUT_METHOD
 
 
 def parse_float(text: str) -> float:

@@ -27,12 +27,13 @@ Methods (``ROLLOUT_METHODS``):
                sweep. K sweeps are computed exactly by repeated squaring
                (``ckd.descent.gauss_seidel_doubling``). sigma, lambda, K and D (and the lag,
                univariate) are chosen from the context (below).
-    krr        the default: the same with K = inf, kernel ridge regression beta = (G + lambda I)^{-1} Y
+    krr        the same with K = inf, kernel ridge regression beta = (G + lambda I)^{-1} Y
                (appending a pair that the fit already interpolates leaves the ridge solution
-               unchanged: the rollout iterates the fitted map exactly). It is the best method
-               measured on the SPEC §8 benchmark (docs/forecast.md), hence the default.
-    krr-or-parrot  per sequence (per coordinate, univariate) krr or parrot, whichever has the smaller
-               held-out score on the context (below; ``ckd.choice``); its output is that method's, bit for bit.
+               unchanged: the rollout iterates the fitted map exactly).
+    krr-or-parrot  the default (``DEFAULT_ROLLOUT_METHOD``): per sequence (per coordinate, univariate)
+               krr or parrot, whichever has the smaller held-out score on the context (below;
+               ``ckd.choice``); its output is that method's, bit for bit. The best method measured
+               on the whole SPEC §8 benchmark (docs/forecast.md), hence the default.
     analogues  the literal loop: the next state is the successor of the earlier state nearest
                (Euclidean, standardised units) to the current one, among the context and the
                tokens generated so far (mean of the k nearest with ``k``; lag 1).
@@ -76,7 +77,13 @@ from .choice import chosen_setting, parrot_heldout, take_parrot
 from .descent import gauss_seidel, gauss_seidel_doubling
 from .heldout import CLIP, ORIGINS, best, heldout_error, heldout_origins  # noqa: F401 - ORIGINS, CLIP: public here too
 from .iterations import layer_iterates
-from .names import CHOICE_METHOD, DEFAULT_METHOD, RESERVOIR_METHODS, ROLLOUT_METHODS  # noqa: F401 - public here too
+from .names import (  # noqa: F401 - public here too
+    CHOICE_METHOD,
+    DEFAULT_METHOD,
+    DEFAULT_ROLLOUT_METHOD,
+    RESERVOIR_METHODS,
+    ROLLOUT_METHODS,
+)
 from .parroting import SIMPLE_METHODS, simple_rollout
 from .reservoir import min_context as reservoir_min_context
 from .reservoir import reservoir_rollout
@@ -345,7 +352,7 @@ def _stop_nonfinite(pred: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
     return out, pred.shape[1] - first
 
 
-def rollout(x: Tensor, horizon: int, method: str = DEFAULT_METHOD, *, univariate: bool = False, embed: int = 5,
+def rollout(x: Tensor, horizon: int, method: str = DEFAULT_ROLLOUT_METHOD, *, univariate: bool = False, embed: int = 5,
             sigma: float | None = None, ridge: float | None = None, sweeps: int | None = None, k: int = 1,
             model: torch.nn.Module | None = None, choose_embed: bool = True, layers: int | None = None) -> Rollout:
     """The H tokens after each context x (B, T, d) float64 (module doc). Validated inputs."""

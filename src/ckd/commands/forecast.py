@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 from ..cli import MAX_INT, integer, path
 from ..cost import check_time, fit_cubes, forecast_seconds
 from ..figures import figure_format, require_matplotlib, save_figure_as
-from ..names import CHOICE_METHOD, DEFAULT_METHOD, FORECAST_METHODS, ROLLOUT_METHODS
+from ..names import (
+    CHOICE_METHOD,
+    DEFAULT_METHOD,
+    DEFAULT_ROLLOUT_METHOD,
+    FORECAST_METHODS,
+    ROLLOUT_METHODS,
+    default_method,
+)
 from ..progress import estimated_progress
 
 if TYPE_CHECKING:
@@ -38,8 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUT", type=path, required=True, help="where to write the forecasts")
     p.add_argument("--horizon", metavar="H", default=None,
                    help="forecast the H states after IN by an autoregressive rollout (integer >= 1)")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=ALL_METHODS,
-                   help=f"default {DEFAULT_METHOD} (the best measured, docs/forecast.md); one step: "
+    p.add_argument("--method", default=None, choices=ALL_METHODS,
+                   help=f"default {DEFAULT_METHOD} for one step, {DEFAULT_ROLLOUT_METHOD} with --horizon (the best "
+                        "measured, docs/forecast.md); one step: "
                         f"{', '.join(FORECAST_METHODS)}; --horizon: {', '.join(ROLLOUT_METHODS)}")
     p.add_argument("--univariate", action="store_true",
                    help="--horizon only: forecast each coordinate from its own past (delay embedding --embed)")
@@ -252,6 +260,8 @@ def simple(x: np.ndarray, args, H: int, D: int):
 def run(args) -> int:
     from ..io import atomic_write, check_file_target, check_output_path, load_array, save_array
 
+    if args.method is None:
+        args.method = default_method(args.horizon)
     if args.pretrained is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --checkpoint or --pretrained, not both")

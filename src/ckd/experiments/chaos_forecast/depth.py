@@ -151,7 +151,7 @@ def report(out: pathlib.Path, results: list[dict], kinds, seconds: float) -> dic
     for k in kinds:
         ax.plot(LAYERS, [summ["curves"][k][str(L)] for L in LAYERS], marker="o", color=COLORS.get(k),
                 ls="--" if k == CHOSEN else "-", label="ckd --layers (chosen)" if k == CHOSEN else k)
-    ax.axhline(summ["krr"], color="k", lw=1.0, ls="--", label="krr (default)")
+    ax.axhline(summ["krr"], color="k", lw=1.0, ls="--", label="krr")
     ax.axhline(summ["exact"], color="grey", lw=1.0, ls=":", label="exact, same grid")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("L (applications of the kernel matrix: layers)")
