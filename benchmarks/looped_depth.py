@@ -107,11 +107,16 @@ def falls_to(errors: dict[str, float], trained: int) -> int:
     return best
 
 
-def run_one(name: str, task: str, attention: str, out: Path) -> dict:
-    what, changes = VARIANTS[name]
-    fields = BASE | PER_FAMILY[task] | changes
+def run_one(name: str, task: str, attention: str, out: Path, variants: dict | None = None,
+            base: dict | None = None) -> dict:
+    """Train variant ``name`` of ``variants`` (default ``VARIANTS``: (label, changes to ``base``, default ``BASE``,
+    and ``PER_FAMILY``)) into OUT/TASK-ATTENTION-NAME and score it at the loop counts of ``KS`` and 1, 2, 4x
+    the largest trained count."""
+    what, changes = (VARIANTS if variants is None else variants)[name]
+    fields = (BASE if base is None else base) | PER_FAMILY[task] | changes
     if fields["lr"] in ("/4", "x2"):  # a quarter or twice the family's lr
-        fields["lr"] = (BASE | PER_FAMILY[task])["lr"] * (0.25 if fields["lr"] == "/4" else 2)
+        fields["lr"] = ((BASE if base is None else base) | PER_FAMILY[task])["lr"] * (0.25 if fields["lr"] == "/4"
+                                                                                      else 2)
     cfg = TrainConfig(task=task, attention=attention, **fields).validate()
     folder = out / f"{task}-{attention}-{name}"
     t0 = time.perf_counter()
