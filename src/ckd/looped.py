@@ -193,7 +193,8 @@ def shape_masks(model: LoopedTransformer) -> dict[str, Tensor]:
         masks[f"blocks.{i}.attn.value.weight"] = v.reshape(block.attn.value.weight.shape)
         masks[f"blocks.{i}.attn.out.weight"] = o.reshape(block.attn.out.weight.shape)
         for name in ("query", "key"):
-            masks[f"blocks.{i}.attn.{name}.weight"] = torch.ones_like(getattr(block.attn, name).weight, dtype=torch.bool)
+            weight = getattr(block.attn, name).weight
+            masks[f"blocks.{i}.attn.{name}.weight"] = torch.ones_like(weight, dtype=torch.bool)
     r = torch.zeros(d, w, dtype=torch.bool)
     r[:, S["p"]] = True
     masks["readout.weight"] = r
@@ -232,5 +233,6 @@ def ckd_shape(model: LoopedTransformer, *, init: bool) -> LoopedTransformer:
         if name not in masks:  # the embedding: no gradient, so the optimizer (and its weight decay) skips it
             p.requires_grad_(False)
         else:
-            p.register_hook(lambda g, keep=masks[name].to(p.device): g * keep)
+            keep = masks[name].to(p.device)
+            p.register_hook(lambda g, keep=keep: g * keep)
     return model

@@ -35,7 +35,18 @@ class _Default(int):
 def add_parser(sub) -> None:
     # the defaults are TrainConfig's: this parser imports the training code (and torch)
     from ..sequences import TASKS
-    from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, LOOP_QK, LOOP_SHAPES, NORMS, TOKENS, TrainConfig
+    from ..train import (
+        ATTENTION_NORMS,
+        ATTENTIONS,
+        DTYPES,
+        INITS,
+        LOOP_LOSSES,
+        LOOP_QK,
+        LOOP_SHAPES,
+        NORMS,
+        TOKENS,
+        TrainConfig,
+    )
 
     DEFAULTS = TrainConfig()
     p = sub.add_parser("train", help=HELP,
