@@ -1,0 +1,92 @@
+"""Can a looped model learn a descent step? Loops whose scores read the input tokens, and the CKD-shaped loop
+(issue 20, goals A and B).
+
+    python benchmarks/looped_descent.py --out runs/looped-descent            # the study (three families)
+    python benchmarks/looped_descent.py --out runs/looped-descent --report   # the markdown table of the runs
+
+CKD's layers are all the same map, r <- r - eta R(x) r, p <- p + eta P(x) r, whose kernel depends on the tokens x
+only: a fixed linear iteration. The looped models of ``looped_depth.py`` recompute their attention from the
+stream in every pass. Here (``ckd train --loop-qk input``) the queries and keys read the input tokens
+e_t = (x_{t-1}, x_t, 1), so the attention pattern is the same in every pass and, without LayerNorm or MLP, every
+pass is affine in the stream; ``--loop-shape ckd`` further holds the block to CKD's layout (values read the r slot,
+head 0 writes r, head 1 writes p, the read-out reads p, the construction's embedding; the query / key maps and the
+value / output entries inside that layout learned from random init: ``ckd.looped.ckd_shape``).
+
+The recipe is ``looped_depth.py``'s base (one block, 2 heads, width 13, no MLP, no LayerNorm, random init,
+``--loop 2 --loop-range 1,4 --loop-loss every``, 1000 AdamW steps, lr 2e-2, linear attention 1e-2, batch 32,
+T = 32, d = 3, float32, seed 0, periodic ``--loss-from 5``) with ``--loop-qk input`` and the variants of
+``VARIANTS``; the models are scored exactly as there (``looped_depth.run_one``: the same 64 fresh prompts, median
+error at t = 30 at K = 1 .. 32 loops and 1, 2, 4x the largest trained count, "falls to" the largest K up to which
+the error falls by >= 1 % at every doubling). Runs are saved at once into OUT/looped_descent.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import looped_depth as ld
+from study import run_study
+
+BASE = ld.BASE | dict(loop_qk="input")
+SHAPE = dict(loop_shape="ckd")
+DEEP = dict(layers=8, loop=8, loop_range=[1, 16], loop_loss="last")  # loops 1..16, the loss after the last pass
+LONG = dict(steps=3000, eval_every=3000, checkpoint_every=3000)
+
+# name: (label, TrainConfig changes to BASE)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "qk": ("scores on the input (--loop-qk input), free weights, loss every pass, loops 1..4", {}),
+    "qk-deep": ("scores on the input, free weights, last pass, loops 1..16", DEEP),
+    "ckd": ("CKD shape (--loop-shape ckd), loss every pass, loops 1..4", SHAPE),
+    "ckd-last": ("CKD shape, last pass, loops 1..4", SHAPE | dict(loop_loss="last")),
+    "ckd-deep": ("CKD shape, last pass, loops 1..16", SHAPE | DEEP),
+    "ckd-deep-every": ("CKD shape, loss every pass, loops 1..16", SHAPE | DEEP | dict(loop_loss="every")),
+    "ckd-deep-keys": ("CKD shape, last pass, loops 1..16, per-row step c/t (--attention-norm keys)",
+                      SHAPE | DEEP | dict(attention_norm="keys")),
+    "ckd-deep-f64": ("CKD shape, last pass, loops 1..16, float64", SHAPE | DEEP | dict(dtype="float64")),
+    "ckd-deep-long": ("CKD shape, last pass, loops 1..16, 3000 steps", SHAPE | DEEP | LONG),
+    "ckd-construction": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..4",
+                         SHAPE | dict(init="construction", lr=3e-3, loop_loss="last")),
+    # the second round (after the first ten): the lr and its noise floor, the loop range, construction init deep
+    "ckd-deep-lr4-long": ("CKD shape, last pass, loops 1..16, lr / 4, 3000 steps", SHAPE | DEEP | LONG | dict(lr="/4")),
+    "ckd-deep-lr2": ("CKD shape, last pass, loops 1..16, lr x 2", SHAPE | DEEP | dict(lr="x2")),
+    "ckd-deep-lr2-long": ("CKD shape, last pass, loops 1..16, lr x 2, 3000 steps", SHAPE | DEEP | LONG | dict(lr="x2")),
+    "ckd-deep-batch": ("CKD shape, last pass, loops 1..16, batch 128", SHAPE | DEEP | dict(batch=128)),
+    "ckd-range-8-16": ("CKD shape, last pass, loops 8..16", SHAPE | DEEP | dict(loop_range=[8, 16])),
+    "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
+                              SHAPE | DEEP | dict(init="construction", lr=3e-3)),
+}
+# what the study ran: the first ten on every family, then the second round on some
+STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep"],
+         "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep"],
+         "linear": list(VARIANTS)[:10] + ["ckd-deep-lr2", "ckd-deep-lr2-long", "ckd-deep-batch", "ckd-range-8-16",
+                                          "ckd-construction-deep"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS),
+                        help="these variants (default: those of the study, STUDY)")
+    parser.add_argument("--families", nargs="*", default=[t for t, _ in ld.FAMILIES],
+                        choices=[t for t, _ in ld.FAMILIES])
+    parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_descent.json and stop")
+    args = parser.parse_args(argv)
+    path = args.out / "looped_descent.json"
+    labels = {name: label for name, (label, _) in VARIANTS.items()}
+    if args.report:
+        print(ld.report(json.loads(path.read_text()), labels))
+        return 0
+    families = [(t, a) for t, a in ld.FAMILIES if t in args.families]
+    data = run_study(path, families, lambda task: STUDY[task] if args.only is None else args.only,
+                     ld.ckd_reference,
+                     lambda name, task, attention: ld.run_one(name, task, attention, args.out, VARIANTS, BASE),
+                     lambda r: f"t={ld.LAST} error by K " + " ".join(f"{k}:{v:.3g}" for k, v in r["err_last"].items()))
+    print(ld.report(data, labels))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
