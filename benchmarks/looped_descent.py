@@ -28,7 +28,10 @@ import sys
 from pathlib import Path
 
 import looped_depth as ld
+import torch
 from study import run_study
+
+from ckd.train import load_model
 
 BASE = ld.BASE | dict(loop_qk="input")
 SHAPE = dict(loop_shape="ckd")
@@ -55,6 +58,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ckd-deep-lr2-long": ("CKD shape, last pass, loops 1..16, lr x 2, 3000 steps", SHAPE | DEEP | LONG | dict(lr="x2")),
     "ckd-deep-batch": ("CKD shape, last pass, loops 1..16, batch 128", SHAPE | DEEP | dict(batch=128)),
     "ckd-range-8-16": ("CKD shape, last pass, loops 8..16", SHAPE | DEEP | dict(loop_range=[8, 16])),
+    "ckd-range-16-32": ("CKD shape, last pass, loops 16..32", SHAPE | DEEP | dict(layers=16, loop=16,
+                                                                                 loop_range=[16, 32])),
+    "ckd-deep-long-seed1": ("CKD shape, last pass, loops 1..16, 3000 steps, seed 1",
+                            SHAPE | DEEP | LONG | dict(seed=1)),
+    "ckd-deep-long-seed2": ("CKD shape, last pass, loops 1..16, 3000 steps, seed 2",
+                            SHAPE | DEEP | LONG | dict(seed=2)),
     "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
 }
@@ -62,7 +71,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep"],
          "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep"],
          "linear": list(VARIANTS)[:10] + ["ckd-deep-lr2", "ckd-deep-lr2-long", "ckd-deep-batch", "ckd-range-8-16",
-                                          "ckd-construction-deep"]}
+                                          "ckd-range-16-32", "ckd-construction-deep", "ckd-deep-long-seed1",
+                                          "ckd-deep-long-seed2"]}
+FURTHER = (8, 16)  # the runs are also scored at 8x and 16x their largest trained loop count (``rescore``)
+
+
+def rescore(data: dict, out: Path) -> None:
+    """Add the error at t = 30 after ``FURTHER`` x the largest trained loop count to every run of ``data`` that lacks
+    it (its checkpoint in OUT/TASK-ATTENTION-NAME), in place."""
+    for r in data["results"]:
+        ks = [f * r["trained_loops"] for f in FURTHER if str(f * r["trained_loops"]) not in r["err_last"]]
+        if not ks:
+            continue
+        _, model, _ = load_model(out / f"{r['task']}-{r['attention']}-{r['variant']}" / "checkpoint.pt")
+        model, x = model.double().eval(), ld.test_prompts(r["task"])
+        with torch.no_grad():
+            r["err_last"].update({str(k): ld.err_last(model(x, loops=k), x) for k in ks})
+        r["falls_to"] = ld.falls_to(r["err_last"], r["trained_loops"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                      ld.ckd_reference,
                      lambda name, task, attention: ld.run_one(name, task, attention, args.out, VARIANTS, BASE),
                      lambda r: f"t={ld.LAST} error by K " + " ".join(f"{k}:{v:.3g}" for k, v in r["err_last"].items()))
+    rescore(data, args.out)
+    path.write_text(json.dumps(data, indent=1) + "\n")
     print(ld.report(data, labels))
     return 0
 
