@@ -64,15 +64,37 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                             SHAPE | DEEP | LONG | dict(seed=1)),
     "ckd-deep-long-seed2": ("CKD shape, last pass, loops 1..16, 3000 steps, seed 2",
                             SHAPE | DEEP | LONG | dict(seed=2)),
+    "ckd-range-8-16-seed1": ("CKD shape, last pass, loops 8..16, seed 1",
+                             SHAPE | DEEP | dict(loop_range=[8, 16], seed=1)),
+    "ckd-range-8-16-seed2": ("CKD shape, last pass, loops 8..16, seed 2",
+                             SHAPE | DEEP | dict(loop_range=[8, 16], seed=2)),
+    "ckd-range-8-16-long": ("CKD shape, last pass, loops 8..16, 3000 steps",
+                            SHAPE | DEEP | LONG | dict(loop_range=[8, 16])),
+    "ckd-range-16-32-long": ("CKD shape, last pass, loops 16..32, 3000 steps",
+                             SHAPE | DEEP | LONG | dict(layers=16, loop=16, loop_range=[16, 32])),
+    "ckd-range-16-32-seed1": ("CKD shape, last pass, loops 16..32, seed 1",
+                              SHAPE | DEEP | dict(layers=16, loop=16, loop_range=[16, 32], seed=1)),
+    "ckd-range-16-32-seed2": ("CKD shape, last pass, loops 16..32, seed 2",
+                              SHAPE | DEEP | dict(layers=16, loop=16, loop_range=[16, 32], seed=2)),
+    "ckd-range-32-64": ("CKD shape, last pass, loops 32..64", SHAPE | DEEP | dict(layers=32, loop=32,
+                                                                                 loop_range=[32, 64])),
+    "ckd-deep-minlr": ("CKD shape, last pass, loops 1..16, cosine to 0.01 lr (min_lr)",
+                       SHAPE | DEEP | dict(min_lr=0.01)),
+    "ckd-deep-minlr-long": ("CKD shape, last pass, loops 1..16, cosine to 0.01 lr, 3000 steps",
+                            SHAPE | DEEP | LONG | dict(min_lr=0.01)),
+    "ckd-deep-minlr-0": ("CKD shape, last pass, loops 1..16, cosine to 0.001 lr", SHAPE | DEEP | dict(min_lr=0.001)),
     "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
 }
 # what the study ran: the first ten on every family, then the second round on some
-STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep"],
-         "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep"],
+STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range-8-16"],
+         "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep",
+                                            "ckd-deep-minlr", "ckd-deep-minlr-0", "ckd-deep-minlr-long"],
          "linear": list(VARIANTS)[:10] + ["ckd-deep-lr2", "ckd-deep-lr2-long", "ckd-deep-batch", "ckd-range-8-16",
                                           "ckd-range-16-32", "ckd-construction-deep", "ckd-deep-long-seed1",
-                                          "ckd-deep-long-seed2"]}
+                                          "ckd-deep-long-seed2", "ckd-range-8-16-seed1", "ckd-range-8-16-seed2",
+                                          "ckd-range-8-16-long", "ckd-range-16-32-seed1", "ckd-range-16-32-seed2",
+                                          "ckd-range-16-32-long", "ckd-range-32-64"]}
 FURTHER = (8, 16)  # the runs are also scored at 8x and 16x their largest trained loop count (``rescore``)
 
 
@@ -90,6 +112,44 @@ def rescore(data: dict, out: Path) -> None:
         r["falls_to"] = ld.falls_to(r["err_last"], r["trained_loops"])
 
 
+def diagnose(folder: Path) -> dict:
+    """What a trained CKD-shaped loop (periodic family) learned, and which of its numbers sets its error: per head
+    the inverse temperature (mean diagonal of the bilinear form W_q^T W_k between the query's and the key's x slots
+    of e = (x_{t-1}, x_t, 1)) and which x slot its query reads; the gain errors |W_out G_1 - I| and |G_0 + I|
+    (max entry; G_h the head's d x d map from r to the slot it writes); the error at t = 30 after 1, 2, 8 loops as
+    trained, then with the read-out set to G_1^{-1} exactly, then also G_0 = -I exactly, then also the queries x 2."""
+    from ckd.construction import slots
+
+    _, model, _ = load_model(folder / "checkpoint.pt")
+    model, x = model.double().eval().requires_grad_(False), ld.test_prompts("periodic")
+    a, d, eye = model.blocks[0].attn, model.config.dim, torch.eye(model.config.dim, dtype=torch.float64)
+    S, w = slots(d), model.config.d_model
+    q, k = (m.weight.view(2, d, 2 * d + 1) for m in (a.query, a.key))
+    v, o = a.value.weight.view(2, d, w), a.out.weight.view(w, 2, d)
+    out = {}
+    for h in range(2):
+        form = q[h].T @ k[h]  # (e of the query) x (e of the key)
+        scales = [float(form[i * d:(i + 1) * d, 0:d].diagonal().mean()) for i in (0, 1)]  # query x_{t-1} / x_t
+        out[f"head {h}"] = dict(query_reads="x_{t-1}" if abs(scales[0]) > abs(scales[1]) else "x_t",
+                                beta=max(scales, key=abs))
+    g0, g1 = o[S["r"], 0] @ v[0][:, S["r"]], o[S["p"], 1] @ v[1][:, S["r"]]
+    out["|W_out G_1 - I|"] = float((model.readout.weight[:, S["p"]] @ g1 - eye).abs().max())
+    out["|G_0 + I|"] = float((g0 + eye).abs().max())
+
+    def errors():
+        return {str(n): ld.err_last(model(x, loops=n), x) for n in (1, 2, 8)}
+
+    with torch.no_grad():
+        out["as trained"] = errors()
+        model.readout.weight[:, S["p"]] = torch.linalg.inv(g1)
+        out["read-out = G_1^-1"] = errors()
+        o[S["r"], 0] = -torch.linalg.inv(v[0][:, S["r"]])
+        out["and G_0 = -I"] = errors()
+        a.query.weight.mul_(2)
+        out["and queries x 2"] = errors()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -98,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="*", default=[t for t, _ in ld.FAMILIES],
                         choices=[t for t, _ in ld.FAMILIES])
     parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_descent.json and stop")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
     args = parser.parse_args(argv)
     path = args.out / "looped_descent.json"
     labels = {name: label for name, (label, _) in VARIANTS.items()}
+    if args.diagnose:
+        print(json.dumps(diagnose(args.out / "periodic-softmax-ckd-deep"), indent=1))
+        return 0
     if args.report:
         print(ld.report(json.loads(path.read_text()), labels))
         return 0
