@@ -83,6 +83,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ckd-deep-minlr-long": ("CKD shape, last pass, loops 1..16, cosine to 0.01 lr, 3000 steps",
                             SHAPE | DEEP | LONG | dict(min_lr=0.01)),
     "ckd-deep-minlr-0": ("CKD shape, last pass, loops 1..16, cosine to 0.001 lr", SHAPE | DEEP | dict(min_lr=0.001)),
+    "ckd-range-16-32-nominal-32": ("CKD shape, last pass, loops 16..32, nominal 32 (--loop 32: the init's scale and "
+                                   "the loops a card is evaluated at)",
+                                   SHAPE | DEEP | dict(layers=32, loop=32, loop_range=[16, 32])),
     "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
 }
@@ -94,7 +97,7 @@ STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range
                                           "ckd-range-16-32", "ckd-construction-deep", "ckd-deep-long-seed1",
                                           "ckd-deep-long-seed2", "ckd-range-8-16-seed1", "ckd-range-8-16-seed2",
                                           "ckd-range-8-16-long", "ckd-range-16-32-seed1", "ckd-range-16-32-seed2",
-                                          "ckd-range-16-32-long", "ckd-range-32-64"]}
+                                          "ckd-range-16-32-long", "ckd-range-32-64", "ckd-range-16-32-nominal-32"]}
 FURTHER = (8, 16)  # the runs are also scored at 8x and 16x their largest trained loop count (``rescore``)
 
 
@@ -141,7 +144,8 @@ def diagnose(folder: Path) -> dict:
     the inverse temperature (mean diagonal of the bilinear form W_q^T W_k between the query's and the key's x slots
     of e = (x_{t-1}, x_t, 1)) and which x slot its query reads; the gain errors |W_out G_1 - I| and |G_0 + I|
     (max entry; G_h the head's d x d map from r to the slot it writes); the error at t = 30 after 1, 2, 8 loops as
-    trained, then with the read-out set to G_1^{-1} exactly, then also G_0 = -I exactly, then also the queries x 2."""
+    trained, with the queries x 4 alone (a sharper kernel), then with the read-out set to G_1^{-1} exactly, then also
+    G_0 = -I exactly, then also the queries x 2."""
     from ckd.construction import slots
 
     _, model, _ = load_model(folder / "checkpoint.pt")
@@ -165,6 +169,10 @@ def diagnose(folder: Path) -> dict:
 
     with torch.no_grad():
         out["as trained"] = errors()
+        q0 = a.query.weight.clone()
+        a.query.weight.mul_(4)
+        out["queries x 4 alone"] = errors()
+        a.query.weight.copy_(q0)
         model.readout.weight[:, S["p"]] = torch.linalg.inv(g1)
         out["read-out = G_1^-1"] = errors()
         o[S["r"], 0] = -torch.linalg.inv(v[0][:, S["r"]])
