@@ -4,23 +4,11 @@
 import pytest
 import torch
 from conftest import one_error, rel_err
+from test_looped import ckd_of, tiny
 
 from ckd.cli import main
-from ckd.descent import descend
 from ckd.looped import ckd_shape, shape_masks
-from ckd.train import EVAL, TrainConfig, build_model, construction_setting, load_model, sample, train
-
-TINY = dict(task="periodic", attention="softmax", batch=8, length=12, dim=2, steps=8, warmup=2, log_every=1,
-            eval_every=4, eval_batch=8, checkpoint_every=4)
-
-
-def tiny(**changes) -> TrainConfig:
-    return TrainConfig(**(TINY | changes))
-
-
-def ckd_of(x, setting, depth):
-    return descend(x, setting["kernel"], beta=setting["beta"], sigma=setting["sigma"], depth=depth,
-                   step=setting["step"])
+from ckd.train import EVAL, build_model, construction_setting, load_model, sample, train
 
 
 @pytest.mark.parametrize("attention", ["softmax", "linear", "exp", "gaussian"])
