@@ -43,6 +43,7 @@ from .transformer import LAYER_OBJECTS, CausalTransformer, TransformerConfig, me
 from .validation import check_int
 
 LOOP_QK = ("stream", "input")  # what a looped model's queries and keys read: the residual stream, or e_t
+LOOP_SHAPES = ("free", "ckd")  # a looped model's weights: every entry learned, or CKD's layout (``ckd_shape``)
 
 
 class LoopedTransformer(CausalTransformer):
@@ -169,7 +170,22 @@ def looped_memory_bytes(c: TransformerConfig, loops: int, batch: int, T: int, it
     return base + (loops - 1) * per_pass
 
 
-LOOP_SHAPES = ("free", "ckd")  # a looped model's weights: every entry learned, or CKD's layout (``ckd_shape``)
+
+def check_loop_fields(qk: str, shape: str, *, tokens: str, norm: str, mlp: bool, bias: bool, blocks: int,
+                      reinject: bool, heads: int, width: int | None, dim: int, init: str) -> None:
+    """The ``loop_qk`` and ``loop_shape`` fields of a run (``ckd.train.TrainConfig``) and what they need; one-line
+    ``ValueError``."""
+    if qk not in LOOP_QK:
+        raise ValueError(f"unknown loop_qk {qk!r}; choose one of {', '.join(LOOP_QK)}")
+    if shape not in LOOP_SHAPES:
+        raise ValueError(f"unknown loop_shape {shape!r}; choose one of {', '.join(LOOP_SHAPES)}")
+    if shape == "ckd" and (qk != "input" or tokens != "augmented" or norm != "none" or mlp or bias or blocks != 1
+                           or reinject or heads != 2 or width not in (None, 4 * dim + 1)):
+        raise ValueError("--loop-shape ckd is one block of 2 heads, width 4 d + 1, augmented tokens, no norm, "
+                         "MLP, bias or --reinject, with --loop-qk input")
+    if qk == "input" and init == "construction" and tokens == "raw":
+        raise ValueError("--loop-qk input with --init construction needs augmented tokens (the construction's "
+                         "queries read x_{t-1}, which raw tokens do not hold)")
 
 
 def shape_masks(model: LoopedTransformer) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from ..kernels import causal_matrices
-from ..looped import LOOP_QK, LOOP_SHAPES
+from ..looped import LOOP_QK, LOOP_SHAPES, check_loop_fields  # noqa: F401 - LOOP_*: public here too
 from ..sequences import COMPLEX_TASKS, TASKS, make_task
 from ..validation import check_fits, check_int, check_number
 
@@ -186,18 +186,9 @@ class TrainConfig:
                              f"loss), got {self.loss_from!r}")
         if not isinstance(self.reinject, bool):
             raise ValueError(f"reinject must be true or false, got {self.reinject!r}")
-        if self.loop_qk not in LOOP_QK:
-            raise ValueError(f"unknown loop_qk {self.loop_qk!r}; choose one of {', '.join(LOOP_QK)}")
-        if self.loop_shape not in LOOP_SHAPES:
-            raise ValueError(f"unknown loop_shape {self.loop_shape!r}; choose one of {', '.join(LOOP_SHAPES)}")
-        if self.loop_shape == "ckd" and (self.loop_qk != "input" or self.tokens != "augmented" or self.norm != "none"
-                                         or self.mlp or self.bias or self.loop_blocks != 1 or self.reinject
-                                         or (self.heads or 2) != 2 or self.width not in (None, 4 * self.dim + 1)):
-            raise ValueError("--loop-shape ckd is one block of 2 heads, width 4 d + 1, augmented tokens, no norm, "
-                             "MLP, bias or --reinject, with --loop-qk input")
-        if self.loop_qk == "input" and self.init == "construction" and self.tokens == "raw":
-            raise ValueError("--loop-qk input with --init construction needs augmented tokens (the construction's "
-                             "queries read x_{t-1}, which raw tokens do not hold)")
+        check_loop_fields(self.loop_qk, self.loop_shape, tokens=self.tokens, norm=self.norm, mlp=self.mlp,
+                          bias=self.bias, blocks=self.loop_blocks, reinject=self.reinject, heads=self.heads or 2,
+                          width=self.width, dim=self.dim, init=self.init)
         r = self.loop_range
         if r is not None and not (isinstance(r, (list, tuple)) and len(r) == 2 and all(
                 not isinstance(n, bool) and isinstance(n, int) and 1 <= n <= MAX_INT for n in r) and r[0] <= r[1]):
