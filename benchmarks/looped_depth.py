@@ -107,11 +107,16 @@ def falls_to(errors: dict[str, float], trained: int) -> int:
     return best
 
 
-def run_one(name: str, task: str, attention: str, out: Path) -> dict:
-    what, changes = VARIANTS[name]
-    fields = BASE | PER_FAMILY[task] | changes
+def run_one(name: str, task: str, attention: str, out: Path, variants: dict | None = None,
+            base: dict | None = None) -> dict:
+    """Train variant ``name`` of ``variants`` (default ``VARIANTS``: (label, changes to ``base``, default ``BASE``,
+    and ``PER_FAMILY``)) into OUT/TASK-ATTENTION-NAME and score it at the loop counts of ``KS`` and 1, 2, 4x
+    the largest trained count."""
+    what, changes = (VARIANTS if variants is None else variants)[name]
+    fields = (BASE if base is None else base) | PER_FAMILY[task] | changes
     if fields["lr"] in ("/4", "x2"):  # a quarter or twice the family's lr
-        fields["lr"] = (BASE | PER_FAMILY[task])["lr"] * (0.25 if fields["lr"] == "/4" else 2)
+        fields["lr"] = ((BASE if base is None else base) | PER_FAMILY[task])["lr"] * (0.25 if fields["lr"] == "/4"
+                                                                                      else 2)
     cfg = TrainConfig(task=task, attention=attention, **fields).validate()
     folder = out / f"{task}-{attention}-{name}"
     t0 = time.perf_counter()
@@ -139,10 +144,13 @@ def ckd_reference(task: str, attention: str) -> dict:
             "CKD depth inf": {"1": err_last(run_ckd(x, settings["ckd depth inf"]), x)}}
 
 
-def report(data: dict) -> str:
+def report(data: dict, labels: dict[str, str] | None = None) -> str:
+    """The markdown tables of ``data``'s runs, one per family, rows in the order of ``labels`` (name -> label;
+    default those of ``VARIANTS``)."""
+    labels = {name: label for name, (label, _) in VARIANTS.items()} if labels is None else labels
     lines = []
     for task, attention in FAMILIES:
-        order = {name: i for i, name in enumerate(VARIANTS)}
+        order = {name: i for i, name in enumerate(labels)}
         rows = sorted((r for r in data["results"] if r["task"] == task and r["attention"] == attention),
                       key=lambda r: order.get(r["variant"], len(order)))
         if not rows:
@@ -153,7 +161,7 @@ def report(data: dict) -> str:
                   + " | 4x trained | falls to |", "|---" * (5 + len(KS)) + "|"]
         for r in rows:
             e, n = r["err_last"], r["trained_loops"]
-            label = VARIANTS[r["variant"]][0] if r["variant"] in VARIANTS else r["change"]
+            label = labels.get(r["variant"], r["change"])
             lines.append(f"| {label} | {r['train_seconds']:.0f} | {n} | "
                          + " | ".join(f"{e[str(k)]:.2g}" for k in KS)
                          + f" | {e[str(4 * n)]:.2g} (K = {4 * n}) | {falls_to(e, n) if falls_to(e, n) > n else '-'} |")

@@ -204,6 +204,7 @@ def test_predict_default_options_are_the_ones_a_pretrained_backend_checks():
 def test_cli_zoo_list_and_show(capsys):
     rc, out, _ = run(["zoo", "list"], capsys)
     assert rc == 0 and all(name in out for name in NAMES)
+    assert all(line.split()[0] in NAMES for line in out.splitlines()[1:])  # the longest name is its own column
     rc, out, _ = run(["zoo", "show", NAMES[0]], capsys)
     assert rc == 0 and json.loads(out)["name"] == NAMES[0]
     rc, out, err = run(["zoo", "show", "nope"], capsys)

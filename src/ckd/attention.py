@@ -89,7 +89,9 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: Attn(h)_t = W_o concat_heads(g_t o_t / n_t^[keys]) with
     o_t = sum_s a[t, s] W_v h_s over the keys row t sees (module doc: ``mask_first``, ``norm``, ``gains``).
 
-    h: (B, T, width) -> (B, T, width).
+    h: (B, T, width) -> (B, T, width). ``source`` (B, T, n), when given, is what the queries and keys
+    read instead of h (scores a[t, s] of W_q source_t and W_k source_s; the query and key maps then
+    take n inputs): a looped model's scores on the input tokens (``ckd.looped``, ``qk="input"``).
     """
 
     def __init__(self, width: int, n_heads: int, head_dim: int, value_dim: int, kind: str,
@@ -105,11 +107,12 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(n_heads * value_dim, width, bias=bias)
         self.register_buffer("row_gain", torch.ones(gains) if gains else None)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, source: Tensor | None = None) -> Tensor:
         B, T, _ = h.shape
         H = self.n_heads
-        q = self.query(h).view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, E)
-        k = self.key(h).view(B, T, H, self.head_dim).transpose(1, 2)
+        src = h if source is None else source
+        q = self.query(src).view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, E)
+        k = self.key(src).view(B, T, H, self.head_dim).transpose(1, 2)
         v = self.value(h).view(B, T, H, self.value_dim).transpose(1, 2)  # (B, H, T, Ev)
         if self.mask_first:  # rows and keys 1..T-1 only; row 0 gets 0
             o = attend(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], self.kind)

@@ -75,6 +75,20 @@ ZOO: dict[str, tuple[str, dict]] = {
     "periodic-softmax-8": ("periodic sequences (P = 5 on the sphere), softmax attention, 8 layers, 4 heads, width 32, "
                            "LayerNorm: the best recipe of docs/results.md",
                            dict(task="periodic", attention="softmax", **_WIDE)),
+    # benchmarks/looped_descent.py, variant ckd-deep: one CKD-shaped block looped, from random init (issue 20)
+    "periodic-softmax-loop-ckd": ("periodic sequences (P = 5 on the sphere), softmax attention, one block looped "
+                                  "(8 loops; trained with 1..16), queries and keys on the input tokens, held to CKD's "
+                                  "layout, from random init, loss on rows t >= 5: the same error at 1 to 64 loops",
+                                  dict(task="periodic", attention="softmax", layers=8, loop=8, loop_range=[1, 16],
+                                       loop_qk="input", loop_shape="ckd", loss_from=5, log_every=50,
+                                       eval_every=1000, checkpoint_every=1000, **_TRAIN)),
+    # benchmarks/looped_descent.py, variant ckd-range-16-32-nominal-32 (seed 1 of that recipe does not converge)
+    "linear-linear-loop-ckd": ("x_{t+1} = A x_t, A Haar-orthogonal, linear attention, one block looped (32 loops; "
+                               "trained with 16..32), queries and keys on the input tokens, held to CKD's layout, "
+                               "from random init: 0.016 at 64 loops (--loops 64)",
+                               dict(task="linear", attention="linear", layers=32, loop=32, loop_range=[16, 32],
+                                    loop_qk="input", loop_shape="ckd", log_every=50, eval_every=1000,
+                                    checkpoint_every=1000, **(_TRAIN | dict(lr=1e-2)))),
     "linear-linear-8": ("x_{t+1} = A x_t, A Haar-orthogonal, linear attention, 8 layers, 4 heads, width 32, "
                         "LayerNorm: the best recipe of docs/results.md",
                         dict(task="linear", attention="linear", **_WIDE)),

@@ -217,13 +217,15 @@ class Block(nn.Module):
         if norm == "post":
             self.ln_post = nn.LayerNorm(width, bias=bias)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, source: Tensor | None = None) -> Tensor:
+        """h (B, T, width) -> the next stream; ``source``: what the attention's queries and keys read
+        instead of h (``CausalSelfAttention``)."""
         if self.norm == "output":
-            update = self.ln_attn(self.attn(h))
+            update = self.ln_attn(self.attn(h, source))
             if self.mlp is not None:
                 update = update + self.ln_mlp(self.mlp(h))
             return h + update
-        update = self.attn(self.ln_attn(h))  # ln_* are the identity unless norm is "pre"
+        update = self.attn(self.ln_attn(h), source)  # ln_* are the identity unless norm is "pre"
         if self.mlp is not None:
             update = update + self.mlp(self.ln_mlp(h))
         return self.ln_post(h + update) if self.norm == "post" else h + update

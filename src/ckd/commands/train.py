@@ -35,7 +35,18 @@ class _Default(int):
 def add_parser(sub) -> None:
     # the defaults are TrainConfig's: this parser imports the training code (and torch)
     from ..sequences import TASKS
-    from ..train import ATTENTION_NORMS, ATTENTIONS, DTYPES, INITS, LOOP_LOSSES, NORMS, TOKENS, TrainConfig
+    from ..train import (
+        ATTENTION_NORMS,
+        ATTENTIONS,
+        DTYPES,
+        INITS,
+        LOOP_LOSSES,
+        LOOP_QK,
+        LOOP_SHAPES,
+        NORMS,
+        TOKENS,
+        TrainConfig,
+    )
 
     DEFAULTS = TrainConfig()
     p = sub.add_parser("train", help=HELP,
@@ -105,6 +116,12 @@ def add_parser(sub) -> None:
                         "evaluation runs L")
     p.add_argument("--reinject", action=argparse.BooleanOptionalAction, default=DEFAULTS.reinject,
                    help="with --loop: add a learned map of the input tokens before every pass (default no)")
+    p.add_argument("--loop-qk", default=DEFAULTS.loop_qk, choices=LOOP_QK,
+                   help="with --loop: what the blocks' queries and keys read: the residual stream, or the input tokens "
+                        "(the same attention pattern in every pass, as CKD's kernel; default stream)")
+    p.add_argument("--loop-shape", default=DEFAULTS.loop_shape, choices=LOOP_SHAPES,
+                   help="with --loop --loop-qk input: free weights, or CKD's layout (values read r, head 0 writes r, "
+                        "head 1 writes p, the read-out reads p; default free)")
     p.add_argument("--loop-loss", default=DEFAULTS.loop_loss, choices=LOOP_LOSSES,
                    help="with --loop: the loss after the last pass, or the mean over the predictions after every pass "
                         "(default last)")
@@ -164,6 +181,7 @@ def run(args) -> int:
                       log_every=args.log_every,
                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, loop=args.loop,
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
+                      loop_qk=args.loop_qk, loop_shape=args.loop_shape,
                       loop_loss=args.loop_loss, loop_window=args.loop_window, loss_from=args.loss_from,
                       **(data.fields if data is not None else {}))
     from ..train.config import check_memory

@@ -41,13 +41,15 @@ def run(args) -> int:
         print(json.dumps(pretrained.card(args.name), indent=1))
         return 0
     if args.zoo_command == "list":
-        print(f"{'name':<24}{'task':<11}{'attention':<10}{'layers':>7}{'tokens':>10}{'bytes':>8}"
+        names = pretrained.list()
+        n = max([24, *(len(name) + 2 for name in names)])  # the name column fits the longest name
+        print(f"{'name':<{n}}{'task':<11}{'attention':<10}{'layers':>7}{'tokens':>10}{'bytes':>8}"
               f"   median error at t = T-2: model / CKD depth L / CKD depth inf")
-        for name in pretrained.list():
+        for name in names:
             c = pretrained.card(name)
             cfg, med = c["training"]["config"], c["evaluation"]["median_error"]
             same_depth = med["ckd depth {}".format(cfg["layers"])][-1]
-            print(f"{name:<24}{cfg['task']:<11}{cfg['attention']:<10}{cfg['layers']:>7}{cfg['tokens']:>10}"
+            print(f"{name:<{n}}{cfg['task']:<11}{cfg['attention']:<10}{cfg['layers']:>7}{cfg['tokens']:>10}"
                   f"{c['weights']['bytes']:>8}   {med['transformer'][-1]:.3g} / {same_depth:.3g} / "
                   f"{med['ckd depth inf'][-1]:.3g}")
         return 0

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..descent import StabilityWarning, default_step, finite_depth, infinite_depth, targets
 from ..kernels import causal_matrices
+from ..looped import LOOP_QK, LOOP_SHAPES, check_loop_fields  # noqa: F401 - LOOP_*: public here too
 from ..sequences import COMPLEX_TASKS, TASKS, make_task
 from ..validation import check_fits, check_int, check_number
 
@@ -92,6 +93,12 @@ class TrainConfig:
     loop_blocks: int = 1
     loop_range: list[int] | None = None
     reinject: bool = False
+    # loop_qk "input": the loop blocks' queries and keys read the input tokens, so the attention pattern is the same
+    # in every pass (CKD's fixed kernel; ``ckd.looped``); "stream": they read the residual stream
+    loop_qk: str = "stream"
+    # loop_shape "ckd": the loop body constrained to CKD's layout (``ckd.looped.ckd_shape``: values read r, head 0
+    # writes r, head 1 writes p, the read-out reads p, the embedding the construction's); "free": every weight learned
+    loop_shape: str = "free"
     # the training objective (``training_loss``): rows t >= loss_from (1: every row with a pair; length - 2: the last
     # prediction only); loop_loss "every": a looped model's loss is the mean over the predictions after every pass
     # (loop_window k >= 1: after the last k passes only; 0: every pass)
@@ -179,13 +186,18 @@ class TrainConfig:
                              f"loss), got {self.loss_from!r}")
         if not isinstance(self.reinject, bool):
             raise ValueError(f"reinject must be true or false, got {self.reinject!r}")
+        check_loop_fields(self.loop_qk, self.loop_shape, tokens=self.tokens, norm=self.norm, mlp=self.mlp,
+                          bias=self.bias, blocks=self.loop_blocks, reinject=self.reinject, heads=self.heads or 2,
+                          width=self.width, dim=self.dim, init=self.init)
         r = self.loop_range
         if r is not None and not (isinstance(r, (list, tuple)) and len(r) == 2 and all(
                 not isinstance(n, bool) and isinstance(n, int) and 1 <= n <= MAX_INT for n in r) and r[0] <= r[1]):
             raise ValueError(f"loop_range must be two integers 1 <= lo <= hi (--loop-range LO,HI), got {r!r}")
         if not self.loop:
             given = [n for n, v in (("loop_blocks", self.loop_blocks != 1), ("loop_range", r is not None),
-                                    ("reinject", self.reinject), ("loop_loss", self.loop_loss != "last")) if v]
+                                    ("reinject", self.reinject), ("loop_loss", self.loop_loss != "last"),
+                                    ("loop_qk", self.loop_qk != "stream"),
+                                    ("loop_shape", self.loop_shape != "free")) if v]
             if given:
                 raise ValueError(f"{given[0]} applies to a looped model: add --loop L")
         elif self.layers != self.loop * self.loop_blocks:
@@ -333,7 +345,7 @@ def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Ten
 def unlooped(cfg: TrainConfig) -> TrainConfig:
     """The config of a looped run's body: its ``loop_blocks`` blocks as an ordinary model."""
     return replace(cfg, layers=cfg.loop_blocks, loop=0, loop_blocks=1, loop_range=None, reinject=False,
-                   loop_loss="last", loop_window=0)
+                   loop_loss="last", loop_window=0, loop_qk="stream", loop_shape="free")
 
 
 # --------------------------------------------------------------------------- model
@@ -362,10 +374,11 @@ def build_model(cfg: TrainConfig, setting: dict | None = None) -> nn.Module:
     construction. A looped run (``cfg.loop``): its body built so, then looped
     (``ckd.looped.loop_model``; a random init's residual writes scaled to the looped depth)."""
     if cfg.loop:
-        from ..looped import loop_model
+        from ..looped import ckd_shape, loop_model
 
         body = build_model(unlooped(cfg), setting)
-        return loop_model(body, cfg.loop, cfg.reinject, rescale=cfg.init == "random")
+        looped = loop_model(body, cfg.loop, cfg.reinject, rescale=cfg.init == "random", qk=cfg.loop_qk)
+        return ckd_shape(looped, init=cfg.init == "random") if cfg.loop_shape == "ckd" else looped
     if cfg.init == "construction":
         from ..construction import construct
 

@@ -1,0 +1,215 @@
+"""Can a looped model learn a descent step? Loops whose scores read the input tokens, and the CKD-shaped loop
+(issue 20, goals A and B).
+
+    python benchmarks/looped_descent.py --out runs/looped-descent            # the study (three families)
+    python benchmarks/looped_descent.py --out runs/looped-descent --report   # the markdown table of the runs
+
+CKD's layers are all the same map, r <- r - eta R(x) r, p <- p + eta P(x) r, whose kernel depends on the tokens x
+only: a fixed linear iteration. The looped models of ``looped_depth.py`` recompute their attention from the
+stream in every pass. Here (``ckd train --loop-qk input``) the queries and keys read the input tokens
+e_t = (x_{t-1}, x_t, 1), so the attention pattern is the same in every pass and, without LayerNorm or MLP, every
+pass is affine in the stream; ``--loop-shape ckd`` further holds the block to CKD's layout (values read the r slot,
+head 0 writes r, head 1 writes p, the read-out reads p, the construction's embedding; the query / key maps and the
+value / output entries inside that layout learned from random init: ``ckd.looped.ckd_shape``).
+
+The recipe is ``looped_depth.py``'s base (one block, 2 heads, width 13, no MLP, no LayerNorm, random init,
+``--loop 2 --loop-range 1,4 --loop-loss every``, 1000 AdamW steps, lr 2e-2, linear attention 1e-2, batch 32,
+T = 32, d = 3, float32, seed 0, periodic ``--loss-from 5``) with ``--loop-qk input`` and the variants of
+``VARIANTS``; the models are scored exactly as there (``looped_depth.run_one``: the same 64 fresh prompts, median
+error at t = 30 at K = 1 .. 32 loops and 1, 2, 4x the largest trained count, "falls to" the largest K up to which
+the error falls by >= 1 % at every doubling). Runs are saved at once into OUT/looped_descent.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import looped_depth as ld
+import torch
+from study import run_study
+
+from ckd.train import load_model
+
+BASE = ld.BASE | dict(loop_qk="input")
+SHAPE = dict(loop_shape="ckd")
+DEEP = dict(layers=8, loop=8, loop_range=[1, 16], loop_loss="last")  # loops 1..16, the loss after the last pass
+LONG = dict(steps=3000, eval_every=3000, checkpoint_every=3000)
+
+# name: (label, TrainConfig changes to BASE)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "qk": ("scores on the input (--loop-qk input), free weights, loss every pass, loops 1..4", {}),
+    "qk-deep": ("scores on the input, free weights, last pass, loops 1..16", DEEP),
+    "ckd": ("CKD shape (--loop-shape ckd), loss every pass, loops 1..4", SHAPE),
+    "ckd-last": ("CKD shape, last pass, loops 1..4", SHAPE | dict(loop_loss="last")),
+    "ckd-deep": ("CKD shape, last pass, loops 1..16", SHAPE | DEEP),
+    "ckd-deep-every": ("CKD shape, loss every pass, loops 1..16", SHAPE | DEEP | dict(loop_loss="every")),
+    "ckd-deep-keys": ("CKD shape, last pass, loops 1..16, per-row step c/t (--attention-norm keys)",
+                      SHAPE | DEEP | dict(attention_norm="keys")),
+    "ckd-deep-f64": ("CKD shape, last pass, loops 1..16, float64", SHAPE | DEEP | dict(dtype="float64")),
+    "ckd-deep-long": ("CKD shape, last pass, loops 1..16, 3000 steps", SHAPE | DEEP | LONG),
+    "ckd-construction": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..4",
+                         SHAPE | dict(init="construction", lr=3e-3, loop_loss="last")),
+    # the second round (after the first ten): the lr and its noise floor, the loop range, construction init deep
+    "ckd-deep-lr4-long": ("CKD shape, last pass, loops 1..16, lr / 4, 3000 steps", SHAPE | DEEP | LONG | dict(lr="/4")),
+    "ckd-deep-lr2": ("CKD shape, last pass, loops 1..16, lr x 2", SHAPE | DEEP | dict(lr="x2")),
+    "ckd-deep-lr2-long": ("CKD shape, last pass, loops 1..16, lr x 2, 3000 steps", SHAPE | DEEP | LONG | dict(lr="x2")),
+    "ckd-deep-batch": ("CKD shape, last pass, loops 1..16, batch 128", SHAPE | DEEP | dict(batch=128)),
+    "ckd-range-8-16": ("CKD shape, last pass, loops 8..16", SHAPE | DEEP | dict(loop_range=[8, 16])),
+    "ckd-range-16-32": ("CKD shape, last pass, loops 16..32", SHAPE | DEEP | dict(layers=16, loop=16,
+                                                                                 loop_range=[16, 32])),
+    "ckd-deep-long-seed1": ("CKD shape, last pass, loops 1..16, 3000 steps, seed 1",
+                            SHAPE | DEEP | LONG | dict(seed=1)),
+    "ckd-deep-long-seed2": ("CKD shape, last pass, loops 1..16, 3000 steps, seed 2",
+                            SHAPE | DEEP | LONG | dict(seed=2)),
+    "ckd-range-8-16-seed1": ("CKD shape, last pass, loops 8..16, seed 1",
+                             SHAPE | DEEP | dict(loop_range=[8, 16], seed=1)),
+    "ckd-range-8-16-seed2": ("CKD shape, last pass, loops 8..16, seed 2",
+                             SHAPE | DEEP | dict(loop_range=[8, 16], seed=2)),
+    "ckd-range-8-16-long": ("CKD shape, last pass, loops 8..16, 3000 steps",
+                            SHAPE | DEEP | LONG | dict(loop_range=[8, 16])),
+    "ckd-range-16-32-long": ("CKD shape, last pass, loops 16..32, 3000 steps",
+                             SHAPE | DEEP | LONG | dict(layers=16, loop=16, loop_range=[16, 32])),
+    "ckd-range-16-32-seed1": ("CKD shape, last pass, loops 16..32, seed 1",
+                              SHAPE | DEEP | dict(layers=16, loop=16, loop_range=[16, 32], seed=1)),
+    "ckd-range-16-32-seed2": ("CKD shape, last pass, loops 16..32, seed 2",
+                              SHAPE | DEEP | dict(layers=16, loop=16, loop_range=[16, 32], seed=2)),
+    "ckd-range-32-64": ("CKD shape, last pass, loops 32..64", SHAPE | DEEP | dict(layers=32, loop=32,
+                                                                                 loop_range=[32, 64])),
+    "ckd-deep-minlr": ("CKD shape, last pass, loops 1..16, cosine to 0.01 lr (min_lr)",
+                       SHAPE | DEEP | dict(min_lr=0.01)),
+    "ckd-deep-minlr-long": ("CKD shape, last pass, loops 1..16, cosine to 0.01 lr, 3000 steps",
+                            SHAPE | DEEP | LONG | dict(min_lr=0.01)),
+    "ckd-deep-minlr-0": ("CKD shape, last pass, loops 1..16, cosine to 0.001 lr", SHAPE | DEEP | dict(min_lr=0.001)),
+    "ckd-range-16-32-nominal-32": ("CKD shape, last pass, loops 16..32, nominal 32 (--loop 32: the init's scale and "
+                                   "the loops a card is evaluated at)",
+                                   SHAPE | DEEP | dict(layers=32, loop=32, loop_range=[16, 32])),
+    "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
+                              SHAPE | DEEP | dict(init="construction", lr=3e-3)),
+}
+# what the study ran: the first ten on every family, then the second round on some
+STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range-8-16"],
+         "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep",
+                                            "ckd-deep-minlr", "ckd-deep-minlr-0", "ckd-deep-minlr-long"],
+         "linear": list(VARIANTS)[:10] + ["ckd-deep-lr2", "ckd-deep-lr2-long", "ckd-deep-batch", "ckd-range-8-16",
+                                          "ckd-range-16-32", "ckd-construction-deep", "ckd-deep-long-seed1",
+                                          "ckd-deep-long-seed2", "ckd-range-8-16-seed1", "ckd-range-8-16-seed2",
+                                          "ckd-range-8-16-long", "ckd-range-16-32-seed1", "ckd-range-16-32-seed2",
+                                          "ckd-range-16-32-long", "ckd-range-32-64", "ckd-range-16-32-nominal-32"]}
+FURTHER = (8, 16)  # the runs are also scored at 8x and 16x their largest trained loop count (``rescore``)
+
+
+def rescore(data: dict, out: Path) -> None:
+    """Add the error at t = 30 after ``FURTHER`` x the largest trained loop count to every run of ``data`` that lacks
+    it (its checkpoint in OUT/TASK-ATTENTION-NAME), in place."""
+    for r in data["results"]:
+        ks = [f * r["trained_loops"] for f in FURTHER if str(f * r["trained_loops"]) not in r["err_last"]]
+        if not ks:
+            continue
+        _, model, _ = load_model(out / f"{r['task']}-{r['attention']}-{r['variant']}" / "checkpoint.pt")
+        model, x = model.double().eval(), ld.test_prompts(r["task"])
+        with torch.no_grad():
+            r["err_last"].update({str(k): ld.err_last(model(x, loops=k), x) for k in ks})
+        r["falls_to"] = ld.falls_to(r["err_last"], r["trained_loops"])
+
+
+def report(data: dict) -> str:
+    """One markdown table per family: the error at t = 30 after 1 and 4 loops and after 1, 2, 4, 8, 16 x the largest
+    trained loop count L, and "falls to" (``looped_depth.falls_to``; "-": not beyond L)."""
+    labels = {name: i for i, name in enumerate(VARIANTS)}
+    lines = []
+    for task, attention in ld.FAMILIES:
+        rows = sorted((r for r in data["results"] if r["task"] == task), key=lambda r: labels.get(r["variant"], 99))
+        if not rows:
+            continue
+        lines += [f"\n{task} / {attention} attention: median error at t = {ld.LAST} after K loops (64 fresh prompts)\n",
+                  "| variant | train s | L (most trained loops) | K = 1 | 4 | L | 2L | 4L | 8L | 16L | falls to |",
+                  "|---" * 11 + "|"]
+        for r in rows:
+            e, n = r["err_last"], r["trained_loops"]
+            cells = [f"{e[str(k)]:.2g}" if str(k) in e else "" for k in (1, 4, n, 2 * n, 4 * n, 8 * n, 16 * n)]
+            fall = ld.falls_to(e, n)
+            lines.append(f"| {VARIANTS[r['variant']][0]} | {r['train_seconds']:.0f} | {n} | " + " | ".join(cells)
+                         + f" | {fall if fall > n else '-'} |")
+        for name, e in data["ckd"][f"{task}/{attention}"].items():
+            lines.append(f"| {name} (K = 1, 4, 16, 32) | | | " + " | ".join(f"{e[str(k)]:.2g}" if str(k) in e else ""
+                                                        for k in (1, 4, 16, 32)) + " | | | | |")
+    return "\n".join(lines)
+
+
+def diagnose(folder: Path) -> dict:
+    """What a trained CKD-shaped loop (periodic family) learned, and which of its numbers sets its error: per head
+    the inverse temperature (mean diagonal of the bilinear form W_q^T W_k between the query's and the key's x slots
+    of e = (x_{t-1}, x_t, 1)) and which x slot its query reads; the gain errors |W_out G_1 - I| and |G_0 + I|
+    (max entry; G_h the head's d x d map from r to the slot it writes); the error at t = 30 after 1, 2, 8 loops as
+    trained, with the queries x 4 alone (a sharper kernel), then with the read-out set to G_1^{-1} exactly, then also
+    G_0 = -I exactly, then also the queries x 2."""
+    from ckd.construction import slots
+
+    _, model, _ = load_model(folder / "checkpoint.pt")
+    model, x = model.double().eval().requires_grad_(False), ld.test_prompts("periodic")
+    a, d, eye = model.blocks[0].attn, model.config.dim, torch.eye(model.config.dim, dtype=torch.float64)
+    S, w = slots(d), model.config.d_model
+    q, k = (m.weight.view(2, d, 2 * d + 1) for m in (a.query, a.key))
+    v, o = a.value.weight.view(2, d, w), a.out.weight.view(w, 2, d)
+    out = {}
+    for h in range(2):
+        form = q[h].T @ k[h]  # (e of the query) x (e of the key)
+        scales = [float(form[i * d:(i + 1) * d, 0:d].diagonal().mean()) for i in (0, 1)]  # query x_{t-1} / x_t
+        out[f"head {h}"] = dict(query_reads="x_{t-1}" if abs(scales[0]) > abs(scales[1]) else "x_t",
+                                beta=max(scales, key=abs))
+    g0, g1 = o[S["r"], 0] @ v[0][:, S["r"]], o[S["p"], 1] @ v[1][:, S["r"]]
+    out["|W_out G_1 - I|"] = float((model.readout.weight[:, S["p"]] @ g1 - eye).abs().max())
+    out["|G_0 + I|"] = float((g0 + eye).abs().max())
+
+    def errors():
+        return {str(n): ld.err_last(model(x, loops=n), x) for n in (1, 2, 8)}
+
+    with torch.no_grad():
+        out["as trained"] = errors()
+        q0 = a.query.weight.clone()
+        a.query.weight.mul_(4)
+        out["queries x 4 alone"] = errors()
+        a.query.weight.copy_(q0)
+        model.readout.weight[:, S["p"]] = torch.linalg.inv(g1)
+        out["read-out = G_1^-1"] = errors()
+        o[S["r"], 0] = -torch.linalg.inv(v[0][:, S["r"]])
+        out["and G_0 = -I"] = errors()
+        a.query.weight.mul_(2)
+        out["and queries x 2"] = errors()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS),
+                        help="these variants (default: those of the study, STUDY)")
+    parser.add_argument("--families", nargs="*", default=[t for t, _ in ld.FAMILIES],
+                        choices=[t for t, _ in ld.FAMILIES])
+    parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_descent.json and stop")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
+    args = parser.parse_args(argv)
+    path = args.out / "looped_descent.json"
+    if args.diagnose:
+        print(json.dumps(diagnose(args.out / "periodic-softmax-ckd-deep"), indent=1))
+        return 0
+    if args.report:
+        print(report(json.loads(path.read_text())))
+        return 0
+    families = [(t, a) for t, a in ld.FAMILIES if t in args.families]
+    data = run_study(path, families, lambda task: STUDY[task] if args.only is None else args.only,
+                     ld.ckd_reference,
+                     lambda name, task, attention: ld.run_one(name, task, attention, args.out, VARIANTS, BASE),
+                     lambda r: f"t={ld.LAST} error by K " + " ".join(f"{k}:{v:.3g}" for k, v in r["err_last"].items()))
+    rescore(data, args.out)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(report(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
