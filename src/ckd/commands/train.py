@@ -131,6 +131,11 @@ def add_parser(sub) -> None:
     p.add_argument("--loss-from", type=integer(1), default=DEFAULTS.loss_from, metavar="T0",
                    help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
                         "--length - 2: the last prediction)")
+    p.add_argument("--lbfgs-steps", type=integer(0), default=DEFAULTS.lbfgs_steps, metavar="N",
+                   help="after the AdamW steps, N iterations of full-batch L-BFGS (float64, strong Wolfe) on fixed "
+                        "prompts, on the training loss averaged over --loop-range (default 0: none; ckd.train.lbfgs)")
+    p.add_argument("--lbfgs-batch", type=integer(1), default=DEFAULTS.lbfgs_batch, metavar="B",
+                   help=f"with --lbfgs-steps: the fixed prompts of the L-BFGS stage (default {DEFAULTS.lbfgs_batch})")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", type=path, required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
@@ -183,6 +188,7 @@ def run(args) -> int:
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
                       loop_qk=args.loop_qk, loop_shape=args.loop_shape,
                       loop_loss=args.loop_loss, loop_window=args.loop_window, loss_from=args.loss_from,
+                      lbfgs_steps=args.lbfgs_steps, lbfgs_batch=args.lbfgs_batch,
                       **(data.fields if data is not None else {}))
     from ..train.config import check_memory
 

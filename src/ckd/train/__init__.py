@@ -29,8 +29,9 @@ instead (``ckd.train.data``: task "data", the file's SHA-256, shape and dtype in
 The package, nanoGPT-style: ``config`` (``TrainConfig`` and what depends on it alone: seeds, prompts,
 loss, ``tune_ckd``, model, memory check, lr schedule), ``checkpoint`` (checkpoints, RNG states, the
 run folder: inspection, lock, ``config.json``, ``metrics.jsonl``), ``data`` (the user's sequences:
-read, split, windows) and ``loop`` (DDP setup and the training loop, ``train``). Every name is
-re-exported here: ``from ckd.train import ...`` as before.
+read, split, windows), ``lbfgs`` (the L-BFGS stage after the AdamW steps, ``TrainConfig.lbfgs_steps``)
+and ``loop`` (DDP setup and the training loop, ``train``). Every name is re-exported here:
+``from ckd.train import ...`` as before.
 """
 
 from ..io import atomic_write
@@ -99,6 +100,7 @@ from .data import (
     tune_windows,
     windows,
 )
+from .lbfgs import LBFGS, expected_loss, refine
 from .loop import Dist, eval_metrics, setup, train
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "DTYPES",
     "EVAL",
     "INITS",
+    "LBFGS",
     "LOOP_LOSSES",
     "LOOP_QK",
     "LOOP_SHAPES",
@@ -137,6 +140,7 @@ __all__ = [
     "construction_setting",
     "eval_metrics",
     "eval_windows",
+    "expected_loss",
     "inspect_out",
     "length_at",
     "load_checkpoint",
@@ -149,6 +153,7 @@ __all__ = [
     "next_token_loss",
     "read_metrics",
     "read_sequences",
+    "refine",
     "rows_loss",
     "rng_state",
     "sample",

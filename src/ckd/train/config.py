@@ -105,6 +105,8 @@ class TrainConfig:
     loss_from: int = 1
     loop_loss: str = "last"
     loop_window: int = 0
+    lbfgs_steps: int = 0  # after the AdamW steps: L-BFGS iterations on lbfgs_batch fixed prompts (ckd.train.lbfgs)
+    lbfgs_batch: int = 512
 
     def __post_init__(self):
         for f in fields(self):  # NumPy / torch scalars and integral floats are integers (stored as int: config.json)
@@ -141,7 +143,7 @@ class TrainConfig:
         choice("dtype", tuple(DTYPES))
         for name, low in [("layers", 1), ("steps", 0), ("batch", 1), ("length", 3), ("dim", 1), ("warmup", 0),
                           ("curriculum", 0), ("log_every", 1), ("eval_every", 1), ("eval_batch", 1),
-                          ("checkpoint_every", 1)]:
+                          ("checkpoint_every", 1), ("lbfgs_steps", 0), ("lbfgs_batch", 1)]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
                 raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")

@@ -47,6 +47,7 @@ from .config import (
     training_loss,
 )
 from .data import Sequences, attach, eval_windows, train_windows, tune_windows
+from .lbfgs import LBFGS, check_lbfgs_memory, refine
 
 
 @torch.no_grad()
@@ -105,6 +106,43 @@ def setup(device: str) -> Dist:
 # --------------------------------------------------------------------------- training
 
 
+def lbfgs_stage(cfg: TrainConfig, model: nn.Module, d: Dist, draw, x_eval: Tensor | None, log_file,
+                records: list[dict], progress: bool) -> int:
+    """The L-BFGS stage after the AdamW steps (``ckd.train.lbfgs.refine``) on the fixed prompts ``draw(lbfgs_batch,
+    LBFGS)``; every rank runs the same full batch, rank 0's weights are kept. Logs one record at step ``steps``:
+    {"stage": "lbfgs", "lbfgs_iterations", "lbfgs_loss_before" / "lbfgs_loss" (the full-batch objective), "loss"
+    (the training loss on the fresh prompts of the final AdamW record), eval metrics}. Returns the iterations."""
+    from tqdm.auto import tqdm
+
+    dtype = next(model.parameters()).dtype
+    x = draw(cfg.lbfgs_batch, LBFGS).to(d.device, torch.float64)
+    bar = tqdm(total=cfg.lbfgs_steps, desc="L-BFGS", disable=not (progress and d.main), dynamic_ncols=True)
+
+    def advance(done: int, loss: float) -> None:
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{loss:.3g}")
+
+    try:
+        history = refine(cfg, model, x, on_chunk=advance)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{err}; the checkpoint keeps the model of the AdamW steps") from None
+    finally:
+        bar.close()
+    if d.world > 1:
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
+    if d.main:
+        x = draw(cfg.batch // d.world, TRAIN, cfg.steps, d.rank).to(d.device, dtype)
+        with torch.no_grad():
+            loss = float(training_loss(cfg, model, x, cfg.steps))
+        rec = {"step": cfg.steps, "stage": "lbfgs", "lbfgs_iterations": cfg.lbfgs_steps, "loss": loss,
+               "lbfgs_loss_before": history[0], "lbfgs_loss": history[-1], **eval_metrics(model, x_eval)}
+        records.append(rec)
+        log_file.write(json.dumps(rec) + "\n")
+        log_file.flush()
+    return cfg.lbfgs_steps
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
           stop_after: int | None = None, progress: bool = True, data: Sequences | None = None) -> list[dict]:
     """Run (or resume) training; returns the metrics records of this run (all steps so far).
@@ -133,6 +171,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     if cfg.batch % d.world:
         raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes {d.world}")
     check_memory(cfg, d.device, d.world)
+    check_lbfgs_memory(cfg, d.device)
     fresh = inspect_out(out, resume)
     setting = None
     tune = tune_windows(cfg, data) if data is not None and cfg.init == "construction" else None
@@ -180,16 +219,17 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
-    start = 0
+    start = refined = 0  # refined: the L-BFGS stage's iterations done (the run is complete when it is lbfgs_steps)
     if state:
         load_states(out / "checkpoint.pt", state, model, optimizer, scheduler)
         set_rng_state(state["rng"])
-        start = int(state["step"])
+        start, refined = int(state["step"]), int(state.get("lbfgs", 0))
+    complete = bool(state) and start == cfg.steps and refined >= cfg.lbfgs_steps > 0  # keep its final records
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     model.train()
 
     metrics_path = out / "metrics.jsonl"
-    records = read_metrics(metrics_path, before=start) if d.main and state else []
+    records = read_metrics(metrics_path, before=start + complete) if d.main and state else []
     if d.main:
         write_json(out / "config.json", {**asdict(cfg), "setting": setting})
         atomic_write(metrics_path, lambda fh: fh.writelines((json.dumps(r) + "\n").encode() for r in records))
@@ -217,7 +257,7 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             save_checkpoint(out / "checkpoint.pt", dict(
                 format=CHECKPOINT_FORMAT, config=asdict(cfg), setting=setting, step=step,
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                rng=rng_state()))
+                rng=rng_state(), lbfgs=refined))
         saved = step
 
     from tqdm.auto import tqdm
@@ -266,11 +306,15 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
             scheduler.step()
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3g}")
-        if end == cfg.steps:  # the final model, measured on fresh prompts too
+        if end == cfg.steps and not complete:  # the final model, measured on fresh prompts too
             x = draw(cfg.batch // d.world, TRAIN, end, d.rank).to(d.device, dtype)
             with torch.no_grad():
                 log(end, training_loss(cfg, model, x, end))
         checkpoint(end)
+        if end == cfg.steps and refined < cfg.lbfgs_steps:
+            bar.close()
+            refined = lbfgs_stage(cfg, model, d, draw, x_eval, log_file, records, progress)
+            checkpoint(end)
     bar.close()
     if d.main and progress:
         done = "finished" if end == cfg.steps else f"stopped after step {end} of {cfg.steps} (resume with --resume)"
