@@ -70,6 +70,8 @@ VARIANTS: dict[str, tuple[str, str, dict, tuple | None]] = {
     "late-batch-x4": ("combined", "late + batch 128", dict(loss_from=5, batch=128), None),
     "late-steps-x3-batch-x4": ("combined", "late + batch 128 + 3000 steps",
                                dict(loss_from=5, batch=128, steps=3000, checkpoint_every=3000), None),
+    "lbfgs": ("optimisation", "then 300 full-batch L-BFGS iterations (--lbfgs-steps 300, 512 prompts, float64)",
+              dict(lbfgs_steps=300), None),
 }
 
 
