@@ -88,7 +88,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                    SHAPE | DEEP | dict(layers=32, loop=32, loop_range=[16, 32])),
     "ckd-construction-deep": ("CKD shape, construction init, fine-tuned (lr 3e-3), last pass, loops 1..16",
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
-    # the third round (a second training stage): full-batch L-BFGS after the AdamW steps (``--lbfgs-steps``)
+    # the third round (a second training stage): full-batch L-BFGS after the AdamW steps (``--lbfgs-steps``); not in
+    # STUDY: run with --only (docs/results.md, "A second stage: full-batch L-BFGS")
     "ckd-deep-lbfgs": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations (--lbfgs-steps 300, 512 prompts)",
                        SHAPE | DEEP | dict(lbfgs_steps=300)),
     "ckd-range-16-32-nominal-32-lbfgs": ("CKD shape, last pass, loops 16..32, nominal 32, then 100 L-BFGS iterations",
@@ -98,8 +99,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                  lbfgs_steps=300)),
     "ckd-deep-lbfgs-2048": ("CKD shape, last pass, loops 1..16, then 200 L-BFGS iterations on 2048 prompts",
                             SHAPE | DEEP | dict(lbfgs_steps=200, lbfgs_batch=2048)),
-    "ckd-deep-lbfgs-seed1": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations, seed 1",
-                             SHAPE | DEEP | dict(lbfgs_steps=300, seed=1)),
+    "ckd-deep-lbfgs-1024": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations on 1024 prompts",
+                            SHAPE | DEEP | dict(lbfgs_steps=300, lbfgs_batch=1024)),
 }
 # what the study ran: the first ten on every family, then the second round on some
 STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range-8-16"],
