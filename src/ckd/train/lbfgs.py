@@ -1,13 +1,16 @@
 """A second training stage: full-batch L-BFGS after the AdamW steps (``TrainConfig.lbfgs_steps``).
 
 AdamW on fresh mini-batches stops at the noise floor of its gradient estimates; on a tiny, ill-conditioned
-model (the CKD-shaped loop: 129 weights whose gains must be exact) that floor is far above the model's best.
+model (the CKD-shaped loop: 129 weights whose gains must be exact) that floor can be far above the model's best.
 This stage minimises the *expected* training objective (``expected_loss``: the mean of ``training_loss`` over
 the loop counts a step may draw) on one fixed batch of ``lbfgs_batch`` prompts (seed stream ``LBFGS``) with
-``torch.optim.LBFGS`` (strong Wolfe line search, history 50) in float64, for ``lbfgs_steps`` iterations; the
-model is cast back to the run's dtype afterwards. Every iterate of a strong-Wolfe line search lowers the
-objective (sufficient decrease), so the stage never raises the full-batch loss. Gradient hooks (a CKD-shaped
-loop's masks) apply: L-BFGS's directions are combinations of masked gradients, so masked entries stay 0.
+``torch.optim.LBFGS`` (strong Wolfe line search, history 50) in float64, for at most ``lbfgs_steps`` iterations
+(calls of ``CHUNK`` iterations, each with torch's default budget of 1.25x as many loss evaluations: a call whose
+line searches use the budget up stops early); the model is cast back to the run's dtype afterwards. Every
+iterate of a strong-Wolfe line search lowers the objective (sufficient decrease), so the stage never raises the
+full-batch loss; the loss on fresh prompts may rise (a fixed batch can be overfitted: docs/results.md, "A second
+stage: full-batch L-BFGS"). Gradient hooks (a CKD-shaped loop's masks) apply: L-BFGS's directions are
+combinations of masked gradients, so masked entries stay 0.
 """
 
 from __future__ import annotations
