@@ -82,15 +82,15 @@ ZOO: dict[str, tuple[str, dict]] = {
                                   dict(task="periodic", attention="softmax", layers=8, loop=8, loop_range=[1, 16],
                                        loop_qk="input", loop_shape="ckd", loss_from=5, log_every=50,
                                        eval_every=1000, checkpoint_every=1000, **_TRAIN)),
-    # benchmarks/looped_descent.py, variant ckd-deep-lbfgs: the model above, then 300 full-batch L-BFGS iterations
+    # benchmarks/looped_descent.py, variant ckd-deep-lbfgs-1024: the model above, then full-batch L-BFGS
     "periodic-softmax-loop-ckd-lbfgs": ("periodic-softmax-loop-ckd's training, then 300 iterations of full-batch "
-                                        "L-BFGS (float64, 512 fixed prompts, --lbfgs-steps 300): 1.8e-4 at t = 30 "
-                                        "(median), but 6 % of prompts (two cycle points close) fail at some row t >= 5 "
-                                        "(errors up to 9, growing with the loops)",
+                                        "L-BFGS (float64, 1024 fixed prompts, --lbfgs-steps 300 --lbfgs-batch 1024): "
+                                        "7.0e-4 at t = 30 (median), but 2.4 % of prompts (two cycle points close) "
+                                        "fail at some row t >= 5 (errors up to 12, growing with the loops)",
                                         dict(task="periodic", attention="softmax", layers=8, loop=8,
                                              loop_range=[1, 16], loop_qk="input", loop_shape="ckd", loss_from=5,
                                              log_every=50, eval_every=1000, checkpoint_every=1000, lbfgs_steps=300,
-                                             **_TRAIN)),
+                                             lbfgs_batch=1024, **_TRAIN)),
     # benchmarks/looped_descent.py, variant ckd-range-16-32-nominal-32 (seed 1 of that recipe does not converge)
     "linear-linear-loop-ckd": ("x_{t+1} = A x_t, A Haar-orthogonal, linear attention, one block looped (32 loops; "
                                "trained with 16..32), queries and keys on the input tokens, held to CKD's layout, "
