@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def worker(path: str, policy: str, reps: int, quick: bool) -> dict:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
+    shutil.rmtree(tmp, ignore_errors=True)  # the context, forecasts and training runs of this worker
     return {"times": times, "threads": torch.get_num_threads(), "policy_env": os.environ.get("OMP_WAIT_POLICY")}
 
 
