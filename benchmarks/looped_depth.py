@@ -24,7 +24,6 @@ must be removed before it is run again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from study import run_study
+from study import run_study, study_parser
 
 import ckd
 from ckd.evaluate import reference, run_ckd
@@ -172,13 +171,7 @@ def report(data: dict, labels: dict[str, str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS),
-                        help="these variants (default: those of the study, STUDY)")
-    parser.add_argument("--families", nargs="*", default=[t for t, _ in FAMILIES], choices=[t for t, _ in FAMILIES])
-    parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_depth.json and stop")
-    args = parser.parse_args(argv)
+    args = study_parser(__doc__, VARIANTS, FAMILIES, "looped_depth.json").parse_args(argv)
     path = args.out / "looped_depth.json"
     if args.report:
         print(report(json.loads(path.read_text())))

@@ -22,14 +22,13 @@ the error falls by >= 1 % at every doubling). Runs are saved at once into OUT/lo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import looped_depth as ld
 import torch
-from study import run_study
+from study import run_study, study_parser
 
 from ckd.train import load_model
 
@@ -196,13 +195,7 @@ def diagnose(folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--only", nargs="*", default=None, choices=list(VARIANTS),
-                        help="these variants (default: those of the study, STUDY)")
-    parser.add_argument("--families", nargs="*", default=[t for t, _ in ld.FAMILIES],
-                        choices=[t for t, _ in ld.FAMILIES])
-    parser.add_argument("--report", action="store_true", help="print the table of OUT/looped_descent.json and stop")
+    parser = study_parser(__doc__, VARIANTS, ld.FAMILIES, "looped_descent.json")
     parser.add_argument("--diagnose", action="store_true",
                         help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
     args = parser.parse_args(argv)

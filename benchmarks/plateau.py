@@ -27,7 +27,6 @@ are saved at once into OUT/plateau.json, so a study cut short keeps what it fini
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -36,7 +35,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from study import run_study
+from study import run_study, study_parser
 
 import ckd
 import ckd.train.loop
@@ -168,12 +167,7 @@ def report(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--families", nargs="*", default=[t for t, _ in FAMILIES], choices=[t for t, _ in FAMILIES])
-    parser.add_argument("--report", action="store_true", help="print the table of OUT/plateau.json and stop")
-    args = parser.parse_args(argv)
+    args = study_parser(__doc__, VARIANTS, FAMILIES, "plateau.json", only_default=list(VARIANTS)).parse_args(argv)
     path = args.out / "plateau.json"
     if args.report:
         print(report(json.loads(path.read_text())))

@@ -26,26 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from thread_determinism import lorenz  # the same Lorenz-63 context (RK4, step 0.01)
 
 ROOT = Path(__file__).resolve().parent.parent
 FORECAST = ["forecast", "ctx.npy", "-o", "out.npy", "--horizon", "300"]
 RUN_CKD = "import sys, ckd.cli; sys.argv[0] = 'ckd'; sys.exit(ckd.cli.main())"  # what the ckd script does
 NO_FREEZE = "import gc; gc.freeze = lambda: None; " + RUN_CKD
-
-
-def lorenz_context(n: int = 400, dt: float = 0.01) -> np.ndarray:
-    """n points of Lorenz-63 (RK4, step dt) after a transient of 2600 steps."""
-    def f(x):
-        return np.array([10 * (x[1] - x[0]), x[0] * (28 - x[2]) - x[1], x[0] * x[1] - 8 / 3 * x[2]])
-    x, out = np.ones(3), []
-    for i in range(2600 + n):
-        k1 = f(x)
-        k2 = f(x + dt / 2 * k1)
-        k3 = f(x + dt / 2 * k2)
-        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + f(x + dt * k3))
-        if i >= 2600:
-            out.append(x)
-    return np.array(out)
 
 
 def cases() -> dict[str, list[str]]:
@@ -67,7 +53,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in cases()}
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ckd-startup-") as tmp:
-        np.save(Path(tmp) / "ctx.npy", lorenz_context())
+        np.save(Path(tmp) / "ctx.npy", lorenz(400, burn=2600))
         for rep in range(args.reps + 1):  # round 0: warm-up (bytecode, page cache)
             for name, cmd in cases().items():
                 (Path(tmp) / "out.npy").unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""The resumable loop of the controlled studies (``plateau.py``, ``looped_depth.py``): one JSON of runs per OUT.
+"""The resumable loop and command line of the controlled studies (``plateau.py``, ``looped_depth.py``,
+``looped_descent.py``): one JSON of runs per OUT.
 
 Every finished run is appended to OUT/NAME.json at once, so a study cut short keeps what it finished and a
 second call runs only what is missing; each family's CKD reference is computed once.
@@ -6,6 +7,7 @@ second call runs only what is missing; each family's CKD reference is computed o
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 from collections.abc import Callable, Iterable
@@ -38,3 +40,18 @@ def run_study(path: Path, families: Iterable[tuple[str, str]], names: Callable[[
             path.write_text(json.dumps(data, indent=1) + "\n")
             print(f"{name} {task}/{attention}: {result['train_seconds']:.0f} s, {summary(result)}", flush=True)
     return data
+
+
+def study_parser(doc: str, variants: Iterable[str], families: list[tuple[str, str]], file: str,
+                 only_default: list[str] | None = None) -> argparse.ArgumentParser:
+    """The options every study takes: --out, --only (variants; default ``only_default``, None: the study's
+    own list), --families (task names of ``families``) and --report (print the table of OUT/``file``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    default = " (default: those of the study, STUDY)" if only_default is None else ""
+    parser.add_argument("--only", nargs="*", default=only_default, choices=list(variants),
+                        help=f"these variants{default}")
+    names = [t for t, _ in families]
+    parser.add_argument("--families", nargs="*", default=names, choices=names)
+    parser.add_argument("--report", action="store_true", help=f"print the table of OUT/{file} and stop")
+    return parser
