@@ -30,6 +30,7 @@ import looped_depth as ld
 import torch
 from study import run_study, study_parser
 
+import ckd
 from ckd.train import load_model
 
 BASE = ld.BASE | dict(loop_qk="input")
@@ -194,11 +195,32 @@ def diagnose(folder: Path) -> dict:
     return out
 
 
+def tail(model_path: str, task: str, loops: int, n: int = 1024, seed: int = 12345) -> dict:
+    """The second check of docs/results.md ("A second stage: full-batch L-BFGS") on ``n`` fresh prompts (T = 32,
+    d = 3, ``seed``) after ``loops`` loops: the median and q99 of the error at t = LAST, the mean squared error
+    over rows t >= 5, and how many prompts have an error > 0.1 at some row t >= 5 ("fail"). ``model_path``: a run
+    folder, or ``zoo:NAME`` for a model of the zoo."""
+    from ckd.pretrained import load_with_config
+
+    model = (load_with_config(model_path[4:]) if model_path.startswith("zoo:") else load_model(model_path))[1]
+    x = ckd.make_task(task, n, 32, 3, seed=seed).x
+    with torch.no_grad():
+        e = ckd.next_token_error(model.double().eval()(x, loops=loops), x)
+    return {"model": model_path, "task": task, "loops": loops, "prompts": n, "median": float(e[:, ld.LAST].median()),
+            "q99": float(e[:, ld.LAST].quantile(0.99)), "mse_rows_from_5": float(e[:, 5:].square().mean()),
+            "fail": int((e[:, 5:].amax(1) > 0.1).sum())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__, VARIANTS, ld.FAMILIES, "looped_descent.json")
     parser.add_argument("--diagnose", action="store_true",
                         help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
+    parser.add_argument("--tail", nargs=3, metavar=("MODEL", "TASK", "LOOPS"),
+                        help="the 1024-fresh-prompt check of a run folder or zoo:NAME (tail) and stop")
     args = parser.parse_args(argv)
+    if args.tail:
+        print(json.dumps(tail(args.tail[0], args.tail[1], int(args.tail[2])), indent=1))
+        return 0
     path = args.out / "looped_descent.json"
     if args.diagnose:
         print(json.dumps(diagnose(args.out / "periodic-softmax-ckd-deep"), indent=1))
