@@ -186,3 +186,28 @@ def test_depth_study_smoke():
     for kind in ("sweeps", "chebyshev", "chosen"):
         assert set(res["vpt"][kind]) == {1, 8} and all(0 < v <= 1 for v in res["vpt"][kind].values())
         assert res["settings"][kind][8]["ridge"] in (1e-6, 1e-4, 1e-2, 1e-1)
+
+
+def test_depth_study_resumes_from_its_per_system_files(tmp_path, monkeypatch):
+    """run_depth writes each system's result as it finishes; a rerun with the same settings reads them back
+    (integer keys restored) and runs nothing, giving the same summary; other settings are not reused."""
+    pytest.importorskip("matplotlib")
+    from ckd.experiments.chaos_forecast import depth
+
+    calls = []
+
+    def fake_system(args):
+        name, n_ics, kinds = args
+        calls.append(name)
+        vpt = {"krr": 2.0 + len(name), "exact": 1.5}
+        vpt.update({k: {L: L / 256 * (1 + len(name)) for L in depth.LAYERS} for k in [*kinds, depth.CHOSEN]})
+        return {"system": name, "cases": {i: {"vpt": vpt, "settings": {}} for i in range(n_ics)}, "seconds": 0.0}
+
+    monkeypatch.setattr(depth, "depth_system", fake_system)
+    first = depth.run_depth(tmp_path, ["A", "BB"], 2, kinds=["sweeps"])
+    assert calls == ["A", "BB"] and sorted(p.name for p in (tmp_path / "systems").iterdir()) == ["A.json", "BB.json"]
+    second = depth.run_depth(tmp_path, ["A", "BB"], 2, kinds=["sweeps"])
+    assert calls == ["A", "BB"] and second == first
+    assert first["krr"] == 3.5 and first["curves"]["sweeps"]["256"] == 2.5
+    depth.run_depth(tmp_path, ["A", "BB"], 3, kinds=["sweeps"])  # another n_ics: recomputed
+    assert calls == ["A", "BB", "A", "BB"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 import warnings
 
@@ -162,21 +163,50 @@ def report(out: pathlib.Path, results: list[dict], kinds, seconds: float) -> dic
     return summ
 
 
+def depth_key(n_ics: int, kinds: list[str]) -> dict:
+    """The key of a depth study's per-system files: a rerun with the same key resumes from them."""
+    from .data import protocol_key
+    from .executors import FORMAT
+
+    return {"format": FORMAT, "study": "depth", "protocol": protocol_key(), "n_ics": n_ics, "kinds": kinds,
+            "layers": list(LAYERS)}
+
+
+def from_json(result: dict) -> dict:
+    """A system's result as read back from JSON: the integer keys (initial condition, L) restored."""
+    cases = {int(i): {**c, "vpt": {k: ({int(L): v for L, v in val.items()} if isinstance(val, dict) else val)
+                                   for k, val in c["vpt"].items()}}
+             for i, c in result["cases"].items()}
+    return {**result, "cases": cases}
+
+
 def run_depth(out: pathlib.Path, systems: list[str], n_ics: int, n_workers: int = 1, kinds=None) -> dict:
-    """The study on ``systems`` (first ``n_ics`` initial conditions of each), ``n_workers`` processes."""
+    """The study on ``systems`` (first ``n_ics`` initial conditions of each), ``n_workers`` processes.
+    Each system's result is written to ``out/systems/NAME.json`` as it finishes (``executors.save_result``);
+    a rerun with the same settings reads those files and runs only the missing systems."""
     from ...iterations import ITERATIONS
+    from .. import progress
+    from .executors import load_results, save_result
 
     kinds = list(kinds or ITERATIONS)
-    jobs = [(s, n_ics, kinds) for s in systems]
+    key = depth_key(n_ics, kinds)
+    done = {name: from_json(r) for name, r in load_results(out, systems, key).items()}
+    if done:
+        print(f"depth: {len(done)} of {len(systems)} systems read from {out / 'systems'} (resumed)", file=sys.stderr)
+    jobs = [(s, n_ics, kinds) for s in systems if s not in done]
     t0 = time.perf_counter()
-    if n_workers > 1:
+    if n_workers > 1 and jobs:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(n_workers) as pool:
-            results = list(pool.imap_unordered(depth_system, jobs))
+            for r in progress(pool.imap_unordered(depth_system, jobs), "depth systems", total=len(jobs)):
+                save_result(out, r, key)
+                done[r["system"]] = r
     else:
-        results = [depth_system(j) for j in jobs]
-    results.sort(key=lambda r: r["system"])
+        for r in progress(map(depth_system, jobs), "depth systems", total=len(jobs)):
+            save_result(out, r, key)
+            done[r["system"]] = r
+    results = [done[s] for s in systems]
     summ = report(out, results, kinds, time.perf_counter() - t0)
     print(json.dumps(summ, indent=1))
     return summ
