@@ -4,6 +4,8 @@
     python benchmarks/krr_or_parrot.py --ics 3 --systems $(cat sel.txt) --json out.json
     python benchmarks/krr_or_parrot.py --ics 20 --all --json part.json     # the full benchmark's cases
     python benchmarks/krr_or_parrot.py --read part1.json part2.json         # the tables of finished runs
+    python benchmarks/krr_or_parrot.py --all --univariate --first-ic 3 --ics 17 --labels parrot krr-or-parrot \
+        --json more.json                                                     # extend a run by more cases
 
 Runs only the three rollouts on each (system, initial condition) of ``ckd reproduce chaos-forecast``'s
 protocol (context 512, horizon 300, 30 points per Lyapunov time; the data cached by a previous run under
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 import warnings
@@ -41,13 +44,15 @@ def runs(univariate: bool) -> tuple:
     return tuple((lab, m, uni or univariate) for lab, m, uni in RUNS)
 
 
-def run_case(x: np.ndarray, univariate: bool = False) -> dict:
-    """VPT, seconds and (krr-or-parrot) the choice and scores of the three rollouts of one trajectory."""
+def run_case(x: np.ndarray, univariate: bool = False, labels: tuple = tuple(lab for lab, _, _ in RUNS)) -> dict:
+    """VPT, seconds and (krr-or-parrot) the choice of the rollouts ``labels`` of one trajectory."""
     T, H = PROTOCOL["context"], PROTOCOL["horizon"]
     ctx = torch.tensor(x[None, :T], dtype=torch.float64)
     truth = x[None, T:T + H]
     out: dict = {"vpt": {}, "seconds": {}}
     for label, method, uni in runs(univariate):
+        if label not in labels:
+            continue
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -62,33 +67,43 @@ def run_case(x: np.ndarray, univariate: bool = False) -> dict:
 
 
 def summary(results: dict) -> list[str]:
+    """The tables. A case may lack a method (a run extended by ``--labels``): each method's medians are
+    over the cases that have it, "best of both" and the choice counts over the cases that have all three."""
     excluded = {name: r["excluded"] for name, r in results.items() if isinstance(r, dict)}
     results = {name: r for name, r in results.items() if not isinstance(r, dict)}
     labels = [lab for lab, _, _ in RUNS] + ["best of both"]
+    full = {name: [c for c in cases if all(lab in c["vpt"] for lab in labels[:-1])] for name, cases in results.items()}
     per = {}  # system -> label -> median VPT over its cases
     for name, cases in results.items():
-        v = {lab: [c["vpt"][lab] for c in cases] for lab in labels[:-1]}
-        v["best of both"] = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in cases]
-        per[name] = {lab: float(np.median(vals)) for lab, vals in v.items()}
+        v = {lab: [c["vpt"][lab] for c in cases if lab in c["vpt"]] for lab in labels[:-1]}
+        v["best of both"] = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in full[name]]
+        per[name] = {lab: float(np.median(vals)) if vals else math.nan for lab, vals in v.items()}
+    counts = {lab: sum(lab in c["vpt"] for cs in results.values() for c in cs) for lab in labels[:-1]}
+    counts["best of both"] = sum(len(cs) for cs in full.values())
     lines = [f"{len(per)} systems, {sum(len(c) for c in results.values())} cases"
              + "".join(f"; {name} excluded ({why})" for name, why in excluded.items()), "",
-             "| method | median VPT | mean VPT | wins / ties / losses vs parrot | seconds |", "|---|---|---|---|---|"]
+             "| method | cases | median VPT | mean VPT | wins / ties / losses vs parrot | seconds |",
+             "|---|---|---|---|---|---|"]
     for lab in labels:
-        v = np.array([p[lab] for p in per.values()])
-        ref = np.array([p["parrot"] for p in per.values()])
+        have = [p for p in per.values() if not math.isnan(p[lab])]
+        if not have:
+            continue
+        v = np.array([p[lab] for p in have])
+        ref = np.array([p["parrot"] for p in have])
         secs = sum(c["seconds"].get(lab, 0.0) for cases in results.values() for c in cases)
         wtl = "—" if lab == "parrot" else f"{(v > ref).sum()} / {(v == ref).sum()} / {(v < ref).sum()}"
         shown = "—" if lab == "best of both" else f"{secs:.0f}"
-        lines.append(f"| {lab} | {np.median(v):.3g} | {v.mean():.3g} | {wtl} | {shown} |")
-    cases = [c for cs in results.values() for c in cs]
+        lines.append(f"| {lab} | {counts[lab]} | {np.median(v):.3g} | {v.mean():.3g} | {wtl} | {shown} |")
+    cases = [c for cs in results.values() for c in cs if "choice" in c]
+    both = [c for cs in full.values() for c in cs]
     chose_p = sum(c["choice"]["chosen"] == "parrot" for c in cases)
     mixed = sum(c["choice"]["chosen"] == "mixed" for c in cases)
-    right = sum(c["vpt"]["krr-or-parrot"] == max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in cases)
+    right = sum(c["vpt"]["krr-or-parrot"] == max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in both)
     lines += ["", f"krr-or-parrot chose parrot on {chose_p} of {len(cases)} cases (some coordinates on {mixed}); "
-              f"its VPT was the larger of krr's and parrot's on {right} of {len(cases)}", "",
+              f"its VPT was the larger of krr's and parrot's on {right} of the {len(both)} cases with both", "",
               "| system | krr | parrot | krr-or-parrot | chosen (per case) |", "|---|---|---|---|---|"]
     for name, p in per.items():
-        ch = " ".join(c["choice"]["chosen"] for c in results[name])
+        ch = " ".join(c["choice"]["chosen"] for c in results[name] if "choice" in c)
         lines.append(f"| {name} | {p['krr']:.3g} | {p['parrot']:.3g} | {p['krr-or-parrot']:.3g} | {ch} |")
     return lines
 
@@ -100,16 +115,21 @@ def main() -> None:
     which.add_argument("--all", action="store_true", help="every system of the benchmark (all_systems())")
     which.add_argument("--read", nargs="+", metavar="JSON", help="only print the tables of these result files")
     ap.add_argument("--part", default="0/1", help="K/N: run only the systems i with i %% N == K (split a run)")
-    ap.add_argument("--ics", type=int, default=3)
+    ap.add_argument("--ics", type=int, default=3, help="initial conditions per system (default 3)")
+    ap.add_argument("--first-ic", type=int, default=0, help="start at this initial condition (extend a run)")
+    ap.add_argument("--labels", nargs="+", choices=[lab for lab, _, _ in RUNS], default=[lab for lab, _, _ in RUNS],
+                    help="run only these methods (default all three)")
     ap.add_argument("--json", default=None,
                     help="per-case results, written after each system; systems already in it are skipped (resume)")
     ap.add_argument("--univariate", action="store_true", help="krr and krr-or-parrot per coordinate (embed 5)")
     args = ap.parse_args()
     if args.read:
-        results = {}
-        for path in args.read:
+        results: dict = {}
+        for path in args.read:  # the cases of one system in several files (an extended run) are joined
             with open(path) as fh:
-                results.update(json.load(fh))
+                for name, r in json.load(fh).items():
+                    old = results.get(name)
+                    results[name] = old + r if isinstance(old, list) and isinstance(r, list) else r
         print("\n".join(summary(results)))
         return
     torch.set_num_threads(1)
@@ -127,7 +147,8 @@ def main() -> None:
             continue
         data = SystemData(name)
         try:
-            cases = [run_case(x, args.univariate) for i in range(args.ics) if (x := data.trajectory(i)) is not None]
+            cases = [run_case(x, args.univariate, tuple(args.labels))
+                     for i in range(args.first_ic, args.first_ic + args.ics) if (x := data.trajectory(i)) is not None]
         except Exception as err:  # as the benchmark (scoring.merge_parts): a system whose run raised is excluded
             results[name] = {"excluded": f"{type(err).__name__}: {err}"}
             cases = []
