@@ -4,6 +4,8 @@
     python benchmarks/krr_or_parrot.py --ics 3 --systems $(cat sel.txt) --json out.json
     python benchmarks/krr_or_parrot.py --ics 20 --all --json part.json     # the full benchmark's cases
     python benchmarks/krr_or_parrot.py --read part1.json part2.json         # the tables of finished runs
+    python benchmarks/krr_or_parrot.py --read p0.json p1.json --against NVAR_RUN_DIR --csv per-system.csv
+                                            # the default against another run of the benchmark, per system
     python benchmarks/krr_or_parrot.py --all --univariate --first-ic 3 --ics 17 --labels parrot krr-or-parrot \
         --json more.json                                                     # extend a run by more cases
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import pathlib
 import time
 import warnings
 
@@ -108,6 +111,48 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
+def write_csv(path: str, results: dict, theirs: dict) -> None:
+    """Per-system medians (system, cases, our three methods, the other runs' methods) and the cases where
+    krr-or-parrot chose parroting."""
+    ours = [lab for lab, _, _ in RUNS]
+    others = sorted({lab for per in theirs.values() for lab in per})
+    rows = [",".join(["system", "cases", *ours, *others, "parrot_chosen_cases"])]
+    for name, cases in results.items():
+        if isinstance(cases, list):
+            med = [np.median([c["vpt"][lab] for c in cases if lab in c["vpt"]] or [math.nan]) for lab in ours]
+            med += [theirs.get(name, {}).get(lab, math.nan) for lab in others]
+            chosen = sum(c.get("choice", {}).get("chosen") == "parrot" for c in cases)
+            rows.append(",".join([name, str(len(cases)), *(f"{v:.4g}" for v in med), str(chosen)]))
+    pathlib.Path(path).write_text("\n".join(rows) + "\n")
+
+
+def against(results: dict, run_dirs: list[str]) -> tuple[list[str], dict]:
+    """krr and krr-or-parrot against every method of the benchmark's own runs (``chaos_forecast run --out
+    DIR``: ``DIR/systems/NAME.json``), per system (median over each side's cases, unrounded): ahead / level /
+    behind, and the method's median over the systems both have. Returns the lines and {system: {method: median}}."""
+    ours = ("krr", "krr-or-parrot")
+    mine = {name: {lab: float(np.median([c["vpt"][lab] for c in cases if lab in c["vpt"]] or [math.nan]))
+                   for lab in ours} for name, cases in results.items() if isinstance(cases, list)}
+    theirs: dict = {}
+    for run_dir in run_dirs:
+        for path in sorted(pathlib.Path(run_dir, "systems").glob("*.json")):
+            r = json.loads(path.read_text())["result"]
+            for label, v in r.get("vpt", {}).items():
+                if label != "parrot" and v:
+                    theirs.setdefault(r["system"], {})[label] = float(np.median(v))
+    lines = ["| method | systems | its median VPT | " + " | ".join(f"{lab} ahead / level / behind" for lab in ours)
+             + " |", "|---|---|---|" + "---|" * len(ours)]
+    for label in sorted({lab for per in theirs.values() for lab in per}):
+        both = [n for n in mine if label in theirs.get(n, {})]
+        b = np.array([theirs[n][label] for n in both])
+        cells = []
+        for lab in ours:
+            a = np.array([mine[n][lab] for n in both])
+            cells.append(f"{(a > b).sum()} / {(a == b).sum()} / {(a < b).sum()}")
+        lines.append(f"| {label} | {len(both)} | {np.median(b):.3g} | " + " | ".join(cells) + " |")
+    return lines, theirs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = ap.add_mutually_exclusive_group(required=True)
@@ -122,6 +167,9 @@ def main() -> None:
     ap.add_argument("--json", default=None,
                     help="per-case results, written after each system; systems already in it are skipped (resume)")
     ap.add_argument("--univariate", action="store_true", help="krr and krr-or-parrot per coordinate (embed 5)")
+    ap.add_argument("--against", nargs="+", metavar="DIR", default=[],
+                    help="with --read: compare krr-or-parrot per system with the methods of these benchmark runs")
+    ap.add_argument("--csv", default=None, help="with --read: per-system medians of every method to this file")
     args = ap.parse_args()
     if args.read:
         results: dict = {}
@@ -131,6 +179,11 @@ def main() -> None:
                     old = results.get(name)
                     results[name] = old + r if isinstance(old, list) and isinstance(r, list) else r
         print("\n".join(summary(results)))
+        lines, theirs = against(results, args.against)
+        if args.against:
+            print("\n" + "\n".join(lines))
+        if args.csv:
+            write_csv(args.csv, results, theirs)
         return
     torch.set_num_threads(1)
     if args.all:
