@@ -23,6 +23,7 @@ the error falls by >= 1 % at every doubling). Runs are saved at once into OUT/lo
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,6 +38,26 @@ BASE = ld.BASE | dict(loop_qk="input")
 SHAPE = dict(loop_shape="ckd")
 DEEP = dict(layers=8, loop=8, loop_range=[1, 16], loop_loss="last")  # loops 1..16, the loss after the last pass
 LONG = dict(steps=3000, eval_every=3000, checkpoint_every=3000)
+
+NOMINAL = SHAPE | DEEP | dict(layers=32, loop=32, loop_range=[16, 32])  # linear-linear-loop-ckd's recipe
+
+
+def more_loops(parent: str, lo: int, hi: int, **changes) -> dict:
+    """``NOMINAL`` warm-started from variant ``parent`` and trained on with loops lo..hi (nominal hi)."""
+    return NOMINAL | dict(init_from=f"@{parent}", layers=hi, loop=hi, loop_range=[lo, hi]) | changes
+
+
+CURRICULUM: dict[str, tuple[str, dict]] = {
+    "ckd-curr-32-64": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64 (--init-from)",
+                       more_loops("ckd-range-16-32-nominal-32", 32, 64)),
+    "ckd-curr-32-64-lr": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64, lr 2e-3",
+                          more_loops("ckd-range-16-32-nominal-32", 32, 64, lr=2e-3)),
+    "ckd-curr-64-128": ("CKD shape, 16..32, then 32..64, then from it 1000 steps with loops 64..128",
+                        more_loops("ckd-curr-32-64", 64, 128)),
+    "ckd-curr-32-64-lbfgs": ("CKD shape, 16..32 (nominal 32), then from it 100 L-BFGS iterations with loops 32..64 "
+                             "(no AdamW step)", more_loops("ckd-range-16-32-nominal-32", 32, 64, steps=0,
+                                                          lbfgs_steps=100)),
+}
 
 # name: (label, TrainConfig changes to BASE)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -101,6 +122,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                             SHAPE | DEEP | dict(lbfgs_steps=200, lbfgs_batch=2048)),
     "ckd-deep-lbfgs-1024": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations on 1024 prompts",
                             SHAPE | DEEP | dict(lbfgs_steps=300, lbfgs_batch=1024)),
+    # the fourth round (2026-12-03, docs/results.md "A curriculum over the loop count"): warm starts
+    # (``--init-from``, "@NAME": the run folder of variant NAME of the same family, trained first if missing)
+    # from the 16..32 model (``linear-linear-loop-ckd``'s recipe) with more loops; not in STUDY: run with --only
+    **CURRICULUM,
 }
 # what the study ran: the first ten on every family, then the second round on some
 STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range-8-16"],
@@ -211,13 +236,62 @@ def tail(model_path: str, task: str, loops: int, n: int = 1024, seed: int = 1234
             "fail": int((e[:, 5:].amax(1) > 0.1).sum())}
 
 
+def run_variant(name: str, task: str, attention: str, out: Path) -> dict:
+    """``looped_depth.run_one`` of variant ``name``; a warm start from "@PARENT" (``init_from``) starts from the run
+    folder OUT/TASK-ATTENTION-PARENT, trained first (not recorded) if it has no checkpoint."""
+    label, changes = VARIANTS[name]
+    parent = changes.get("init_from")
+    if parent is not None and parent.startswith("@"):
+        folder = out / f"{task}-{attention}-{parent[1:]}"
+        if not (folder / "checkpoint.pt").exists():
+            run_variant(parent[1:], task, attention, out)
+        changes = changes | dict(init_from=str(folder))
+    return ld.run_one(name, task, attention, out, VARIANTS | {name: (label, changes)}, BASE)
+
+
+def ckd_bound(task: str, depths: list[int], factors: int = 60) -> dict:
+    """CKD in this shape as a bound: for each depth K, the constant step of lowest next-token loss on the 64 tuning
+    prompts (seed 0, ``tuning_prompts``) over a geometric grid of ``factors`` steps 0.01 .. 1.99 / max_t R[t, t] (finer
+    than ``tune_ckd``'s), run K layers (the looped construction with that step, exactly); the median error at t = LAST
+    on the 64 test prompts and the ``tail`` numbers on 1024 fresh prompts (seed 12345), and CKD at depth inf."""
+    from ckd.descent import default_step, finite_depth, targets
+    from ckd.evaluate import run_ckd
+    from ckd.kernels import causal_matrices
+    from ckd.train import TrainConfig, next_token_loss, tune_ckd, tuning_prompts
+
+    attention = dict(ld.FAMILIES)[task]
+    x_tune = tuning_prompts(TrainConfig(task=task, attention=attention, **BASE))
+    mats, y = causal_matrices(x_tune, attention, 1.0, 1.0), targets(x_tune)
+    unit = 0.5 / default_step(mats)  # max_t R[t, t] over the tuning prompts
+    grid = torch.logspace(math.log10(0.01), math.log10(1.99), factors, dtype=torch.float64).tolist()
+    losses = [finite_depth(mats, y, max(depths), f / unit, return_all=True) for f in grid]  # (K + 1, B, T, d) each
+    x, tail_x = ld.test_prompts(task), ckd.make_task(task, 1024, 32, 3, seed=12345).x
+    out = {}
+    for k in depths:
+        f = min(grid, key=lambda f: float(next_token_loss(losses[grid.index(f)][k], x_tune)))
+        setting = {"kernel": attention, "beta": 1.0, "sigma": 1.0, "depth": k, "step": f / unit}
+        e = ckd.next_token_error(run_ckd(tail_x, setting), tail_x)
+        out[str(k)] = dict(step_factor=f, step=f / unit, median=ld.err_last(run_ckd(x, setting), x),
+                           tail_median=float(e[:, ld.LAST].median()), tail_q99=float(e[:, ld.LAST].quantile(0.99)))
+    inf = tune_ckd(x_tune, attention, ["inf"])["inf"]
+    e = ckd.next_token_error(run_ckd(tail_x, inf), tail_x)
+    out["inf"] = dict(median=ld.err_last(run_ckd(x, inf), x), tail_median=float(e[:, ld.LAST].median()),
+                      tail_q99=float(e[:, ld.LAST].quantile(0.99)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(__doc__, VARIANTS, ld.FAMILIES, "looped_descent.json")
     parser.add_argument("--diagnose", action="store_true",
                         help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
     parser.add_argument("--tail", nargs=3, metavar=("MODEL", "TASK", "LOOPS"),
                         help="the 1024-fresh-prompt check of a run folder or zoo:NAME (tail) and stop")
+    parser.add_argument("--ckd-bound", nargs="+", type=int, metavar="K",
+                        help="CKD at depth K with its best constant step, on the first of --families (ckd_bound)")
     args = parser.parse_args(argv)
+    if args.ckd_bound:
+        print(json.dumps(ckd_bound(args.families[0], args.ckd_bound), indent=1))
+        return 0
     if args.tail:
         print(json.dumps(tail(args.tail[0], args.tail[1], int(args.tail[2])), indent=1))
         return 0
@@ -231,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     families = [(t, a) for t, a in ld.FAMILIES if t in args.families]
     data = run_study(path, families, lambda task: STUDY[task] if args.only is None else args.only,
                      ld.ckd_reference,
-                     lambda name, task, attention: ld.run_one(name, task, attention, args.out, VARIANTS, BASE),
+                     lambda name, task, attention: run_variant(name, task, attention, args.out),
                      lambda r: f"t={ld.LAST} error by K " + " ".join(f"{k}:{v:.3g}" for k, v in r["err_last"].items()))
     rescore(data, args.out)
     path.write_text(json.dumps(data, indent=1) + "\n")

@@ -242,8 +242,8 @@ def train_command(cfg: TrainConfig) -> str:
     """The ``ckd train`` command line that trains ``cfg`` (flags for the fields off their defaults)."""
     flags, defaults = [], asdict(TrainConfig())
     for key, value in asdict(cfg).items():
-        if key == "norm" and cfg.layernorm:
-            continue  # --layernorm says it (the spelling of the older cards)
+        if (key == "norm" and cfg.layernorm) or key == "init_sha256":
+            continue  # --layernorm says it (the spelling of the older cards); the hash is filled in by the run
         if value != defaults[key] or key in ("task", "attention", "layers"):
             flag = "--" + key.replace("_", "-")
             if isinstance(value, builtins.list):  # --loop-range LO,HI

@@ -136,6 +136,9 @@ def add_parser(sub) -> None:
                         "prompts, on the training loss averaged over --loop-range (default 0: none; ckd.train.lbfgs)")
     p.add_argument("--lbfgs-batch", type=integer(1), default=DEFAULTS.lbfgs_batch, metavar="B",
                    help=f"with --lbfgs-steps: the fixed prompts of the L-BFGS stage (default {DEFAULTS.lbfgs_batch})")
+    p.add_argument("--init-from", metavar="RUN", type=path, default=None,
+                   help="start from the model weights of another run (its folder or checkpoint.pt; the same "
+                        "architecture, any loop count); everything else is this run's own config (ckd.train.warm)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", type=path, required=True, metavar="DIR", help="run folder (created)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its checkpoint (same flags)")
@@ -188,7 +191,7 @@ def run(args) -> int:
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
                       loop_qk=args.loop_qk, loop_shape=args.loop_shape,
                       loop_loss=args.loop_loss, loop_window=args.loop_window, loss_from=args.loss_from,
-                      lbfgs_steps=args.lbfgs_steps, lbfgs_batch=args.lbfgs_batch,
+                      lbfgs_steps=args.lbfgs_steps, lbfgs_batch=args.lbfgs_batch, init_from=args.init_from,
                       **(data.fields if data is not None else {}))
     from ..train.config import check_memory
 

@@ -27,11 +27,12 @@ Usage: ``ckd train --task periodic --attention softmax --layers 2 --out runs/p2`
 instead (``ckd.train.data``: task "data", the file's SHA-256, shape and dtype in the config).
 
 The package, nanoGPT-style: ``config`` (``TrainConfig`` and what depends on it alone: seeds, prompts,
-loss, ``tune_ckd``, model, memory check, lr schedule), ``checkpoint`` (checkpoints, RNG states, the
-run folder: inspection, lock, ``config.json``, ``metrics.jsonl``), ``data`` (the user's sequences:
-read, split, windows), ``lbfgs`` (the L-BFGS stage after the AdamW steps, ``TrainConfig.lbfgs_steps``)
-and ``loop`` (DDP setup and the training loop, ``train``). Every name is re-exported here:
-``from ckd.train import ...`` as before.
+loss, ``tune_ckd``, model, memory check), ``schedule`` (the curriculum and the lr schedule),
+``checkpoint`` (checkpoints, RNG states, the run folder: inspection, lock, ``config.json``,
+``metrics.jsonl``), ``data`` (the user's sequences: read, split, windows), ``warm`` (``--init-from``:
+a run started from another run's weights), ``lbfgs`` (the L-BFGS stage after the AdamW steps,
+``TrainConfig.lbfgs_steps``) and ``loop`` (DDP setup and the training loop, ``train``). Every name is
+re-exported here: ``from ckd.train import ...`` as before.
 """
 
 from ..io import atomic_write
@@ -75,9 +76,7 @@ from .config import (
     build_model,
     check_memory,
     construction_setting,
-    length_at,
     loops_at,
-    lr_factor,
     model_bytes,
     next_token_loss,
     rows_loss,
@@ -102,6 +101,8 @@ from .data import (
 )
 from .lbfgs import LBFGS, expected_loss, refine
 from .loop import Dist, eval_metrics, setup, train
+from .schedule import length_at, lr_factor
+from .warm import MODEL_FIELDS, read_init
 
 __all__ = [
     "ATTENTION_NORMS",
@@ -117,6 +118,7 @@ __all__ = [
     "LOOP_SHAPES",
     "LOOPS",
     "MAX_INT",
+    "MODEL_FIELDS",
     "NORMS",
     "PARAM_GRID",
     "RUN_FILES",
@@ -151,6 +153,7 @@ __all__ = [
     "lr_factor",
     "model_bytes",
     "next_token_loss",
+    "read_init",
     "read_metrics",
     "read_sequences",
     "refine",

@@ -1,6 +1,6 @@
 """The run's config (``TrainConfig``) and what depends on it alone: seeds and prompts, the loss,
-the CKD settings of the construction (``tune_ckd``), the model, the memory check, the curriculum
-and the lr schedule."""
+the CKD settings of the construction (``tune_ckd``), the model and the memory check (the curriculum and
+the lr schedule: ``schedule``)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,10 @@ class TrainConfig:
     loop_window: int = 0
     lbfgs_steps: int = 0  # after the AdamW steps: L-BFGS iterations on lbfgs_batch fixed prompts (ckd.train.lbfgs)
     lbfgs_batch: int = 512
+    # --init-from (ckd.train.warm): the run folder or checkpoint whose model weights start this run, as given, and
+    # that checkpoint's SHA-256 (filled in when the run starts)
+    init_from: str | None = None
+    init_sha256: str | None = None
 
     def __post_init__(self):
         for f in fields(self):  # NumPy / torch scalars and integral floats are integers (stored as int: config.json)
@@ -160,6 +164,13 @@ class TrainConfig:
         check_number(self.grad_clip, "grad_clip", minimum=0.0, strict=True)
         self._validate_data()
         self._validate_loop()
+        for name in ("init_from", "init_sha256"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip() or
+                                      (name == "init_sha256" and not HEX64.fullmatch(value))):
+                raise ValueError(f"{name} must be {'64 hex digits' if 'sha' in name else 'a path'}, got {value!r}")
+        if self.init_from is not None and self.init != "random":
+            raise ValueError("--init-from starts from another run's weights: drop --init construction")
         if self.init == "construction":
             one_head = self.heads == 1 and self.layers == 1  # depth 1 needs the prediction head only
             if ((self.heads is not None and not one_head) or self.width is not None or self.mlp
@@ -430,21 +441,3 @@ def model_bytes(cfg: TrainConfig, batch: int, T: int, itemsize: int, *, training
 
     loops = max(cfg.loop, cfg.loop_range[1] if cfg.loop_range else 0)
     return looped_memory_bytes(transformer_config(cfg), loops, batch, T, itemsize, training=training, hidden=hidden)
-
-
-def length_at(cfg: TrainConfig, step: int) -> int:
-    """Prompt length trained on at ``step``: with a curriculum of C steps,
-    T_s = T0 + floor((T - T0) s / C) for s < C (T0 = min(4, T)), then T; without one, T.
-    The prompts are drawn at full length and cut, so a curriculum changes no prompt's map f."""
-    if step >= cfg.curriculum:
-        return cfg.length
-    start = min(4, cfg.length)
-    return start + (cfg.length - start) * step // cfg.curriculum
-
-
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """lr(step) / lr: linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr``."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -8,7 +8,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +40,14 @@ from .config import (
     build_model,
     check_memory,
     construction_setting,
-    length_at,
-    lr_factor,
     next_token_loss,
     sample,
     training_loss,
 )
 from .data import Sequences, attach, eval_windows, train_windows, tune_windows
 from .lbfgs import LBFGS, check_lbfgs_memory, refine
+from .schedule import length_at, lr_factor
+from .warm import read_init
 
 
 @torch.no_grad()
@@ -173,6 +173,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
     check_memory(cfg, d.device, d.world)
     check_lbfgs_memory(cfg, d.device)
     fresh = inspect_out(out, resume)
+    init = None  # --init-from: the weights the new run starts from (read and checked before anything is written)
+    if fresh and cfg.init_from is not None:
+        cfg, init = read_init(cfg)
     setting = None
     tune = tune_windows(cfg, data) if data is not None and cfg.init == "construction" else None
     if fresh and d.main and cfg.init == "construction":  # before creating anything: it can fail
@@ -186,7 +189,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
             pass
     with FolderLock(out) if d.main else contextlib.nullcontext():  # refused: another run owns the folder
         try:
-            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting, data, tune)
+            return _train_locked(cfg, out, d, fresh, resume, stop_after, progress, setting, data, tune, init)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # nothing was written: leave no folder behind
@@ -194,14 +197,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False, dev
 
 
 def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: bool, stop_after: int | None,
-                  progress: bool, setting: dict | None, data: Sequences | None, tune: Tensor | None) -> list[dict]:
-    """``train`` once the folder is checked and locked."""
+                  progress: bool, setting: dict | None, data: Sequences | None, tune: Tensor | None,
+                  init: dict | None = None) -> list[dict]:
+    """``train`` once the folder is checked and locked; ``init``: the weights of ``--init-from`` (a new run)."""
     if inspect_out(out, resume) != fresh:  # another run changed the folder before the lock
         raise ValueError(f"{out}: changed by another ckd train while this one started; choose another --out")
     state = None
     if not fresh:
         ckpt = out / "checkpoint.pt"
         state = load_checkpoint(ckpt)
+        if cfg.init_from is not None and cfg.init_sha256 is None and isinstance(state["config"], dict):
+            cfg = replace(cfg, init_sha256=state["config"].get("init_sha256"))  # the warm start's, not read again
         check_resume_state(state, cfg, ckpt)
         setting = state["setting"]
         if stop_after is not None and stop_after < state["step"]:
@@ -216,6 +222,8 @@ def _train_locked(cfg: TrainConfig, out: Path, d: Dist, fresh: bool, resume: boo
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_model(cfg, setting).to(d.device)
+    if init is not None:
+        model.load_state_dict(init)  # read_init checked the keys and shapes; cast to the run's dtype
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
