@@ -52,8 +52,32 @@ CURRICULUM: dict[str, tuple[str, dict]] = {
                        more_loops("ckd-range-16-32-nominal-32", 32, 64)),
     "ckd-curr-32-64-lr": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64, lr 2e-3",
                           more_loops("ckd-range-16-32-nominal-32", 32, 64, lr=2e-3)),
+    "ckd-curr-64-128-lr": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops 64..128, "
+                           "lr 2e-3", more_loops("ckd-curr-32-64-lr", 64, 128, lr=2e-3)),
+    "ckd-curr-32-64-lr-lbfgs": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 100 L-BFGS iterations with "
+                                "loops 32..64 (no AdamW step)",
+                                more_loops("ckd-curr-32-64-lr", 32, 64, steps=0, lbfgs_steps=100)),
+    "ckd-range-16-32-nominal-32-seed2": ("CKD shape, last pass, loops 16..32, nominal 32, seed 2",
+                                         NOMINAL | dict(seed=2)),
+    "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64, lr 2e-3, "
+                                "seed 2", more_loops("ckd-range-16-32-nominal-32-seed2", 32, 64, lr=2e-3, seed=2)),
+    "ckd-curr-64-128-lr-seed2": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then 64..128 (lr 2e-3), seed 2",
+                                 more_loops("ckd-curr-32-64-lr-seed2", 64, 128, lr=2e-3, seed=2)),
+    "ckd-from-16-32-rows-16-lr": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 16..32 on rows "
+                                  "t >= 16, lr 2e-3", more_loops("ckd-range-16-32-nominal-32", 16, 32, loss_from=16,
+                                                                 lr=2e-3)),
     "ckd-curr-64-128": ("CKD shape, 16..32, then 32..64, then from it 1000 steps with loops 64..128",
                         more_loops("ckd-curr-32-64", 64, 128)),
+    "ckd-from-16-32-lr": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with the same loops 16..32, lr 2e-3 "
+                          "(the control: a second, gentler AdamW run without more loops)",
+                          more_loops("ckd-range-16-32-nominal-32", 16, 32, lr=2e-3)),
+    "ckd-from-16-32-rows-16": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 16..32 on rows "
+                               "t >= 16 (--loss-from 16)", more_loops("ckd-range-16-32-nominal-32", 16, 32,
+                                                                      loss_from=16)),
+    "ckd-from-16-32-rows-16-lbfgs": ("CKD shape, 16..32 (nominal 32), then from it 100 L-BFGS iterations with loops "
+                                     "16..32 on rows t >= 16 (no AdamW step)",
+                                     more_loops("ckd-range-16-32-nominal-32", 16, 32, loss_from=16, steps=0,
+                                                lbfgs_steps=100)),
     "ckd-curr-32-64-lbfgs": ("CKD shape, 16..32 (nominal 32), then from it 100 L-BFGS iterations with loops 32..64 "
                              "(no AdamW step)", more_loops("ckd-range-16-32-nominal-32", 32, 64, steps=0,
                                                           lbfgs_steps=100)),
