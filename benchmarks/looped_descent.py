@@ -57,10 +57,25 @@ CURRICULUM: dict[str, tuple[str, dict]] = {
     "ckd-curr-32-64-lr-lbfgs": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 100 L-BFGS iterations with "
                                 "loops 32..64 (no AdamW step)",
                                 more_loops("ckd-curr-32-64-lr", 32, 64, steps=0, lbfgs_steps=100)),
+    "ckd-curr-32-64-lr-lbfgs-rows-16": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 100 L-BFGS "
+                                        "iterations with loops 32..64 on rows t >= 16 (no AdamW step)",
+                                        more_loops("ckd-curr-32-64-lr", 32, 64, steps=0, lbfgs_steps=100,
+                                                   loss_from=16)),
+    "ckd-curr-32-64-lr-lbfgs-rows-16-1024": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 100 L-BFGS "
+                                             "iterations on 1024 prompts with loops 32..64 on rows t >= 16",
+                                             more_loops("ckd-curr-32-64-lr", 32, 64, steps=0, lbfgs_steps=100,
+                                                        loss_from=16, lbfgs_batch=1024)),
+    "ckd-curr-32-64-lr-wd": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops 32..64, "
+                             "lr 2e-3, weight decay 1 (--weight-decay 1)",
+                             more_loops("ckd-curr-32-64-lr", 32, 64, lr=2e-3, weight_decay=1.0)),
+    "ckd-curr-32-64-lr-wd-3": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops 32..64, "
+                               "lr 2e-3, weight decay 3",
+                               more_loops("ckd-curr-32-64-lr", 32, 64, lr=2e-3, weight_decay=3.0)),
     "ckd-range-16-32-nominal-32-seed2": ("CKD shape, last pass, loops 16..32, nominal 32, seed 2",
                                          NOMINAL | dict(seed=2)),
-    "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64, lr 2e-3, "
-                                "seed 2", more_loops("ckd-range-16-32-nominal-32-seed2", 32, 64, lr=2e-3, seed=2)),
+    "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 16, seed 2: the nominal-32 run of seed 2 does not "
+                                "converge), then from it 1000 steps with loops 32..64, lr 2e-3, seed 2",
+                                more_loops("ckd-range-16-32-seed2", 32, 64, lr=2e-3, seed=2)),
     "ckd-curr-64-128-lr-seed2": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then 64..128 (lr 2e-3), seed 2",
                                  more_loops("ckd-curr-32-64-lr-seed2", 64, 128, lr=2e-3, seed=2)),
     "ckd-from-16-32-rows-16-lr": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 16..32 on rows "
@@ -244,19 +259,75 @@ def diagnose(folder: Path) -> dict:
     return out
 
 
+def diagnose_linear(folder: Path) -> dict:
+    """What sets a trained CKD-shaped linear loop's error (the linear family; docs/results.md, "A curriculum over the
+    loop count"): per head the scale c_h of its kernel (the mean diagonal of the block of W_q^T W_k that CKD's kernel
+    uses: head 0 x_{t-1} . x_{s-1}, head 1 x_t . x_{s-1}) and its impurity (the largest other entry / |c_h|); the
+    effective gain ratio (W_out G_1 c_1)(G_0 c_0)^{-1} (CKD: -I); then, as trained, with the read-out set so that this
+    ratio is -I exactly, and with also both kernels CKD's exactly (c_h times the pure block; the limit is then CKD at
+    depth inf), and the kernels exact with the read-out as trained: the median error at t = 30 after 64 and 512 loops
+    (64 test prompts), the median and q25 after 512 loops on the 1024 prompts of ``tail``, and the training loss on
+    those (rows t >= 1, 16, 30) after 64 loops."""
+    from ckd.construction import slots
+    from ckd.train import rows_loss
+
+    _, model, _ = load_model(folder / "checkpoint.pt")
+    model = model.double().eval().requires_grad_(False)
+    a, d, w, S = model.blocks[0].attn, model.config.dim, model.config.d_model, slots(model.config.dim)
+    q, k = (m.weight.view(2, d, 2 * d + 1) for m in (a.query, a.key))
+    v, o, read = a.value.weight.view(2, d, w), a.out.weight.view(w, 2, d), model.readout.weight[:, S["p"]]
+    g0, g1, trained = o[S["r"], 0] @ v[0][:, S["r"]], o[S["p"], 1] @ v[1][:, S["r"]], read.clone()
+    out, scales = {}, []
+    for h, rows in enumerate((slice(0, d), slice(d, 2 * d))):
+        form = q[h].T @ k[h]
+        c = float(form[rows, 0:d].diagonal().mean())
+        pure = torch.zeros_like(form)
+        pure[rows, 0:d] = c * torch.eye(d, dtype=form.dtype)
+        out[f"head {h}"] = dict(scale=c, impurity=float((form - pure).abs().max()) / abs(c))
+        scales.append((c, rows))
+    (c0, _), (c1, _) = scales
+    out["effective gain ratio"] = ((read @ g1 * c1) @ torch.linalg.inv(g0 * c0)).tolist()
+    x, big = ld.test_prompts("linear"), ckd.make_task("linear", 1024, 32, 3, seed=12345).x
+
+    def measure():
+        with torch.no_grad():
+            e = ckd.next_token_error(model(big, loops=512), big)[:, ld.LAST]
+            pred = model(big, loops=64)
+            return dict(err_64=ld.err_last(model(x, loops=64), x), err_512=ld.err_last(model(x, loops=512), x),
+                        tail_median=float(e.median()), tail_q25=float(e.quantile(0.25)),
+                        **{f"loss_rows_from_{t0}": float(rows_loss(pred, big, t0)) for t0 in (1, 16, 30)})
+
+    with torch.no_grad():
+        out["as trained"] = measure()
+        read.copy_(-(g0 * c0) @ torch.linalg.inv(g1 * c1))
+        out["gain ratio -I exactly"] = measure()
+        for h, (c, rows) in enumerate(scales):
+            q[h].zero_()
+            k[h].zero_()
+            q[h][:, rows] = c * torch.eye(d, dtype=q.dtype)
+            k[h][:, 0:d] = torch.eye(d, dtype=k.dtype)
+        out["and the kernels CKD's exactly"] = measure()
+        read.copy_(trained)
+        out["kernels CKD's exactly, read-out as trained"] = measure()
+    return out
+
+
 def tail(model_path: str, task: str, loops: int, n: int = 1024, seed: int = 12345) -> dict:
     """The second check of docs/results.md ("A second stage: full-batch L-BFGS") on ``n`` fresh prompts (T = 32,
-    d = 3, ``seed``) after ``loops`` loops: the median and q99 of the error at t = LAST, the mean squared error
+    d = 3, ``seed``) after ``loops`` loops: the median, q25 and q99 of the error at t = LAST, the mean squared error
     over rows t >= 5, and how many prompts have an error > 0.1 at some row t >= 5 ("fail"). ``model_path``: a run
     folder, or ``zoo:NAME`` for a model of the zoo."""
     from ckd.pretrained import load_with_config
 
-    model = (load_with_config(model_path[4:]) if model_path.startswith("zoo:") else load_model(model_path))[1]
+    run = Path(model_path)
+    model = (load_with_config(model_path[4:]) if model_path.startswith("zoo:")
+             else load_model(run / "checkpoint.pt" if run.is_dir() else run))[1]
     x = ckd.make_task(task, n, 32, 3, seed=seed).x
     with torch.no_grad():
         e = ckd.next_token_error(model.double().eval()(x, loops=loops), x)
     return {"model": model_path, "task": task, "loops": loops, "prompts": n, "median": float(e[:, ld.LAST].median()),
-            "q99": float(e[:, ld.LAST].quantile(0.99)), "mse_rows_from_5": float(e[:, 5:].square().mean()),
+            "q25": float(e[:, ld.LAST].quantile(0.25)), "q99": float(e[:, ld.LAST].quantile(0.99)),
+            "mse_rows_from_5": float(e[:, 5:].square().mean()),
             "fail": int((e[:, 5:].amax(1) > 0.1).sum())}
 
 
@@ -291,16 +362,20 @@ def ckd_bound(task: str, depths: list[int], factors: int = 60) -> dict:
     losses = [finite_depth(mats, y, max(depths), f / unit, return_all=True) for f in grid]  # (K + 1, B, T, d) each
     x, tail_x = ld.test_prompts(task), ckd.make_task(task, 1024, 32, 3, seed=12345).x
     out = {}
+
+    def tail_of(e):  # ``tail``'s numbers at t = LAST
+        last = e[:, ld.LAST]
+        return dict(tail_median=float(last.median()), tail_q25=float(last.quantile(0.25)),
+                    tail_q99=float(last.quantile(0.99)))
+
     for k in depths:
         f = min(grid, key=lambda f: float(next_token_loss(losses[grid.index(f)][k], x_tune)))
         setting = {"kernel": attention, "beta": 1.0, "sigma": 1.0, "depth": k, "step": f / unit}
         e = ckd.next_token_error(run_ckd(tail_x, setting), tail_x)
-        out[str(k)] = dict(step_factor=f, step=f / unit, median=ld.err_last(run_ckd(x, setting), x),
-                           tail_median=float(e[:, ld.LAST].median()), tail_q99=float(e[:, ld.LAST].quantile(0.99)))
+        out[str(k)] = dict(step_factor=f, step=f / unit, median=ld.err_last(run_ckd(x, setting), x), **tail_of(e))
     inf = tune_ckd(x_tune, attention, ["inf"])["inf"]
     e = ckd.next_token_error(run_ckd(tail_x, inf), tail_x)
-    out["inf"] = dict(median=ld.err_last(run_ckd(x, inf), x), tail_median=float(e[:, ld.LAST].median()),
-                      tail_q99=float(e[:, ld.LAST].quantile(0.99)))
+    out["inf"] = dict(median=ld.err_last(run_ckd(x, inf), x), **tail_of(e))
     return out
 
 
@@ -310,9 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the periodic CKD-shaped loop (variant ckd-deep) learned, and what sets its error")
     parser.add_argument("--tail", nargs=3, metavar=("MODEL", "TASK", "LOOPS"),
                         help="the 1024-fresh-prompt check of a run folder or zoo:NAME (tail) and stop")
+    parser.add_argument("--diagnose-linear", metavar="RUN", type=Path,
+                        help="what sets the error of a CKD-shaped linear loop (run folder RUN; diagnose_linear)")
     parser.add_argument("--ckd-bound", nargs="+", type=int, metavar="K",
                         help="CKD at depth K with its best constant step, on the first of --families (ckd_bound)")
     args = parser.parse_args(argv)
+    if args.diagnose_linear:
+        print(json.dumps(diagnose_linear(args.diagnose_linear), indent=1))
+        return 0
     if args.ckd_bound:
         print(json.dumps(ckd_bound(args.families[0], args.ckd_bound), indent=1))
         return 0
