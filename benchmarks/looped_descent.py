@@ -3,6 +3,10 @@
 
     python benchmarks/looped_descent.py --out runs/looped-descent            # the study (three families)
     python benchmarks/looped_descent.py --out runs/looped-descent --report   # the markdown table of the runs
+    python benchmarks/looped_descent.py --out OUT --families linear --only ckd-curr-32-64-lr   # a curriculum (CURRICULUM)
+    python benchmarks/looped_descent.py --out OUT --tail RUN linear 64          # 1024 fresh prompts (``tail``)
+    python benchmarks/looped_descent.py --out OUT --families linear --ckd-bound 32 64 128   # CKD in this shape
+    python benchmarks/looped_descent.py --out OUT --diagnose-linear RUN         # what sets a linear loop's error
 
 CKD's layers are all the same map, r <- r - eta R(x) r, p <- p + eta P(x) r, whose kernel depends on the tokens x
 only: a fixed linear iteration. The looped models of ``looped_depth.py`` recompute their attention from the
@@ -68,9 +72,9 @@ CURRICULUM: dict[str, tuple[str, dict]] = {
     "ckd-curr-32-64-lr-wd": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops 32..64, "
                              "lr 2e-3, weight decay 1 (--weight-decay 1)",
                              more_loops("ckd-curr-32-64-lr", 32, 64, lr=2e-3, weight_decay=1.0)),
-    "ckd-curr-32-64-lr-wd-3": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops 32..64, "
-                               "lr 2e-3, weight decay 3",
-                               more_loops("ckd-curr-32-64-lr", 32, 64, lr=2e-3, weight_decay=3.0)),
+    "ckd-curr-32-64-lr-wd-01": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops "
+                                "32..64, lr 2e-3, weight decay 0.1",
+                                more_loops("ckd-curr-32-64-lr", 32, 64, lr=2e-3, weight_decay=0.1)),
     "ckd-range-16-32-nominal-32-seed2": ("CKD shape, last pass, loops 16..32, nominal 32, seed 2",
                                          NOMINAL | dict(seed=2)),
     "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 16, seed 2: the nominal-32 run of seed 2 does not "
