@@ -3,7 +3,7 @@
 
     python benchmarks/looped_descent.py --out runs/looped-descent            # the study (three families)
     python benchmarks/looped_descent.py --out runs/looped-descent --report   # the markdown table of the runs
-    python benchmarks/looped_descent.py --out OUT --families linear --only ckd-curr-32-64-lr   # a curriculum (CURRICULUM)
+    python benchmarks/looped_descent.py --out OUT --families linear --only ckd-curr-32-64-lr  # a curriculum
     python benchmarks/looped_descent.py --out OUT --tail RUN linear 64          # 1024 fresh prompts (``tail``)
     python benchmarks/looped_descent.py --out OUT --families linear --ckd-bound 32 64 128   # CKD in this shape
     python benchmarks/looped_descent.py --out OUT --diagnose-linear RUN         # what sets a linear loop's error
