@@ -277,6 +277,36 @@ def test_training_loss_rows_and_every_pass():
             tiny(**changes).validate()
 
 
+def test_row_loss_log_is_the_mean_log_squared_error(tmp_path, capsys):
+    """row_loss "log": the mean over rows t >= loss_from of log(|e|^2 + 1e-12), in ``training_loss`` (plain and
+    every pass) and in the L-BFGS objective; "mse" stays the squared error; unknown kinds are refused, and the CLI
+    records the flag."""
+    from ckd.train import expected_loss, training_loss
+
+    cfg = tiny(dtype="float64", loss_from=3, row_loss="log").validate()
+    x = sample(cfg, 4, EVAL)
+    torch.manual_seed(0)
+    plain = build_model(replace(cfg, layers=1))
+    with torch.no_grad():
+        e = (plain(x)[:, 3:-1] - x[:, 4:]).square().sum(-1)
+        want = torch.log(e + 1e-12).mean()
+        assert rel_err(training_loss(replace(cfg, layers=1), plain, x, 0), want) <= 1e-12
+        assert rel_err(expected_loss(replace(cfg, layers=1), plain, x), want) <= 1e-12
+        assert rel_err(training_loss(replace(cfg, layers=1, row_loss="mse"), plain, x, 0), e.mean()) <= 1e-12
+        loop = replace(cfg, loop=2, layers=2, loop_loss="every")
+        looped = build_model(loop)
+        per = [torch.log((looped(x, loops=k)[:, 3:-1] - x[:, 4:]).square().sum(-1) + 1e-12).mean() for k in (1, 2)]
+        assert rel_err(training_loss(loop, looped, x, 0), sum(per) / 2) <= 1e-12
+    with pytest.raises(ValueError, match="unknown row_loss 'l1'"):
+        tiny(row_loss="l1").validate()
+    out = tmp_path / "run"
+    assert main([*cli(tiny(steps=3), out), "--row-loss", "log"]) == 0
+    assert json.loads((out / "config.json").read_text())["row_loss"] == "log"
+    assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+    assert main([*cli(tiny(), tmp_path / "bad"), "--row-loss", "l1"]) == 2
+    one_error(capsys, "invalid choice")
+
+
 def test_loss_from_trains_and_is_recorded(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*cli(tiny(steps=3), out), "--loss-from", "5", "--loop", "2", "--loop-loss", "every"]) == 0

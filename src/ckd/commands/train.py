@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
         LOOP_QK,
         LOOP_SHAPES,
         NORMS,
+        ROW_LOSSES,
         TOKENS,
         TrainConfig,
     )
@@ -131,6 +132,9 @@ def add_parser(sub) -> None:
     p.add_argument("--loss-from", type=integer(1), default=DEFAULTS.loss_from, metavar="T0",
                    help="train on the predictions of rows t >= T0 only (default 1: every row with a pair; "
                         "--length - 2: the last prediction)")
+    p.add_argument("--row-loss", default=DEFAULTS.row_loss, choices=ROW_LOSSES,
+                   help="each prediction's loss: mse, the squared error e; or log, log(e + 1e-12), so that every "
+                        "prompt's relative error counts alike (default mse)")
     p.add_argument("--lbfgs-steps", type=integer(0), default=DEFAULTS.lbfgs_steps, metavar="N",
                    help="after the AdamW steps, N iterations of full-batch L-BFGS (float64, strong Wolfe) on fixed "
                         "prompts, on the training loss averaged over --loop-range (default 0: none; ckd.train.lbfgs)")
@@ -191,6 +195,7 @@ def run(args) -> int:
                       loop_blocks=args.loop_blocks, loop_range=args.loop_range, reinject=args.reinject,
                       loop_qk=args.loop_qk, loop_shape=args.loop_shape,
                       loop_loss=args.loop_loss, loop_window=args.loop_window, loss_from=args.loss_from,
+                      row_loss=args.row_loss,
                       lbfgs_steps=args.lbfgs_steps, lbfgs_batch=args.lbfgs_batch, init_from=args.init_from,
                       **(data.fields if data is not None else {}))
     from ..train.config import check_memory

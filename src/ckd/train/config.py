@@ -25,6 +25,7 @@ NORMS = ("none", "pre", "post", "output")  # ckd.transformer.NORMS
 INITS = ("random", "construction")
 TOKENS = ("augmented", "raw")
 LOOP_LOSSES = ("last", "every")  # a looped model's loss: after the last pass, or the mean over every pass
+ROW_LOSSES, LOG_FLOOR = ("mse", "log"), 1e-12  # a row's loss: |e|^2 or log(|e|^2 + LOG_FLOOR) (``rows_loss``)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_INT = 2**63 - 1  # every integer field: a torch int64 / numpy seed
 
@@ -103,6 +104,7 @@ class TrainConfig:
     # prediction only); loop_loss "every": a looped model's loss is the mean over the predictions after every pass
     # (loop_window k >= 1: after the last k passes only; 0: every pass)
     loss_from: int = 1
+    row_loss: str = "mse"  # ROW_LOSSES (``rows_loss``)
     loop_loss: str = "last"
     loop_window: int = 0
     lbfgs_steps: int = 0  # after the AdamW steps: L-BFGS iterations on lbfgs_batch fixed prompts (ckd.train.lbfgs)
@@ -186,6 +188,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
                 raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
+        if self.row_loss not in ROW_LOSSES:
+            raise ValueError(f"unknown row_loss {self.row_loss!r}; choose one of {', '.join(ROW_LOSSES)}")
         if self.loop_loss not in LOOP_LOSSES:
             raise ValueError(f"unknown loop_loss {self.loop_loss!r}; choose one of {', '.join(LOOP_LOSSES)}")
         w = self.loop_window
@@ -337,9 +341,11 @@ def loops_at(cfg: TrainConfig, step: int) -> int:
     return lo + int(np.random.default_rng(seed_for(cfg.seed, LOOPS, step)).integers(hi - lo + 1))
 
 
-def rows_loss(pred: Tensor, x: Tensor, t0: int = 1) -> Tensor:
-    """mean over b and t = t0..T-2 of |pred[b, t] - x[b, t+1]|^2 (``next_token_loss`` for t0 = 1)."""
-    return (pred[:, t0:-1] - x[:, t0 + 1:]).square().sum(-1).mean()
+def rows_loss(pred: Tensor, x: Tensor, t0: int = 1, kind: str = "mse") -> Tensor:
+    """mean over b and t = t0..T-2 of e = |pred[b, t] - x[b, t+1]|^2 (``next_token_loss`` for t0 = 1), or with
+    kind "log" of log(e + LOG_FLOOR): a prompt's error falling 10x lowers the loss as much at 1e-4 as at 0.1."""
+    e = (pred[:, t0:-1] - x[:, t0 + 1:]).square().sum(-1)
+    return (e + LOG_FLOOR).log().mean() if kind == "log" else e.mean()
 
 
 def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Tensor:
@@ -348,11 +354,11 @@ def training_loss(cfg: TrainConfig, net: nn.Module, x: Tensor, step: int) -> Ten
     losses of the predictions read out after every pass (with ``loop_window`` k >= 1: after the last k passes)."""
     t0 = min(cfg.loss_from, x.shape[1] - 2)
     if not cfg.loop:
-        return rows_loss(net(x), x, t0)
+        return rows_loss(net(x), x, t0, cfg.row_loss)
     if cfg.loop_loss == "every":
         passes = net(x, loops=loops_at(cfg, step), every_pass=True)[-cfg.loop_window:]  # [-0:] is every pass
-        return torch.stack([rows_loss(p, x, t0) for p in passes]).mean()
-    return rows_loss(net(x, loops=loops_at(cfg, step)), x, t0)
+        return torch.stack([rows_loss(p, x, t0, cfg.row_loss) for p in passes]).mean()
+    return rows_loss(net(x, loops=loops_at(cfg, step)), x, t0, cfg.row_loss)
 
 
 def unlooped(cfg: TrainConfig) -> TrainConfig:

@@ -37,7 +37,7 @@ def expected_loss(cfg: TrainConfig, net: nn.Module, x: Tensor) -> Tensor:
         return training_loss(cfg, net, x, 0)
     lo, hi = cfg.loop_range
     t0 = min(cfg.loss_from, x.shape[1] - 2)
-    losses = torch.stack([rows_loss(p, x, t0) for p in net(x, loops=hi, every_pass=True)])
+    losses = torch.stack([rows_loss(p, x, t0, cfg.row_loss) for p in net(x, loops=hi, every_pass=True)])
     if cfg.loop_loss == "last":
         return losses[lo - 1:].mean()
     w = cfg.loop_window
