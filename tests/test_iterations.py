@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,3 +212,30 @@ def test_depth_study_resumes_from_its_per_system_files(tmp_path, monkeypatch):
     assert first["krr"] == 3.5 and first["curves"]["sweeps"]["256"] == 2.5
     depth.run_depth(tmp_path, ["A", "BB"], 3, kinds=["sweeps"])  # another n_ics: recomputed
     assert calls == ["A", "BB", "A", "BB"]
+
+
+def test_depth_study_leaves_out_a_system_whose_cases_raise(tmp_path, monkeypatch):
+    """A case that raises (e.g. a trajectory too large to square) is recorded and left out, as in the benchmark's
+    runs; the other systems are summarised."""
+    pytest.importorskip("matplotlib")
+    from ckd.experiments.chaos_forecast import depth
+
+    class Data:
+        def __init__(self, name):
+            self.name = name
+
+        def trajectory(self, i):
+            return np.full((812, 3), 1e200 if self.name == "Big" else 1.0)
+
+    def fake_case(ctx, truth, kinds, layers=depth.LAYERS):
+        if np.abs(ctx).max() > 1e100:
+            raise ValueError("x: input too large")
+        return {"vpt": {"krr": 1.0, "exact": 1.0, **{k: {L: 0.5 for L in layers} for k in [*kinds, depth.CHOSEN]}},
+                "settings": {}}
+
+    monkeypatch.setattr(depth, "SystemData", Data)
+    monkeypatch.setattr(depth, "depth_case", fake_case)
+    summ = depth.run_depth(tmp_path, ["Big", "Ok"], 2, kinds=["sweeps"])
+    assert summ["systems"] == ["Ok"] and summ["left_out"] == {"Big": {0: "ValueError: x: input too large",
+                                                                        1: "ValueError: x: input too large"}}
+    assert "Left out (every case raised" in (tmp_path / "depth.md").read_text()

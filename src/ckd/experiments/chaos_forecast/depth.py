@@ -107,12 +107,15 @@ def depth_system(args) -> dict:
     data = SystemData(name)
     T, H = PROTOCOL["context"], PROTOCOL["horizon"]
     t0 = time.perf_counter()
-    cases = {}
+    cases, failed = {}, {}
     for i in range(n_ics):
         traj = data.trajectory(i)
         if traj is not None:
-            cases[i] = depth_case(traj[:T], traj[T:T + H], kinds)
-    return {"system": name, "cases": cases, "seconds": time.perf_counter() - t0}
+            try:
+                cases[i] = depth_case(traj[:T], traj[T:T + H], kinds)
+            except Exception as err:  # as the benchmark (scoring.merge_parts): a case that raises is left out
+                failed[i] = f"{type(err).__name__}: {err}"
+    return {"system": name, "cases": cases, "failed": failed, "seconds": time.perf_counter() - t0}
 
 
 def summarise(results: list[dict], kinds) -> dict:
@@ -127,6 +130,7 @@ def summarise(results: list[dict], kinds) -> dict:
     curves = {kind: {str(L): med(lambda c, k=kind, L=L: c["vpt"][k][L]) for L in LAYERS} for kind in kinds}
     within = {kind: next((int(L) for L, v in curves[kind].items() if v >= 0.9 * krr), None) for kind in kinds}
     return {"systems": [r["system"] for r in ok], "n_ics": max((len(r["cases"]) for r in ok), default=0),
+            "left_out": {r["system"]: r.get("failed", {}) for r in results if not r["cases"]},
             "krr": krr, "exact": med(lambda c: c["vpt"]["exact"]), "curves": curves, "within_10pct_of_krr": within}
 
 
@@ -144,6 +148,8 @@ def report(out: pathlib.Path, results: list[dict], kinds, seconds: float) -> dic
              "| L | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for L in LAYERS:
         lines.append(f"| {L} | " + " | ".join(f"{summ['curves'][k][str(L)]:.3g}" for k in kinds) + " |")
+    lines += [f"\nLeft out (every case raised, as in the benchmark's runs): {name} ({'; '.join(set(why.values()))})"
+              for name, why in summ["left_out"].items()]
     lines += ["", "Smallest L within 10 % of krr's median VPT: "
               + "; ".join(f"{k}: {summ['within_10pct_of_krr'][k] or 'none <= 256'}" for k in kinds), ""]
     (out / "depth.md").write_text("\n".join(lines))
