@@ -81,6 +81,12 @@ CURRICULUM: dict[str, tuple[str, dict]] = {
     "ckd-curr-32-64-lr-log-slow": ("CKD shape, 16..32, then 32..64 (lr 2e-3), then from it 1000 steps with loops "
                                    "32..64, lr 5e-4, the log loss", more_loops("ckd-curr-32-64-lr", 32, 64, lr=5e-4,
                                                                                row_loss="log")),
+    "ckd-curr-32-64-log": ("CKD shape, 16..32 (nominal 32), then from it 1000 steps with loops 32..64, lr 2e-3, the "
+                           "log loss (no middle stage)", more_loops("ckd-range-16-32-nominal-32", 32, 64, lr=2e-3,
+                                                                    row_loss="log")),
+    "ckd-curr-32-64-lr-log-seed2": ("CKD shape, 16..32 (nominal 16), then 32..64 (lr 2e-3), then 32..64 with the log "
+                                    "loss (lr 2e-3), seed 2", more_loops("ckd-curr-32-64-lr-seed2", 32, 64, lr=2e-3,
+                                                                         row_loss="log", seed=2)),
     "ckd-range-16-32-nominal-32-seed2": ("CKD shape, last pass, loops 16..32, nominal 32, seed 2",
                                          NOMINAL | dict(seed=2)),
     "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 16, seed 2: the nominal-32 run of seed 2 does not "

@@ -295,3 +295,28 @@ def test_zoo_build_checks_every_file_before_training(tmp_path, capsys):
     assert main(["zoo", "build", "periodic-softmax-2", "--out", str(out), "--force", "--quiet"]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["periodic-softmax-2.json"]
+
+
+def test_build_trains_a_chain_of_warm_started_stages(tmp_path):
+    """A zoo model whose init_from is "@PARENT" is trained after PARENT's run and warm-started from it: its
+    weights are those of the two ``ckd train`` runs done by hand, and its card lists both commands, chained."""
+    from ckd.train import load_model, train
+
+    base = dict(task="periodic", attention="softmax", layers=1, steps=3, batch=4, length=8, dim=2, warmup=1)
+    zoo = {"a": ("the first stage", base),
+           "b": ("a, then 3 more steps at lr 1e-3", base | dict(init_from="@a", lr=1e-3))}
+    card = pretrained.build(tmp_path / "zoo", ["b"], zoo=zoo, progress=False)[0]
+    assert not (tmp_path / "zoo" / "a.json").exists()
+    stages = card["training"]["stages"]
+    assert [s["name"] for s in stages] == ["a", "b"]
+    assert stages[0]["command"].endswith("--out a") and "--init-from" not in stages[0]["command"]
+    assert "--init-from a " in stages[1]["command"] and stages[1]["command"].endswith("--out DIR")
+    assert stages[1]["command"] == card["training"]["command"]
+    assert card["training"]["config"]["init_from"] == "a" and card["training"]["config"]["init_sha256"] is None
+    for s in stages:
+        assert build_parser().parse_args(shlex.split(s["command"])[2:]).lr == (1e-3 if s["name"] == "b" else 1e-2)
+    train(TrainConfig(**base), tmp_path / "ra", progress=False)
+    train(TrainConfig(**(base | dict(init_from=str(tmp_path / "ra"), lr=1e-3))), tmp_path / "rb", progress=False)
+    by_hand = load_model(tmp_path / "rb" / "checkpoint.pt")[1].state_dict()
+    shipped = pretrained.load("b", tmp_path / "zoo").state_dict()
+    assert by_hand.keys() == shipped.keys() and all(torch.equal(by_hand[k].float(), shipped[k]) for k in by_hand)

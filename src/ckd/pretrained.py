@@ -34,7 +34,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,16 @@ ZOO: dict[str, tuple[str, dict]] = {
                         "LayerNorm: the best recipe of docs/results.md",
                         dict(task="linear", attention="linear", **_WIDE)),
 }
+# stages trained only as the start of a zoo model ("@NAME" in its init_from: ``train_stages``), not shipped
+STAGES: dict[str, dict] = {
+    "linear-linear-loop-ckd-32-64": ZOO["linear-linear-loop-ckd"][1] | dict(
+        init_from="@linear-linear-loop-ckd", layers=64, loop=64, loop_range=[32, 64], lr=2e-3),
+}
+# benchmarks/looped_descent.py, variant ckd-curr-32-64-lr-log (docs/results.md: a curriculum and the log loss)
+ZOO["linear-linear-loop-ckd-log"] = (
+    "x_{t+1} = A x_t, A Haar-orthogonal, linear attention, one block looped (64 loops), held to CKD's layout, from "
+    "random init in three stages: loops 16..32, then 32..64 (lr 2e-3), then 32..64 with the log loss: 0.0022 at 64 "
+    "loops", STAGES["linear-linear-loop-ckd-32-64"] | dict(init_from="@linear-linear-loop-ckd-32-64", row_loss="log"))
 
 
 def zoo_dir(root: str | os.PathLike | None = None) -> Path:
@@ -264,23 +274,48 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} CPUs, {platform.system()}, torch {torch.__version__}, 1 thread"
 
 
+def recipe(name: str, zoo: dict | None = None) -> dict:
+    """The ``TrainConfig`` fields of ``name``: a model of ``zoo`` (default ``ZOO``) or a ``STAGES`` entry."""
+    zoo = ZOO if zoo is None else zoo
+    return zoo[name][1] if name in zoo else STAGES[name]
+
+
+def train_stages(name: str, root: Path, progress: bool = True, zoo: dict | None = None) -> list[tuple[str, Path]]:
+    """Train ``name`` from scratch into root/NAME: first, when its ``init_from`` is "@PARENT", the chain of
+    PARENT's stages (each warm-started from the one before, ``ckd train --init-from``). Returns the
+    (name, run folder) of every stage, the first first."""
+    fields = recipe(name, zoo)
+    stages: list[tuple[str, Path]] = []
+    parent = fields.get("init_from")
+    if isinstance(parent, str) and parent.startswith("@"):
+        stages = train_stages(parent[1:], root, progress, zoo)
+        fields = fields | dict(init_from=str(stages[-1][1]))
+    train(TrainConfig(**fields).validate(), root / name, progress=progress)
+    return [*stages, (name, root / name)]
+
+
 def build_one(name: str, out: Path, progress: bool = True, zoo: dict | None = None) -> dict:
-    """Train the model ``name`` of ``zoo`` (default ``ZOO``) from scratch and write out/NAME.safetensors
-    and out/NAME.json."""
-    description, fields = (ZOO if zoo is None else zoo)[name]
-    cfg = TrainConfig(**fields).validate()
-    with tempfile.TemporaryDirectory(prefix=f"ckd-zoo-{name}-") as run:
+    """Train the model ``name`` of ``zoo`` (default ``ZOO``) from scratch, with its stages if it has any,
+    and write out/NAME.safetensors and out/NAME.json."""
+    description = (ZOO if zoo is None else zoo)[name][0]
+    with tempfile.TemporaryDirectory(prefix=f"ckd-zoo-{name}-") as root:
         t0 = time.perf_counter()
-        train(cfg, run, progress=progress)
-        return package(name, description, Path(run), time.perf_counter() - t0, out)
+        stages = train_stages(name, Path(root), progress, zoo)
+        return package(name, description, stages[-1][1], time.perf_counter() - t0, out,
+                       [(stage, TrainConfig(**recipe(stage, zoo))) for stage, _ in stages])
 
 
-def package(name: str, description: str, run: Path, wall: float, out: Path) -> dict:
+def package(name: str, description: str, run: Path, wall: float, out: Path,
+            stages: list[tuple[str, TrainConfig]] | None = None) -> dict:
     """Write out/NAME.safetensors and out/NAME.json from the finished ``ckd train`` run folder ``run``
-    (its checkpoint, config and metrics; ``wall``: its training time in seconds)."""
+    (its checkpoint, config and metrics; ``wall``: its training time in seconds). ``stages``: (name, recipe)
+    of each stage of a warm-started chain, the last this model: the card lists their commands, each
+    ``--init-from`` the folder of the one before, and its config names the last one's parent folder."""
     from safetensors.torch import save as save_safetensors
 
     cfg, trained, state = load_model(run / "checkpoint.pt")
+    if stages and len(stages) > 1:  # the parent as the card's commands name it, not the temporary folder
+        cfg = replace(cfg, init_from=stages[-2][0], init_sha256=None)
     if state["step"] != cfg.steps:
         raise ValueError(f"{run}: the run stopped at step {state['step']} of {cfg.steps}")
     records = read_metrics(run / "metrics.jsonl")
@@ -296,7 +331,8 @@ def package(name: str, description: str, run: Path, wall: float, out: Path) -> d
         task=dict(family=cfg.task, dim=cfg.dim, length=cfg.length, parameters=task_parameters(cfg.task)),
         architecture={"class": "ckd.transformer.CausalTransformer", **asdict(model.config),
                       "width_used": model.config.d_model, "parameters": sum(p.numel() for p in model.parameters())},
-        training=dict(command=train_command(cfg), config=asdict(cfg), steps=cfg.steps, wall_seconds=round(wall, 1),
+        training=dict(command=train_command(cfg), config=asdict(cfg), **chain(stages), steps=cfg.steps,
+                      wall_seconds=round(wall, 1),
                       machine=machine(), final_loss=records[-1]["loss"],
                       loss_curve=[[r["step"], r["loss"]] for r in records if r["step"] % 100 == 0]),
         evaluation=evaluation(model.double(), cfg),
@@ -306,6 +342,18 @@ def package(name: str, description: str, run: Path, wall: float, out: Path) -> d
     atomic_write(out / f"{name}.safetensors", lambda fh: fh.write(data))
     write_json(out / f"{name}.json", strict_json(info))
     return info
+
+
+def chain(stages: list[tuple[str, TrainConfig]] | None) -> dict:
+    """{"stages": [{"name", "command"}, ...]} for a warm-started chain (``package``); {} for one run."""
+    if not stages or len(stages) == 1:
+        return {}
+    rows = []
+    for i, (stage, cfg) in enumerate(stages):
+        cfg = replace(cfg, init_from=stages[i - 1][0]) if i else cfg
+        out = "DIR" if i == len(stages) - 1 else stage
+        rows.append({"name": stage, "command": train_command(cfg).removesuffix("--out DIR") + f"--out {out}"})
+    return {"stages": rows}
 
 
 def strict_json(obj):
