@@ -148,7 +148,8 @@ def report(out: pathlib.Path, results: list[dict], kinds, seconds: float) -> dic
              "| L | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for L in LAYERS:
         lines.append(f"| {L} | " + " | ".join(f"{summ['curves'][k][str(L)]:.3g}" for k in kinds) + " |")
-    lines += [f"\nLeft out (every case raised, as in the benchmark's runs): {name} ({'; '.join(set(why.values()))})"
+    lines += [f"\nLeft out, as in the benchmark's runs: {name} ("
+              + ("; ".join(sorted(set(why.values()))) or "no trajectory for these initial conditions") + ")"
               for name, why in summ["left_out"].items()]
     lines += ["", "Smallest L within 10 % of krr's median VPT: "
               + "; ".join(f"{k}: {summ['within_10pct_of_krr'][k] or 'none <= 256'}" for k in kinds), ""]
