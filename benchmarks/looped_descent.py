@@ -87,6 +87,8 @@ CURRICULUM: dict[str, tuple[str, dict]] = {
     "ckd-curr-32-64-lr-log-seed2": ("CKD shape, 16..32 (nominal 16), then 32..64 (lr 2e-3), then 32..64 with the log "
                                     "loss (lr 2e-3), seed 2", more_loops("ckd-curr-32-64-lr-seed2", 32, 64, lr=2e-3,
                                                                          row_loss="log", seed=2)),
+    "ckd-range-16-32-nominal-32-log": ("CKD shape, last pass, loops 16..32, nominal 32, the log loss from random init "
+                                       "(one stage)", NOMINAL | dict(row_loss="log")),
     "ckd-range-16-32-nominal-32-seed2": ("CKD shape, last pass, loops 16..32, nominal 32, seed 2",
                                          NOMINAL | dict(seed=2)),
     "ckd-curr-32-64-lr-seed2": ("CKD shape, 16..32 (nominal 16, seed 2: the nominal-32 run of seed 2 does not "
