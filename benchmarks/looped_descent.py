@@ -168,6 +168,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
     # the third round (a second training stage): full-batch L-BFGS after the AdamW steps (``--lbfgs-steps``); not in
     # STUDY: run with --only (docs/results.md, "A second stage: full-batch L-BFGS")
+    "ckd-deep-log": ("CKD shape, last pass, loops 1..16, the log loss (--row-loss log)",
+                     SHAPE | DEEP | dict(row_loss="log")),
+    "ckd-deep-then-log": ("CKD shape, last pass, loops 1..16, then from it 1000 steps with the log loss, lr 2e-3",
+                          SHAPE | DEEP | dict(init_from="@ckd-deep", row_loss="log", lr=2e-3)),
+    "ckd-deep-seed1": ("CKD shape, last pass, loops 1..16, seed 1", SHAPE | DEEP | dict(seed=1)),
+    "ckd-deep-then-log-seed1": ("CKD shape, last pass, loops 1..16, then the log loss, lr 2e-3, seed 1",
+                                SHAPE | DEEP | dict(init_from="@ckd-deep-seed1", row_loss="log", lr=2e-3, seed=1)),
     "ckd-deep-lbfgs": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations (--lbfgs-steps 300, 512 prompts)",
                        SHAPE | DEEP | dict(lbfgs_steps=300)),
     "ckd-range-16-32-nominal-32-lbfgs": ("CKD shape, last pass, loops 16..32, nominal 32, then 100 L-BFGS iterations",

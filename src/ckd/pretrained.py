@@ -107,6 +107,11 @@ STAGES: dict[str, dict] = {
     "linear-linear-loop-ckd-32-64": ZOO["linear-linear-loop-ckd"][1] | dict(
         init_from="@linear-linear-loop-ckd", layers=64, loop=64, loop_range=[32, 64], lr=2e-3),
 }
+# benchmarks/looped_descent.py, variant ckd-deep-then-log (docs/results.md: the log loss)
+ZOO["periodic-softmax-loop-ckd-log"] = (
+    "periodic sequences (P = 5 on the sphere), softmax attention, one block looped (8 loops), held to CKD's layout, "
+    "from random init in two stages: periodic-softmax-loop-ckd's run, then 1000 steps with the log loss (lr 2e-3)",
+    ZOO["periodic-softmax-loop-ckd"][1] | dict(init_from="@periodic-softmax-loop-ckd", row_loss="log", lr=2e-3))
 # benchmarks/looped_descent.py, variant ckd-curr-32-64-lr-log (docs/results.md: a curriculum and the log loss)
 ZOO["linear-linear-loop-ckd-log"] = (
     "x_{t+1} = A x_t, A Haar-orthogonal, linear attention, one block looped (64 loops), held to CKD's layout, from "
