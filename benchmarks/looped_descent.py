@@ -168,26 +168,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                               SHAPE | DEEP | dict(init="construction", lr=3e-3)),
     # the third round (a second training stage): full-batch L-BFGS after the AdamW steps (``--lbfgs-steps``); not in
     # STUDY: run with --only (docs/results.md, "A second stage: full-batch L-BFGS")
-    "ckd-deep-log": ("CKD shape, last pass, loops 1..16, the log loss (--row-loss log)",
-                     SHAPE | DEEP | dict(row_loss="log")),
-    "ckd-deep-then-log": ("CKD shape, last pass, loops 1..16, then from it 1000 steps with the log loss, lr 2e-3",
-                          SHAPE | DEEP | dict(init_from="@ckd-deep", row_loss="log", lr=2e-3)),
-    "ckd-deep-seed1": ("CKD shape, last pass, loops 1..16, seed 1", SHAPE | DEEP | dict(seed=1)),
-    "ckd-deep-then-log-seed1": ("CKD shape, last pass, loops 1..16, then the log loss, lr 2e-3, seed 1",
-                                SHAPE | DEEP | dict(init_from="@ckd-deep-seed1", row_loss="log", lr=2e-3, seed=1)),
-    "ckd-deep-seed2": ("CKD shape, last pass, loops 1..16, seed 2", SHAPE | DEEP | dict(seed=2)),
-    "ckd-deep-then-log-seed2": ("CKD shape, last pass, loops 1..16, then the log loss, lr 2e-3, seed 2",
-                                SHAPE | DEEP | dict(init_from="@ckd-deep-seed2", row_loss="log", lr=2e-3, seed=2)),
-    "ckd-deep-log-seed1": ("CKD shape, last pass, loops 1..16, the log loss, seed 1",
-                           SHAPE | DEEP | dict(row_loss="log", seed=1)),
-    "ckd-deep-log-seed2": ("CKD shape, last pass, loops 1..16, the log loss, seed 2",
-                           SHAPE | DEEP | dict(row_loss="log", seed=2)),
-    "ckd-deep-log-then-log": ("CKD shape, last pass, loops 1..16, the log loss, then 1000 more steps of it at lr 2e-3",
-                              SHAPE | DEEP | dict(init_from="@ckd-deep-log", row_loss="log", lr=2e-3)),
-    "ckd-deep-log-then-log-seed1": ("the same, seed 1", SHAPE | DEEP | dict(init_from="@ckd-deep-log-seed1",
-                                                                          row_loss="log", lr=2e-3, seed=1)),
-    "ckd-deep-log-then-log-seed2": ("the same, seed 2", SHAPE | DEEP | dict(init_from="@ckd-deep-log-seed2",
-                                                                          row_loss="log", lr=2e-3, seed=2)),
     "ckd-deep-lbfgs": ("CKD shape, last pass, loops 1..16, then 300 L-BFGS iterations (--lbfgs-steps 300, 512 prompts)",
                        SHAPE | DEEP | dict(lbfgs_steps=300)),
     "ckd-range-16-32-nominal-32-lbfgs": ("CKD shape, last pass, loops 16..32, nominal 32, then 100 L-BFGS iterations",
@@ -204,6 +184,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # from the 16..32 model (``linear-linear-loop-ckd``'s recipe) with more loops; not in STUDY: run with --only
     **CURRICULUM,
 }
+# the log loss on the periodic family, seeds 0..2 (docs/results.md, "The log loss"): after AdamW, alone, twice
+for _k in (0, 1, 2):
+    _s, _sd = (f"-seed{_k}", dict(seed=_k)) if _k else ("", {})
+    _log, _at = SHAPE | DEEP | dict(row_loss="log") | _sd, f"CKD shape, loops 1..16, seed {_k}"
+    VARIANTS.setdefault(f"ckd-deep{_s}", (_at, SHAPE | DEEP | _sd))
+    VARIANTS |= {f"ckd-deep-then-log{_s}": (_at + ", then the log loss at lr 2e-3",
+                                            _log | dict(init_from=f"@ckd-deep{_s}", lr=2e-3)),
+                 f"ckd-deep-log{_s}": (_at + ", the log loss (--row-loss log)", _log),
+                 f"ckd-deep-log-then-log{_s}": (_at + ", the log loss, then more of it at lr 2e-3",
+                                                _log | dict(init_from=f"@ckd-deep-log{_s}", lr=2e-3))}
+
 # what the study ran: the first ten on every family, then the second round on some
 STUDY = {"nonlinear": list(VARIANTS)[:10] + ["ckd-construction-deep", "ckd-range-8-16"],
          "periodic": list(VARIANTS)[:10] + ["ckd-deep-lr4-long", "ckd-deep-batch", "ckd-construction-deep",
