@@ -69,6 +69,12 @@ def run_case(x: np.ndarray, univariate: bool = False, labels: tuple = tuple(lab 
     return out
 
 
+def system_medians(results: dict) -> dict[str, dict[str, float]]:
+    """{system: {method: median VPT over its cases that ran the method (nan: none)}} for ``RUNS``' methods."""
+    return {name: {lab: float(np.median([c["vpt"][lab] for c in cases if lab in c["vpt"]] or [math.nan]))
+                   for lab, _, _ in RUNS} for name, cases in results.items() if isinstance(cases, list)}
+
+
 def summary(results: dict) -> list[str]:
     """The tables. A case may lack a method (a run extended by ``--labels``): each method's medians are
     over the cases that have it, "best of both" and the choice counts over the cases that have all three."""
@@ -76,11 +82,10 @@ def summary(results: dict) -> list[str]:
     results = {name: r for name, r in results.items() if not isinstance(r, dict)}
     labels = [lab for lab, _, _ in RUNS] + ["best of both"]
     full = {name: [c for c in cases if all(lab in c["vpt"] for lab in labels[:-1])] for name, cases in results.items()}
-    per = {}  # system -> label -> median VPT over its cases
-    for name, cases in results.items():
-        v = {lab: [c["vpt"][lab] for c in cases if lab in c["vpt"]] for lab in labels[:-1]}
-        v["best of both"] = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in full[name]]
-        per[name] = {lab: float(np.median(vals)) if vals else math.nan for lab, vals in v.items()}
+    per = system_medians(results)  # system -> label -> median VPT over its cases
+    for name, p in per.items():
+        both = [max(c["vpt"]["krr"], c["vpt"]["parrot"]) for c in full[name]]
+        p["best of both"] = float(np.median(both)) if both else math.nan
     counts = {lab: sum(lab in c["vpt"] for cs in results.values() for c in cs) for lab in labels[:-1]}
     counts["best of both"] = sum(len(cs) for cs in full.values())
     lines = [f"{len(per)} systems, {sum(len(c) for c in results.values())} cases"
@@ -117,12 +122,11 @@ def write_csv(path: str, results: dict, theirs: dict) -> None:
     ours = [lab for lab, _, _ in RUNS]
     others = sorted({lab for per in theirs.values() for lab in per})
     rows = [",".join(["system", "cases", *ours, *others, "parrot_chosen_cases"])]
-    for name, cases in results.items():
-        if isinstance(cases, list):
-            med = [np.median([c["vpt"][lab] for c in cases if lab in c["vpt"]] or [math.nan]) for lab in ours]
-            med += [theirs.get(name, {}).get(lab, math.nan) for lab in others]
-            chosen = sum(c.get("choice", {}).get("chosen") == "parrot" for c in cases)
-            rows.append(",".join([name, str(len(cases)), *(f"{v:.4g}" for v in med), str(chosen)]))
+    for name, per in system_medians(results).items():
+        cases = results[name]
+        med = [per[lab] for lab in ours] + [theirs.get(name, {}).get(lab, math.nan) for lab in others]
+        chosen = sum(c.get("choice", {}).get("chosen") == "parrot" for c in cases)
+        rows.append(",".join([name, str(len(cases)), *(f"{v:.4g}" for v in med), str(chosen)]))
     pathlib.Path(path).write_text("\n".join(rows) + "\n")
 
 
@@ -131,8 +135,7 @@ def against(results: dict, run_dirs: list[str]) -> tuple[list[str], dict]:
     DIR``: ``DIR/systems/NAME.json``), per system (median over each side's cases, unrounded): ahead / level /
     behind, and the method's median over the systems both have. Returns the lines and {system: {method: median}}."""
     ours = ("krr", "krr-or-parrot")
-    mine = {name: {lab: float(np.median([c["vpt"][lab] for c in cases if lab in c["vpt"]] or [math.nan]))
-                   for lab in ours} for name, cases in results.items() if isinstance(cases, list)}
+    mine = system_medians(results)
     theirs: dict = {}
     for run_dir in run_dirs:
         for path in sorted(pathlib.Path(run_dir, "systems").glob("*.json")):
@@ -168,7 +171,7 @@ def main() -> None:
                     help="per-case results, written after each system; systems already in it are skipped (resume)")
     ap.add_argument("--univariate", action="store_true", help="krr and krr-or-parrot per coordinate (embed 5)")
     ap.add_argument("--against", nargs="+", metavar="DIR", default=[],
-                    help="with --read: compare krr-or-parrot per system with the methods of these benchmark runs")
+                    help="with --read: krr and krr-or-parrot per system against the methods of these benchmark runs")
     ap.add_argument("--csv", default=None, help="with --read: per-system medians of every method to this file")
     args = ap.parse_args()
     if args.read:
