@@ -180,7 +180,8 @@ def depth_key(n_ics: int, kinds: list[str]) -> dict:
 
 
 def from_json(result: dict) -> dict:
-    """A system's result as read back from JSON: the integer keys (initial condition, L) restored."""
+    """A system's result as read back from JSON: the integer keys of its cases (initial conditions) and of their
+    VPTs (L) restored, as ``summarise`` reads them (the settings' keys stay strings, as in depth.json)."""
     cases = {int(i): {**c, "vpt": {k: ({int(L): v for L, v in val.items()} if isinstance(val, dict) else val)
                                    for k, val in c["vpt"].items()}}
              for i, c in result["cases"].items()}
